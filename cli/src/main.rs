@@ -1,0 +1,337 @@
+//! `leakscan`: scan a repository or directory for secrets, list the rules.
+//!
+//! Exit codes of `leakscan scan`: 0 nothing found, 1 findings, 2 error.
+
+mod report;
+
+use std::{
+    fs,
+    io::{self, IsTerminal, Write},
+    path::PathBuf,
+    process::ExitCode,
+    sync::{atomic::Ordering, Arc},
+    time::{Duration, Instant},
+};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use leakscan_engine::{
+    builtin_rules, rules::load_rule_file, GitScanRequest, Policy, PrefilterKind, RefSelection,
+    RuleSet, ScanConfig, ScanOptions, ScanProgress, ScanReport,
+};
+
+use crate::report::{write_report, FindingRecord, Format};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "leakscan",
+    version,
+    about = "Find secrets in git history and files"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Scan a git repository's history (every branch) or a directory of files.
+    Scan(ScanArgs),
+    /// List the rules.
+    Rules(RulesArgs),
+}
+
+#[derive(Debug, clap::Args)]
+struct ScanArgs {
+    /// Repository or directory (or single file) to scan.
+    path: PathBuf,
+    /// Scan only this branch.
+    #[arg(long)]
+    branch: Option<String>,
+    /// Scan only commits not reachable from this commit (incremental scans).
+    #[arg(long)]
+    since: Option<String>,
+    /// Scan every ref (tags, notes, other refs), not only branches.
+    #[arg(long, conflicts_with = "branch")]
+    all_refs: bool,
+    /// Report format.
+    #[arg(long, value_enum, default_value = "text")]
+    format: Format,
+    /// Write the report to this file instead of standard output.
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Show secrets in full instead of their first 4 characters.
+    #[arg(long)]
+    show_secrets: bool,
+    /// Worker threads (default: one per core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Config file: custom rules, allowlists, disabled rules (the per-branch
+    /// config file's keys, plus allowlist_lines and disabled_rules).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Extra rule files (the schema of engine/rules/*.yml), added to the built-ins.
+    #[arg(long = "rules-file")]
+    rules_files: Vec<PathBuf>,
+    /// Blobs and files larger than this are skipped (and counted).
+    #[arg(long, default_value_t = leakscan_engine::scan::DEFAULT_MAX_BLOB_SIZE)]
+    max_blob_size: u64,
+    /// Scan a shallow clone's partial history instead of refusing it.
+    #[arg(long)]
+    allow_shallow: bool,
+    /// Prefilter implementation (same findings either way).
+    #[arg(long, value_enum, default_value = "best")]
+    prefilter: PrefilterArg,
+    /// Key of the findings' fingerprints (a keyed hash of rule and secret).
+    #[arg(
+        long,
+        env = "LEAKSCAN_FINGERPRINT_KEY",
+        default_value = "leakscan",
+        hide_env_values = true
+    )]
+    fingerprint_key: String,
+    /// Never show a progress bar.
+    #[arg(long)]
+    no_progress: bool,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum PrefilterArg {
+    Best,
+    Keywords,
+    #[cfg(feature = "vectorscan")]
+    Vectorscan,
+}
+
+impl From<PrefilterArg> for PrefilterKind {
+    fn from(value: PrefilterArg) -> Self {
+        match value {
+            PrefilterArg::Best => PrefilterKind::Best,
+            PrefilterArg::Keywords => PrefilterKind::Keywords,
+            #[cfg(feature = "vectorscan")]
+            PrefilterArg::Vectorscan => PrefilterKind::Vectorscan,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct RulesArgs {
+    #[arg(long, value_enum, default_value = "text")]
+    format: RulesFormat,
+    /// Extra rule files to list with the built-ins.
+    #[arg(long = "rules-file")]
+    rules_files: Vec<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RulesFormat {
+    Text,
+    Json,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Scan(args) => run_scan(&args),
+        Command::Rules(args) => run_rules(&args).map(|()| ExitCode::SUCCESS),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("leakscan: error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// The base policy: built-ins plus `--rules-file`s, then `--config`.
+fn base_policy(rules_files: &[PathBuf], config: Option<&PathBuf>) -> Result<Policy> {
+    let mut policy = Policy::builtin_default();
+    for path in rules_files {
+        let extra = load_rule_file(path)?;
+        policy.builtins.extend(extra);
+    }
+    if let Err(name) = leakscan_engine::rules::check_unique_names(&policy.builtins) {
+        bail!("rule name {name} is defined twice");
+    }
+    if let Some(path) = config {
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("cannot read config file {}", path.display()))?;
+        let config = ScanConfig::parse(&path.display().to_string(), &text)?;
+        policy = config.apply(&policy)?;
+    }
+    // Compile once up front so a bad regex is reported before any work starts.
+    RuleSet::build_with(&policy, PrefilterKind::Keywords)?;
+    Ok(policy)
+}
+
+fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
+    let policy = base_policy(&args.rules_files, args.config.as_ref())?;
+    let request = GitScanRequest {
+        refs: match (&args.branch, args.all_refs) {
+            (Some(branch), _) => RefSelection::Branch(branch.clone()),
+            (None, true) => RefSelection::AllRefs,
+            (None, false) => RefSelection::Branches,
+        },
+        since: args.since.clone(),
+        allow_shallow: args.allow_shallow,
+    };
+    let options = ScanOptions {
+        threads: args.threads,
+        max_blob_size: args.max_blob_size,
+        prefilter: args.prefilter.into(),
+    };
+    // Open the output first: a bad --output path fails before the scan.
+    let mut output: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(io::BufWriter::new(
+            fs::File::create(path)
+                .with_context(|| format!("cannot create output file {}", path.display()))?,
+        )),
+        None => Box::new(io::BufWriter::new(io::stdout().lock())),
+    };
+    let interactive = io::stderr().is_terminal() && !args.no_progress;
+    let progress = Arc::new(ScanProgress::default());
+    let started = Instant::now();
+    let ticker = interactive.then(|| ProgressTicker::start(Arc::clone(&progress)));
+    let scanned = leakscan_engine::scan_path(&args.path, &policy, &request, &options, &progress);
+    if let Some(ticker) = ticker {
+        ticker.stop();
+    }
+    let report = scanned?;
+    for warning in &report.warnings {
+        eprintln!("leakscan: warning: {warning}");
+    }
+    let scan_date = chrono::Utc::now();
+    let records: Vec<FindingRecord> = report
+        .findings
+        .iter()
+        .map(|finding| {
+            FindingRecord::new(
+                finding,
+                &scan_date,
+                args.show_secrets,
+                args.fingerprint_key.as_bytes(),
+            )
+        })
+        .collect();
+    write_report(args.format, &records, &mut output)?;
+    drop(output);
+    if interactive {
+        print_summary(&report, started.elapsed());
+    }
+    Ok(if report.findings.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_summary(report: &ScanReport, elapsed: Duration) {
+    let stats = &report.stats;
+    let seconds = elapsed.as_secs_f64().max(1e-9);
+    eprintln!(
+        "{} findings; {} commits, {} blobs, {:.1} MB scanned in {:.2} s ({:.1} MB/s); skipped {} binary, {} too large, {} unreadable",
+        report.findings.len(),
+        stats.commits,
+        stats.blobs_scanned,
+        stats.bytes_scanned as f64 / 1e6,
+        seconds,
+        stats.bytes_scanned as f64 / 1e6 / seconds,
+        stats.skipped_binary,
+        stats.skipped_too_large,
+        stats.unreadable,
+    );
+}
+
+/// A progress bar on standard error, fed from the scan's counters.
+struct ProgressTicker {
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<()>,
+}
+
+impl ProgressTicker {
+    fn start(progress: Arc<ScanProgress>) -> Self {
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let stop_flag = Arc::clone(&stop);
+        let handle = std::thread::spawn(move || {
+            let bar = indicatif::ProgressBar::new(0).with_style(
+                indicatif::ProgressStyle::with_template(
+                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} blobs {msg}",
+                )
+                .expect("valid template"),
+            );
+            let started = Instant::now();
+            while !stop_flag.load(Ordering::Relaxed) {
+                let bytes = progress.bytes_scanned.load(Ordering::Relaxed);
+                let rate = bytes as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-3);
+                bar.set_length(progress.blobs_total.load(Ordering::Relaxed));
+                bar.set_position(progress.blobs_scanned.load(Ordering::Relaxed));
+                bar.set_message(format!(
+                    "{:.1} MB, {} findings, {rate:.1} MB/s, {} commits",
+                    bytes as f64 / 1e6,
+                    progress.findings.load(Ordering::Relaxed),
+                    progress.commits.load(Ordering::Relaxed),
+                ));
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            bar.finish_and_clear();
+        });
+        ProgressTicker { stop, handle }
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.handle.join();
+    }
+}
+
+#[derive(serde::Serialize)]
+struct RuleListing<'a> {
+    id: &'a str,
+    name: &'a str,
+    severity: &'a str,
+    keywords: &'a [String],
+    pattern: &'a str,
+    aliases: &'a [String],
+    references: &'a [String],
+}
+
+fn run_rules(args: &RulesArgs) -> Result<()> {
+    let mut specs = builtin_rules().to_vec();
+    for path in &args.rules_files {
+        specs.extend(load_rule_file(path)?);
+    }
+    let mut out = io::BufWriter::new(io::stdout().lock());
+    match args.format {
+        RulesFormat::Json => {
+            let listing: Vec<RuleListing<'_>> = specs
+                .iter()
+                .map(|spec| RuleListing {
+                    id: &spec.id,
+                    name: &spec.name,
+                    severity: spec.severity.as_str(),
+                    keywords: &spec.keywords,
+                    pattern: &spec.pattern,
+                    aliases: &spec.aliases,
+                    references: &spec.references,
+                })
+                .collect();
+            serde_json::to_writer_pretty(&mut out, &listing)?;
+            writeln!(out)?;
+        }
+        RulesFormat::Text => {
+            for spec in &specs {
+                writeln!(
+                    out,
+                    "{:<40} {:<8} {}",
+                    spec.id,
+                    spec.severity.as_str(),
+                    spec.name
+                )?;
+            }
+            writeln!(out, "{} rules", specs.len())?;
+        }
+    }
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,939 @@
+//! Git history: every commit of the selected refs, each unique blob scanned
+//! once, each finding attributed to the commit that introduced it at its path.
+//!
+//! The walk has four stages:
+//! 1. discover the commits of the selected refs (minus `--since`'s
+//!    ancestors), each owned by the first ref that reaches it;
+//! 2. diff every commit's tree against its parents' (in parallel), keeping
+//!    the (path, new blob, old blobs) changes: a path counts as changed by a
+//!    merge only when it differs from every parent;
+//! 3. scan the unique new blobs (in parallel);
+//! 4. attribute: a match in a changed blob is a finding when no parent's
+//!    version of that path holds the same (rule, secret). So a secret that
+//!    stays through later edits of the file is one finding, and the same
+//!    secret in another file is another.
+//!
+//! Results do not depend on the number of threads: every stage's output is
+//! ordered by commit and path before it is used.
+
+use std::{
+    cmp::Ordering,
+    collections::{BTreeMap, HashMap, HashSet},
+    path::Path,
+};
+
+use git2::{ObjectType, Oid, Repository, RepositoryOpenFlags};
+use rayon::prelude::*;
+
+use crate::{
+    config::{ScanConfig, BRANCH_CONFIG_FILES},
+    error::EngineError,
+    ruleset::{is_binary, BlobMatch, Policy, RuleSet},
+    scan::{CommitMeta, Finding, ScanOptions, ScanProgress, ScanReport, ScanStats, ScanWarning},
+    secret::Secret,
+};
+
+/// Which refs a history scan covers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefSelection {
+    /// Every local and remote-tracking branch.
+    Branches,
+    /// Every ref that leads to a commit: branches, tags, notes, others.
+    AllRefs,
+    /// One branch, by name.
+    Branch(String),
+}
+
+#[derive(Debug, Clone)]
+pub struct GitScanRequest {
+    pub refs: RefSelection,
+    /// Only commits not reachable from this one (incremental scans).
+    pub since: Option<String>,
+    /// Scan a shallow clone's partial history instead of refusing it.
+    pub allow_shallow: bool,
+}
+
+impl Default for GitScanRequest {
+    fn default() -> Self {
+        GitScanRequest {
+            refs: RefSelection::Branches,
+            since: None,
+            allow_shallow: false,
+        }
+    }
+}
+
+const ABSENT: u32 = u32::MAX;
+const CHUNK_COMMITS: usize = 2048;
+
+/// Opens `path` as a git repository when it is one: `Ok(None)` when it is
+/// plainly not a repository (a directory to scan as files), an error when it
+/// looks like one but cannot be opened.
+pub fn open_repository(path: &Path) -> Result<Option<Repository>, EngineError> {
+    match Repository::open_ext(
+        path,
+        RepositoryOpenFlags::NO_SEARCH,
+        std::iter::empty::<&str>(),
+    ) {
+        Ok(repository) => Ok(Some(repository)),
+        Err(error) => {
+            let looks_like_git = path.join(".git").exists()
+                || (path.join("HEAD").is_file() && path.join("objects").is_dir());
+            if looks_like_git {
+                Err(git_error(
+                    path,
+                    format!("not a valid git repository: {}", error.message()),
+                ))
+            } else {
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn git_error(path: &Path, message: impl Into<String>) -> EngineError {
+    EngineError::Git {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Keeps libgit2's memory bounded whatever the repository's size.
+fn limit_libgit2_memory() {
+    // SAFETY: these calls only set global limits; they are safe to make
+    // before any repository is opened by the scan.
+    unsafe {
+        let _ = git2::opts::set_mwindow_size(64 << 20);
+        let _ = git2::opts::set_mwindow_mapped_limit(256 << 20);
+        let _ = git2::opts::set_cache_max_size(96 << 20);
+    }
+}
+
+struct SelectedRef {
+    name: String,
+    tip: Oid,
+}
+
+/// Scans the history of the repository at `path` under `base` (the policy
+/// before any branch's config file).
+pub fn scan_repository(
+    path: &Path,
+    base: &Policy,
+    request: &GitScanRequest,
+    options: &ScanOptions,
+    progress: &ScanProgress,
+) -> Result<ScanReport, EngineError> {
+    limit_libgit2_memory();
+    let repository =
+        open_repository(path)?.ok_or_else(|| git_error(path, "not a git repository"))?;
+    if repository.is_shallow() && !request.allow_shallow {
+        return Err(git_error(
+            path,
+            "repository is shallow: its history is incomplete (run `git fetch --unshallow`, or pass --allow-shallow to scan what is there)",
+        ));
+    }
+    let refs = select_refs(&repository, path, &request.refs)?;
+    let hidden = match &request.since {
+        Some(since) => ancestors_of(&repository, path, since)?,
+        None => HashSet::new(),
+    };
+    let mut report = ScanReport::default();
+
+    // Group refs by the policy their config file gives them.
+    let mut groups: BTreeMap<String, (Policy, Vec<usize>)> = BTreeMap::new();
+    for (index, selected) in refs.iter().enumerate() {
+        let policy = branch_policy(&repository, selected, base, &mut report.warnings)?;
+        let key = crate::ruleset::policy_digest(&policy);
+        groups
+            .entry(key)
+            .or_insert_with(|| (policy, Vec::new()))
+            .1
+            .push(index);
+    }
+    let pool = options.thread_pool()?;
+    let mut seen_findings = HashSet::new();
+    let mut findings = Vec::new();
+    for (policy, ref_indices) in groups.into_values() {
+        let ruleset = RuleSet::build_with(&policy, options.prefilter)?;
+        let group_refs: Vec<(usize, &SelectedRef)> =
+            ref_indices.iter().map(|&i| (i, &refs[i])).collect();
+        let walk = HistoryWalk {
+            path,
+            ruleset: &ruleset,
+            options,
+            progress,
+            hidden: &hidden,
+        };
+        let git_dir = repository.path();
+        let (group_findings, stats) =
+            pool.install(|| walk.run(git_dir, &group_refs, &mut report.warnings))?;
+        report.stats.merge(&stats);
+        for (ref_index, finding) in group_findings {
+            let key = (
+                finding.commit.as_ref().map(|c| c.id.clone()),
+                finding.path.clone(),
+                finding.rule_id.clone(),
+                finding.secret.clone(),
+            );
+            if seen_findings.insert(key) {
+                findings.push((ref_index, finding));
+            }
+        }
+    }
+    findings.sort_by(|(ref_a, a), (ref_b, b)| {
+        ref_a
+            .cmp(ref_b)
+            .then_with(|| commit_time(a).cmp(&commit_time(b)))
+            .then_with(|| {
+                a.commit
+                    .as_ref()
+                    .map(|c| &c.id)
+                    .cmp(&b.commit.as_ref().map(|c| &c.id))
+            })
+            .then_with(|| a.path.cmp(&b.path))
+            .then_with(|| a.line.cmp(&b.line))
+            .then_with(|| a.rule_id.cmp(&b.rule_id))
+    });
+    report.findings = findings.into_iter().map(|(_, finding)| finding).collect();
+    Ok(report)
+}
+
+fn commit_time(finding: &Finding) -> i64 {
+    finding.commit.as_ref().map_or(0, |c| c.time)
+}
+
+fn select_refs(
+    repository: &Repository,
+    path: &Path,
+    selection: &RefSelection,
+) -> Result<Vec<SelectedRef>, EngineError> {
+    let head_name = repository
+        .head()
+        .ok()
+        .filter(|head| head.is_branch())
+        .and_then(|head| head.shorthand().ok().map(str::to_string));
+    let mut refs: Vec<SelectedRef> = Vec::new();
+    let references = repository
+        .references()
+        .map_err(|e| git_error(path, format!("cannot list refs: {}", e.message())))?;
+    for reference in references {
+        let Ok(reference) = reference else { continue };
+        let Ok(full_name) = reference.name() else {
+            continue;
+        };
+        let is_branch = reference.is_branch() || reference.is_remote();
+        if reference.symbolic_target().ok().flatten().is_some() || full_name.ends_with("/HEAD") {
+            continue;
+        }
+        let wanted = match selection {
+            RefSelection::Branches => is_branch,
+            RefSelection::AllRefs => true,
+            RefSelection::Branch(name) => {
+                is_branch
+                    && (reference.shorthand().ok() == Some(name.as_str())
+                        || full_name == format!("refs/heads/{name}")
+                        || full_name == name.as_str())
+            }
+        };
+        if !wanted {
+            continue;
+        }
+        // Tags and other refs may point at tags or at non-commits: peel.
+        let Ok(commit) = reference.peel_to_commit() else {
+            continue;
+        };
+        let name = reference.shorthand().unwrap_or(full_name).to_string();
+        refs.push(SelectedRef {
+            name,
+            tip: commit.id(),
+        });
+    }
+    if let RefSelection::Branch(name) = selection {
+        // A local branch wins over a remote-tracking one of the same short name.
+        refs.sort_by_key(|r| r.name != *name);
+        refs.truncate(1);
+        if refs.is_empty() {
+            return Err(git_error(path, format!("branch {name:?} not found")));
+        }
+    }
+    let rank = |r: &SelectedRef| {
+        (
+            Some(&r.name) != head_name.as_ref(),
+            r.name.contains('/') && head_name.as_deref() != Some(r.name.as_str()),
+            r.name.clone(),
+        )
+    };
+    refs.sort_by_key(rank);
+    Ok(refs)
+}
+
+fn ancestors_of(
+    repository: &Repository,
+    path: &Path,
+    since: &str,
+) -> Result<HashSet<Oid>, EngineError> {
+    let commit = repository
+        .revparse_single(since)
+        .and_then(|object| object.peel_to_commit())
+        .map_err(|e| git_error(path, format!("--since {since:?}: {}", e.message())))?;
+    let mut hidden = HashSet::new();
+    let mut stack = vec![commit.id()];
+    while let Some(oid) = stack.pop() {
+        if !hidden.insert(oid) {
+            continue;
+        }
+        let commit = repository
+            .find_commit(oid)
+            .map_err(|e| git_error(path, format!("commit {oid}: {}", e.message())))?;
+        stack.extend(commit.parent_ids());
+    }
+    Ok(hidden)
+}
+
+fn branch_policy(
+    repository: &Repository,
+    selected: &SelectedRef,
+    base: &Policy,
+    warnings: &mut Vec<ScanWarning>,
+) -> Result<Policy, EngineError> {
+    let Ok(tree) = repository
+        .find_commit(selected.tip)
+        .and_then(|commit| commit.tree())
+    else {
+        return Ok(base.clone());
+    };
+    for file_name in BRANCH_CONFIG_FILES {
+        let Some(entry) = tree.get_name(file_name) else {
+            continue;
+        };
+        let Ok(blob) = repository.find_blob(entry.id()) else {
+            continue;
+        };
+        let origin = format!("{}:{file_name}", selected.name);
+        let parsed = std::str::from_utf8(blob.content())
+            .map_err(|_| crate::error::ConfigError {
+                origin: origin.clone(),
+                message: "not UTF-8 text".into(),
+            })
+            .and_then(|text| ScanConfig::parse(&origin, text))
+            .and_then(|config| config.apply(base));
+        return match parsed {
+            Ok(policy) => Ok(policy),
+            Err(error) => {
+                warnings.push(ScanWarning {
+                    subject: origin,
+                    message: format!("config file ignored: {}", error.message),
+                });
+                Ok(base.clone())
+            }
+        };
+    }
+    Ok(base.clone())
+}
+
+struct CommitNode {
+    oid: Oid,
+    tree: Oid,
+    parents: Vec<Oid>,
+    /// Index (in the scan's ref order) of the first ref that reaches it.
+    ref_index: usize,
+}
+
+/// One path a commit changed relative to every parent.
+struct Change {
+    commit: u32,
+    path: u32,
+    new_blob: u32,
+    /// The path's blob in each parent, `ABSENT` where it did not exist.
+    old_blobs: Box<[u32]>,
+}
+
+struct HistoryWalk<'a> {
+    path: &'a Path,
+    ruleset: &'a RuleSet,
+    options: &'a ScanOptions,
+    progress: &'a ScanProgress,
+    hidden: &'a HashSet<Oid>,
+}
+
+/// Interned blob ids and paths of one walk.
+#[derive(Default)]
+struct Tables {
+    blob_ids: Vec<Oid>,
+    blob_index: HashMap<Oid, u32>,
+    paths: Vec<Box<[u8]>>,
+    path_index: HashMap<Box<[u8]>, u32>,
+}
+
+impl Tables {
+    fn blob(&mut self, oid: Oid) -> u32 {
+        if let Some(&index) = self.blob_index.get(&oid) {
+            return index;
+        }
+        let index = self.blob_ids.len() as u32;
+        self.blob_ids.push(oid);
+        self.blob_index.insert(oid, index);
+        index
+    }
+
+    fn path(&mut self, path: &[u8]) -> u32 {
+        if let Some(&index) = self.path_index.get(path) {
+            return index;
+        }
+        let index = self.paths.len() as u32;
+        self.paths.push(path.into());
+        self.path_index.insert(path.into(), index);
+        index
+    }
+}
+
+enum BlobResult {
+    NotScanned,
+    Clean,
+    Matches(Box<[BlobMatch]>),
+}
+
+impl HistoryWalk<'_> {
+    fn run(
+        &self,
+        git_dir: &Path,
+        refs: &[(usize, &SelectedRef)],
+        warnings: &mut Vec<ScanWarning>,
+    ) -> Result<(Vec<(usize, Finding)>, ScanStats), EngineError> {
+        let repository =
+            &Repository::open(git_dir).map_err(|e| git_error(self.path, e.message()))?;
+        let mut stats = ScanStats::default();
+        let commits = self.discover_commits(repository, refs, warnings)?;
+        stats.commits = commits.len() as u64;
+        ScanProgress::add(&self.progress.commits, commits.len() as u64);
+        let commit_index: HashMap<Oid, u32> = commits
+            .iter()
+            .enumerate()
+            .map(|(index, node)| (node.oid, index as u32))
+            .collect();
+
+        // Stage 2: tree diffs, chunk by chunk to bound memory.
+        let mut tables = Tables::default();
+        let mut changes: Vec<Change> = Vec::new();
+        for (chunk_number, chunk) in commits.chunks(CHUNK_COMMITS).enumerate() {
+            let base_index = chunk_number * CHUNK_COMMITS;
+            let raw: Vec<Result<Vec<RawChange>, String>> = chunk
+                .par_iter()
+                .map_init(
+                    || Repository::open(git_dir),
+                    |repo, node| match repo {
+                        Ok(repo) => commit_changes(repo, node, &commits, &commit_index)
+                            .map_err(|e| e.message().to_string()),
+                        Err(e) => Err(e.message().to_string()),
+                    },
+                )
+                .collect();
+            for (offset, result) in raw.into_iter().enumerate() {
+                let commit = (base_index + offset) as u32;
+                match result {
+                    Ok(raw_changes) => {
+                        for raw_change in raw_changes {
+                            let path = tables.path(&raw_change.path);
+                            let new_blob = tables.blob(raw_change.new_blob);
+                            let old_blobs = raw_change
+                                .old_blobs
+                                .iter()
+                                .map(|old| old.map_or(ABSENT, |oid| tables.blob(oid)))
+                                .collect();
+                            changes.push(Change {
+                                commit,
+                                path,
+                                new_blob,
+                                old_blobs,
+                            });
+                        }
+                    }
+                    Err(message) => warnings.push(ScanWarning {
+                        subject: format!("commit {}", commits[commit as usize].oid),
+                        message: format!("cannot read its trees, skipped: {message}"),
+                    }),
+                }
+            }
+        }
+
+        // Stage 3: scan each new blob once.
+        let mut to_scan: Vec<u32> = changes.iter().map(|change| change.new_blob).collect();
+        to_scan.sort_unstable();
+        to_scan.dedup();
+        ScanProgress::add(&self.progress.blobs_total, to_scan.len() as u64);
+        let mut results: Vec<BlobResult> = (0..tables.blob_ids.len())
+            .map(|_| BlobResult::NotScanned)
+            .collect();
+        let scanned = self.scan_blobs(git_dir, &tables.blob_ids, &to_scan)?;
+        for (blob, outcome) in to_scan.iter().zip(scanned) {
+            results[*blob as usize] = self.record_outcome(
+                outcome,
+                &tables.blob_ids[*blob as usize],
+                &mut stats,
+                warnings,
+            );
+        }
+
+        // Stage 4: attribution.
+        let mut findings = Vec::new();
+        let mut meta_cache: HashMap<u32, CommitMeta> = HashMap::new();
+        let path_only: Vec<_> = self.ruleset.path_only_rules().collect();
+        let mut scanner = self.ruleset.scanner()?;
+        for change in &changes {
+            let has_matches = matches!(results[change.new_blob as usize], BlobResult::Matches(_));
+            let is_addition = change.old_blobs.iter().all(|&old| old == ABSENT);
+            let path_rule_applies = is_addition && !path_only.is_empty();
+            if !has_matches && !path_rule_applies {
+                continue;
+            }
+            let path = &tables.paths[change.path as usize];
+            if self.ruleset.path_allowed(path) {
+                continue;
+            }
+            let mut introduced: Vec<(crate::RuleIdx, Option<u32>, Secret)> = Vec::new();
+            if is_addition {
+                for &rule in &path_only {
+                    if self.ruleset.rule(rule).applies_to_path(path) {
+                        introduced.push((rule, None, Secret::new(path)));
+                    }
+                }
+            }
+            if has_matches {
+                // Old versions this change is compared with must be scanned too
+                // (they may come from outside the walk, e.g. before --since).
+                for &old in change.old_blobs.iter().filter(|&&old| old != ABSENT) {
+                    if matches!(results[old as usize], BlobResult::NotScanned) {
+                        let outcome = read_and_scan(
+                            repository,
+                            &mut scanner,
+                            tables.blob_ids[old as usize],
+                            self.options.max_blob_size,
+                        );
+                        results[old as usize] = self.record_outcome(
+                            outcome,
+                            &tables.blob_ids[old as usize],
+                            &mut stats,
+                            warnings,
+                        );
+                    }
+                }
+                let BlobResult::Matches(new_matches) = &results[change.new_blob as usize] else {
+                    unreachable!()
+                };
+                let mut seen: HashSet<(crate::RuleIdx, &Secret)> = HashSet::new();
+                for found in new_matches.iter() {
+                    if !self.ruleset.rule(found.rule).applies_to_path(path)
+                        || !seen.insert((found.rule, &found.secret))
+                    {
+                        continue;
+                    }
+                    let in_parent =
+                        change
+                            .old_blobs
+                            .iter()
+                            .any(|&old| match results.get(old as usize) {
+                                Some(BlobResult::Matches(old_matches)) => old_matches
+                                    .iter()
+                                    .any(|m| m.rule == found.rule && m.secret == found.secret),
+                                _ => false,
+                            });
+                    if !in_parent {
+                        introduced.push((found.rule, Some(found.line), found.secret.clone()));
+                    }
+                }
+            }
+            if introduced.is_empty() {
+                continue;
+            }
+            let node = &commits[change.commit as usize];
+            let meta = match meta_cache.get(&change.commit) {
+                Some(meta) => meta.clone(),
+                None => {
+                    let meta = commit_meta(repository, node.oid)
+                        .map_err(|e| git_error(self.path, e.message()))?;
+                    meta_cache.insert(change.commit, meta.clone());
+                    meta
+                }
+            };
+            let path_text = String::from_utf8_lossy(path).into_owned();
+            for (rule_index, line, secret) in introduced {
+                let rule = self.ruleset.rule(rule_index);
+                ScanProgress::add(&self.progress.findings, 1);
+                findings.push((
+                    node.ref_index,
+                    Finding {
+                        rule_id: rule.id.clone(),
+                        rule_name: rule.name.clone(),
+                        severity: rule.severity,
+                        path: path_text.clone(),
+                        line,
+                        commit: Some(meta.clone()),
+                        branch: Some(
+                            refs.iter()
+                                .find(|(i, _)| *i == node.ref_index)
+                                .map(|(_, r)| r.name.clone())
+                                .unwrap_or_default(),
+                        ),
+                        secret,
+                    },
+                ));
+            }
+        }
+        Ok((findings, stats))
+    }
+
+    fn record_outcome(
+        &self,
+        outcome: BlobOutcome,
+        oid: &Oid,
+        stats: &mut ScanStats,
+        warnings: &mut Vec<ScanWarning>,
+    ) -> BlobResult {
+        match outcome {
+            BlobOutcome::Scanned { bytes, matches } => {
+                stats.blobs_scanned += 1;
+                stats.bytes_scanned += bytes;
+                if matches.is_empty() {
+                    BlobResult::Clean
+                } else {
+                    BlobResult::Matches(matches.into_boxed_slice())
+                }
+            }
+            BlobOutcome::Binary => {
+                stats.skipped_binary += 1;
+                BlobResult::Clean
+            }
+            BlobOutcome::TooLarge => {
+                stats.skipped_too_large += 1;
+                BlobResult::Clean
+            }
+            BlobOutcome::Unreadable(message) => {
+                stats.unreadable += 1;
+                warnings.push(ScanWarning {
+                    subject: format!("blob {oid}"),
+                    message: format!("cannot read, skipped: {message}"),
+                });
+                BlobResult::Clean
+            }
+        }
+    }
+
+    fn discover_commits(
+        &self,
+        repository: &Repository,
+        refs: &[(usize, &SelectedRef)],
+        warnings: &mut Vec<ScanWarning>,
+    ) -> Result<Vec<CommitNode>, EngineError> {
+        let mut seen: HashSet<Oid> = HashSet::new();
+        let mut commits = Vec::new();
+        for &(ref_index, selected) in refs {
+            let mut stack = vec![selected.tip];
+            while let Some(oid) = stack.pop() {
+                if self.hidden.contains(&oid) || !seen.insert(oid) {
+                    continue;
+                }
+                let commit = match repository.find_commit(oid) {
+                    Ok(commit) => commit,
+                    Err(error) => {
+                        warnings.push(ScanWarning {
+                            subject: format!("commit {oid}"),
+                            message: format!(
+                                "cannot read, its history is skipped: {}",
+                                error.message()
+                            ),
+                        });
+                        continue;
+                    }
+                };
+                let parents: Vec<Oid> = commit.parent_ids().collect();
+                stack.extend(parents.iter().rev().copied());
+                commits.push(CommitNode {
+                    oid,
+                    tree: commit.tree_id(),
+                    parents,
+                    ref_index,
+                });
+            }
+        }
+        Ok(commits)
+    }
+
+    fn scan_blobs(
+        &self,
+        git_dir: &Path,
+        blob_ids: &[Oid],
+        to_scan: &[u32],
+    ) -> Result<Vec<BlobOutcome>, EngineError> {
+        // Check the ruleset builds a scanner before fanning out.
+        drop(self.ruleset.scanner()?);
+        let max_size = self.options.max_blob_size;
+        let progress = self.progress;
+        Ok(to_scan
+            .par_iter()
+            .map_init(
+                || (Repository::open(git_dir).ok(), self.ruleset.scanner().ok()),
+                |(repo, scanner), &blob| {
+                    let (Some(repo), Some(scanner)) = (repo.as_ref(), scanner.as_mut()) else {
+                        return BlobOutcome::Unreadable("cannot open the repository".into());
+                    };
+                    let outcome = read_and_scan(repo, scanner, blob_ids[blob as usize], max_size);
+                    ScanProgress::add(&progress.blobs_scanned, 1);
+                    if let BlobOutcome::Scanned { bytes, .. } = &outcome {
+                        ScanProgress::add(&progress.bytes_scanned, *bytes);
+                    }
+                    outcome
+                },
+            )
+            .collect())
+    }
+}
+
+enum BlobOutcome {
+    Scanned { bytes: u64, matches: Vec<BlobMatch> },
+    Binary,
+    TooLarge,
+    Unreadable(String),
+}
+
+fn read_and_scan(
+    repository: &Repository,
+    scanner: &mut crate::Scanner<'_>,
+    oid: Oid,
+    max_size: u64,
+) -> BlobOutcome {
+    let odb = match repository.odb() {
+        Ok(odb) => odb,
+        Err(error) => return BlobOutcome::Unreadable(error.message().to_string()),
+    };
+    match odb.read_header(oid) {
+        Ok((size, _)) if size as u64 > max_size => return BlobOutcome::TooLarge,
+        Ok(_) => {}
+        Err(error) => return BlobOutcome::Unreadable(error.message().to_string()),
+    }
+    let object = match odb.read(oid) {
+        Ok(object) => object,
+        Err(error) => return BlobOutcome::Unreadable(error.message().to_string()),
+    };
+    let data = object.data();
+    if is_binary(data) {
+        return BlobOutcome::Binary;
+    }
+    BlobOutcome::Scanned {
+        bytes: data.len() as u64,
+        matches: scanner.scan(data).to_vec(),
+    }
+}
+
+fn commit_meta(repository: &Repository, oid: Oid) -> Result<CommitMeta, git2::Error> {
+    let commit = repository.find_commit(oid)?;
+    let author = commit.author();
+    Ok(CommitMeta {
+        id: oid.to_string(),
+        author: String::from_utf8_lossy(author.name_bytes()).into_owned(),
+        author_email: String::from_utf8_lossy(author.email_bytes()).into_owned(),
+        time: author.when().seconds(),
+        offset_minutes: author.when().offset_minutes(),
+    })
+}
+
+struct RawChange {
+    path: Vec<u8>,
+    new_blob: Oid,
+    old_blobs: Vec<Option<Oid>>,
+}
+
+/// The blob paths `node` changed relative to every one of its parents.
+fn commit_changes(
+    repository: &Repository,
+    node: &CommitNode,
+    commits: &[CommitNode],
+    commit_index: &HashMap<Oid, u32>,
+) -> Result<Vec<RawChange>, git2::Error> {
+    let parent_tree = |parent: &Oid| -> Result<Oid, git2::Error> {
+        match commit_index.get(parent) {
+            Some(&index) => Ok(commits[index as usize].tree),
+            None => Ok(repository.find_commit(*parent)?.tree_id()),
+        }
+    };
+    if node.parents.is_empty() {
+        let mut out = Vec::new();
+        diff_trees(repository, None, node.tree, &mut Vec::new(), &mut out)?;
+        return Ok(out
+            .into_iter()
+            .map(|(path, new_blob, _)| RawChange {
+                path,
+                new_blob,
+                old_blobs: vec![None],
+            })
+            .collect());
+    }
+    let first_tree = parent_tree(&node.parents[0])?;
+    let mut first = Vec::new();
+    diff_trees(
+        repository,
+        Some(first_tree),
+        node.tree,
+        &mut Vec::new(),
+        &mut first,
+    )?;
+    let mut changes: Vec<RawChange> = first
+        .into_iter()
+        .map(|(path, new_blob, old)| RawChange {
+            path,
+            new_blob,
+            old_blobs: vec![old],
+        })
+        .collect();
+    for parent in &node.parents[1..] {
+        if changes.is_empty() {
+            break;
+        }
+        let tree = parent_tree(parent)?;
+        let mut other = Vec::new();
+        diff_trees(
+            repository,
+            Some(tree),
+            node.tree,
+            &mut Vec::new(),
+            &mut other,
+        )?;
+        let by_path: HashMap<Vec<u8>, Option<Oid>> = other
+            .into_iter()
+            .map(|(path, _, old)| (path, old))
+            .collect();
+        changes.retain_mut(|change| match by_path.get(&change.path) {
+            Some(old) => {
+                change.old_blobs.push(*old);
+                true
+            }
+            // Same as in this parent: the merge introduced nothing here.
+            None => false,
+        });
+    }
+    Ok(changes)
+}
+
+/// Git's tree order: names compare bytewise, a tree's name as if it ended in '/'.
+fn git_order(a: &[u8], a_tree: bool, b: &[u8], b_tree: bool) -> Ordering {
+    let common = a.len().min(b.len());
+    match a[..common].cmp(&b[..common]) {
+        Ordering::Equal => {
+            let next = |name: &[u8], tree: bool| {
+                name.get(common)
+                    .copied()
+                    .unwrap_or(if tree { b'/' } else { 0 })
+            };
+            next(a, a_tree)
+                .cmp(&next(b, b_tree))
+                .then(a.len().cmp(&b.len()))
+        }
+        other => other,
+    }
+}
+
+struct Entry {
+    name: Vec<u8>,
+    oid: Oid,
+    kind: EntryKind,
+}
+
+#[derive(PartialEq, Eq, Clone, Copy)]
+enum EntryKind {
+    Tree,
+    Blob,
+    Other,
+}
+
+fn tree_entries(repository: &Repository, oid: Oid) -> Result<Vec<Entry>, git2::Error> {
+    let tree = repository.find_tree(oid)?;
+    Ok(tree
+        .iter()
+        .map(|entry| {
+            let kind = match (entry.kind(), entry.filemode()) {
+                (Some(ObjectType::Tree), _) => EntryKind::Tree,
+                // Symbolic links (0o120000) and submodules hold no file content.
+                (Some(ObjectType::Blob), mode) if mode != 0o120000 => EntryKind::Blob,
+                _ => EntryKind::Other,
+            };
+            Entry {
+                name: entry.name_bytes().to_vec(),
+                oid: entry.id(),
+                kind,
+            }
+        })
+        .collect())
+}
+
+/// Appends (path, new blob, old blob) for every blob in `new` that is not
+/// the same blob at the same path in `old`; identical subtrees are skipped.
+fn diff_trees(
+    repository: &Repository,
+    old: Option<Oid>,
+    new: Oid,
+    prefix: &mut Vec<u8>,
+    out: &mut Vec<(Vec<u8>, Oid, Option<Oid>)>,
+) -> Result<(), git2::Error> {
+    if old == Some(new) {
+        return Ok(());
+    }
+    let new_entries = tree_entries(repository, new)?;
+    let old_entries = match old {
+        Some(old) => tree_entries(repository, old)?,
+        None => Vec::new(),
+    };
+    let mut old_position = 0;
+    for entry in &new_entries {
+        if entry.kind == EntryKind::Other {
+            continue;
+        }
+        let is_tree = entry.kind == EntryKind::Tree;
+        // Advance through old entries ordered before this one.
+        let mut counterpart = None;
+        while old_position < old_entries.len() {
+            let candidate = &old_entries[old_position];
+            match git_order(
+                &candidate.name,
+                candidate.kind == EntryKind::Tree,
+                &entry.name,
+                is_tree,
+            ) {
+                Ordering::Less => old_position += 1,
+                Ordering::Equal => {
+                    if candidate.kind == entry.kind {
+                        counterpart = Some(candidate.oid);
+                    }
+                    old_position += 1;
+                    break;
+                }
+                Ordering::Greater => break,
+            }
+        }
+        if counterpart == Some(entry.oid) {
+            continue;
+        }
+        let length = prefix.len();
+        prefix.extend_from_slice(&entry.name);
+        if is_tree {
+            prefix.push(b'/');
+            diff_trees(repository, counterpart, entry.oid, prefix, out)?;
+        } else {
+            out.push((prefix.clone(), entry.oid, counterpart));
+        }
+        prefix.truncate(length);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn git_order_puts_trees_after_same_named_files_with_suffixes() {
+        // Git sorts "a.txt" < "a/" (tree) < "a0" because '.' < '/' < '0'.
+        assert_eq!(git_order(b"a.txt", false, b"a", true), Ordering::Less);
+        assert_eq!(git_order(b"a", true, b"a0", false), Ordering::Less);
+        assert_eq!(git_order(b"a", false, b"a", true), Ordering::Less);
+        assert_eq!(git_order(b"b", false, b"b", false), Ordering::Equal);
+    }
+}

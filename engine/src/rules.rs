@@ -1,0 +1,221 @@
+//! Rules as data: the YAML schema of `engine/rules/*.yml`, the built-in set
+//! embedded at build time, and custom rules given at run time.
+
+use std::{collections::HashSet, fmt, path::Path, sync::OnceLock};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, RuleError};
+
+include!(concat!(env!("OUT_DIR"), "/builtin_rules.rs"));
+
+/// How bad a leak of this kind of secret is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Severity {
+    Low,
+    Medium,
+    High,
+    Critical,
+}
+
+impl Severity {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Severity::Low => "LOW",
+            Severity::Medium => "MEDIUM",
+            Severity::High => "HIGH",
+            Severity::Critical => "CRITICAL",
+        }
+    }
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Severity {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.to_ascii_uppercase().as_str() {
+            "LOW" => Ok(Severity::Low),
+            "MEDIUM" => Ok(Severity::Medium),
+            "HIGH" => Ok(Severity::High),
+            "CRITICAL" => Ok(Severity::Critical),
+            other => Err(format!(
+                "unknown severity {other:?} (expected LOW, MEDIUM, HIGH or CRITICAL)"
+            )),
+        }
+    }
+}
+
+/// One rule as written in a rule file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleSpec {
+    /// Stable upper-case id; also the rule name the REST API shows.
+    pub id: String,
+    /// Display name.
+    pub name: String,
+    /// Other names the rule answers to (Soteri's documented names).
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    /// Regex whose capture group 1 is the secret.
+    pub pattern: String,
+    /// Literals (case-insensitive) of which every match contains one.
+    pub keywords: Vec<String>,
+    /// Minimum Shannon entropy of the secret, in bits per byte.
+    #[serde(default)]
+    pub min_entropy: Option<f64>,
+    /// A match whose secret contains one of these (case-insensitive) is dropped.
+    #[serde(default)]
+    pub stopwords: Vec<String>,
+    /// A catch-all rule (assignments, URLs, headers, JWTs): its match yields to
+    /// a specific rule's match of an overlapping secret. Ids starting with
+    /// `GENERIC_` are generic without saying so.
+    #[serde(default)]
+    pub generic: bool,
+    pub severity: Severity,
+    #[serde(default)]
+    pub references: Vec<String>,
+    /// Texts that must produce a finding.
+    #[serde(default)]
+    pub examples: Vec<String>,
+    /// Texts that must not.
+    #[serde(default)]
+    pub negative_examples: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RuleFile {
+    rules: Vec<RuleSpec>,
+}
+
+/// Parses one rule file. `origin` names it in errors.
+pub fn parse_rule_file(origin: &str, text: &str) -> Result<Vec<RuleSpec>, RuleError> {
+    let file: RuleFile = serde_yaml_ng::from_str(text).map_err(|error| RuleError::Parse {
+        origin: origin.to_string(),
+        message: error.to_string(),
+    })?;
+    for spec in &file.rules {
+        validate_spec(origin, spec)?;
+    }
+    Ok(file.rules)
+}
+
+/// Loads extra rule files from disk (run-time additions to the built-ins).
+pub fn load_rule_file(path: &Path) -> Result<Vec<RuleSpec>, EngineError> {
+    let text = std::fs::read_to_string(path).map_err(|source| EngineError::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    Ok(parse_rule_file(&path.display().to_string(), &text)?)
+}
+
+fn validate_spec(origin: &str, spec: &RuleSpec) -> Result<(), RuleError> {
+    let invalid = |message: String| RuleError::Invalid {
+        origin: origin.to_string(),
+        rule: spec.id.clone(),
+        message,
+    };
+    if !is_rule_id(&spec.id) {
+        return Err(invalid("id must match ^[A-Z][A-Z0-9_]*$".into()));
+    }
+    if let Some(alias) = spec.aliases.iter().find(|alias| !is_rule_id(alias)) {
+        return Err(invalid(format!(
+            "alias {alias:?} must match ^[A-Z][A-Z0-9_]*$"
+        )));
+    }
+    if spec.keywords.is_empty() || spec.keywords.iter().any(|k| k.is_empty()) {
+        return Err(invalid(
+            "keywords must be a non-empty list of non-empty strings".into(),
+        ));
+    }
+    if spec.name.trim().is_empty() {
+        return Err(invalid("name must not be empty".into()));
+    }
+    Ok(())
+}
+
+/// `^[A-Z][A-Z0-9_]*$`
+pub fn is_rule_id(text: &str) -> bool {
+    let mut chars = text.chars();
+    matches!(chars.next(), Some('A'..='Z'))
+        && chars.all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// The built-in rules, parsed once. Their ids and aliases are unique (checked
+/// here and by the test suite).
+pub fn builtin_rules() -> &'static [RuleSpec] {
+    static BUILTIN: OnceLock<Vec<RuleSpec>> = OnceLock::new();
+    BUILTIN.get_or_init(|| {
+        let mut all = Vec::new();
+        for (name, text) in BUILTIN_RULE_FILES {
+            // The test suite parses every file; a broken built-in file is a build defect.
+            let specs = parse_rule_file(name, text)
+                .unwrap_or_else(|error| panic!("built-in rule file is invalid: {error}"));
+            all.extend(specs);
+        }
+        if let Err(duplicate) = check_unique_names(&all) {
+            panic!("built-in rule name {duplicate} is defined twice");
+        }
+        all
+    })
+}
+
+/// The names of the files the built-in rules come from.
+pub fn builtin_rule_files() -> impl Iterator<Item = (&'static str, &'static str)> {
+    BUILTIN_RULE_FILES.iter().copied()
+}
+
+/// Returns the first id or alias that appears twice.
+pub fn check_unique_names(specs: &[RuleSpec]) -> Result<(), String> {
+    let mut seen = HashSet::new();
+    for spec in specs {
+        for name in std::iter::once(&spec.id).chain(&spec.aliases) {
+            if !seen.insert(name.as_str()) {
+                return Err(name.clone());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Finds a built-in rule by id or alias (case-insensitive, as Soteri's API is).
+pub fn find_builtin(name: &str) -> Option<&'static RuleSpec> {
+    builtin_rules().iter().find(|spec| {
+        spec.id.eq_ignore_ascii_case(name)
+            || spec.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+    })
+}
+
+/// A rule defined by a user: a line regex, a path regex, or both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct CustomRule {
+    pub name: String,
+    pub line_regex: Option<String>,
+    pub path_regex: Option<String>,
+    pub severity: Severity,
+}
+
+impl CustomRule {
+    pub fn line(name: impl Into<String>, line_regex: impl Into<String>) -> Self {
+        CustomRule {
+            name: name.into(),
+            line_regex: Some(line_regex.into()),
+            path_regex: None,
+            severity: Severity::High,
+        }
+    }
+}
+
+/// An allowlist entry: a finding whose path (or line) matches is not reported.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Allowlist {
+    pub paths: Vec<String>,
+    pub lines: Vec<String>,
+}
