@@ -22,6 +22,11 @@ use leakscan_engine::{
 
 use crate::report::{write_report, FindingRecord, Format};
 
+/// mimalloc, also standing in for libgit2's C `malloc` (feature `override`):
+/// glibc's allocator was 30% of a history scan's time.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Debug, Parser)]
 #[command(
     name = "leakscan",
