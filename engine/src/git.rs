@@ -22,7 +22,7 @@ use std::{
     path::Path,
 };
 
-use git2::{ObjectType, Oid, Repository, RepositoryOpenFlags};
+use git2::{Oid, Repository, RepositoryOpenFlags};
 use rayon::prelude::*;
 
 use crate::{
@@ -115,27 +115,75 @@ fn limit_libgit2_memory() {
     git2::opts::strict_hash_verification(false);
 }
 
-thread_local! {
-    /// Each scan thread keeps one repository handle (and so one warm libgit2
-    /// object cache) for the whole scan; the threads end with the scan's pool.
-    static THREAD_REPOSITORY: std::cell::RefCell<Option<(std::path::PathBuf, Repository)>> =
-        const { std::cell::RefCell::new(None) };
+/// Object reads on the hot path (trees while diffing, blobs while
+/// scanning) go through gix: unlike libgit2, whose shared pack locks kept
+/// the diff stage on about one core, its handles read packs in parallel.
+/// Each scan thread keeps one handle (with its pack delta-base cache) for the
+/// whole scan; the threads end with the scan's pool.
+struct ObjectReader {
+    git_dir: std::path::PathBuf,
+    repository: gix::Repository,
+    buffer: Vec<u8>,
 }
 
-/// Runs `work` with this thread's handle on the repository at `git_dir`.
-fn with_thread_repository<T>(
+thread_local! {
+    static THREAD_READER: std::cell::RefCell<Option<ObjectReader>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Runs `work` with this thread's object reader on the repository at `git_dir`.
+fn with_object_reader<T>(
     git_dir: &Path,
-    work: impl FnOnce(&Repository) -> T,
-) -> Result<T, git2::Error> {
-    THREAD_REPOSITORY.with(|cell| {
+    work: impl FnOnce(&mut ObjectReader) -> T,
+) -> Result<T, String> {
+    THREAD_READER.with(|cell| {
         let mut slot = cell.borrow_mut();
-        if slot.as_ref().is_none_or(|(path, _)| path != git_dir) {
+        if slot.as_ref().is_none_or(|reader| reader.git_dir != git_dir) {
             clear_tree_cache();
-            *slot = Some((git_dir.to_path_buf(), Repository::open(git_dir)?));
+            let repository = gix::open_opts(git_dir, gix::open::Options::isolated())
+                .map_err(|error| format!("cannot open with gix: {error}"))?;
+            *slot = Some(ObjectReader {
+                git_dir: git_dir.to_path_buf(),
+                repository,
+                buffer: Vec::new(),
+            });
         }
-        let (_, repository) = slot.as_ref().expect("set above");
-        Ok(work(repository))
+        Ok(work(slot.as_mut().expect("set above")))
     })
+}
+
+fn to_gix(oid: Oid) -> gix::ObjectId {
+    gix::ObjectId::from_bytes_or_panic(oid.as_bytes())
+}
+
+fn from_gix(oid: &gix::oid) -> Oid {
+    Oid::from_bytes(oid.as_bytes()).expect("a SHA-1 object id has 20 bytes")
+}
+
+impl ObjectReader {
+    /// The object's bytes, checked to be of `kind`.
+    fn read(&mut self, oid: Oid, kind: gix::object::Kind) -> Result<&[u8], String> {
+        use gix::objs::Find;
+        let data = self
+            .repository
+            .objects
+            .try_find(&to_gix(oid), &mut self.buffer)
+            .map_err(|error| error.to_string())?
+            .ok_or_else(|| format!("object {oid} not found"))?;
+        if data.kind != kind {
+            return Err(format!("object {oid} is a {}, not a {kind}", data.kind));
+        }
+        Ok(data.data)
+    }
+
+    fn size(&self, oid: Oid) -> Result<u64, String> {
+        use gix::objs::FindHeader;
+        self.repository
+            .objects
+            .try_header(&to_gix(oid))
+            .map_err(|error| error.to_string())?
+            .map(|header| header.size)
+            .ok_or_else(|| format!("object {oid} not found"))
+    }
 }
 
 struct SelectedRef {
@@ -435,11 +483,19 @@ impl HistoryWalk<'_> {
         let commits = self.discover_commits(repository, refs, warnings)?;
         stats.commits = commits.len() as u64;
         ScanProgress::add(&self.progress.commits, commits.len() as u64);
-        let commit_index: HashMap<Oid, u32> = commits
-            .iter()
-            .enumerate()
-            .map(|(index, node)| (node.oid, index as u32))
-            .collect();
+        // Every parent's tree, read up front for the few parents outside the
+        // walk (the `--since` boundary).
+        let mut parent_trees: HashMap<Oid, Oid> =
+            commits.iter().map(|node| (node.oid, node.tree)).collect();
+        for parent in commits.iter().flat_map(|node| &node.parents) {
+            if !parent_trees.contains_key(parent) {
+                let tree = repository
+                    .find_commit(*parent)
+                    .map_err(|e| git_error(self.path, format!("commit {parent}: {}", e.message())))?
+                    .tree_id();
+                parent_trees.insert(*parent, tree);
+            }
+        }
 
         // Stage 2: tree diffs, chunk by chunk to bound memory.
         let mut tables = Tables::default();
@@ -449,11 +505,10 @@ impl HistoryWalk<'_> {
             let raw: Vec<Result<Vec<RawChange>, String>> = chunk
                 .par_iter()
                 .map(|node| {
-                    with_thread_repository(git_dir, |repo| {
-                        commit_changes(repo, node, &commits, &commit_index)
+                    with_object_reader(git_dir, |reader| {
+                        commit_changes(reader, node, &parent_trees)
                     })
                     .and_then(|changes| changes)
-                    .map_err(|e| e.message().to_string())
                 })
                 .collect();
             for (offset, result) in raw.into_iter().enumerate() {
@@ -702,10 +757,10 @@ impl HistoryWalk<'_> {
                     let Some(scanner) = scanner.as_mut() else {
                         return BlobOutcome::Unreadable("cannot build a scanner".into());
                     };
-                    let outcome = with_thread_repository(git_dir, |repo| {
-                        read_and_scan(repo, scanner, blob_ids[blob as usize], max_size)
+                    let outcome = with_object_reader(git_dir, |reader| {
+                        read_and_scan_blob(reader, scanner, blob_ids[blob as usize], max_size)
                     })
-                    .unwrap_or_else(|error| BlobOutcome::Unreadable(error.message().to_string()));
+                    .unwrap_or_else(BlobOutcome::Unreadable);
                     ScanProgress::add(&progress.blobs_scanned, 1);
                     if let BlobOutcome::Scanned { bytes, .. } = &outcome {
                         ScanProgress::add(&progress.bytes_scanned, *bytes);
@@ -753,6 +808,30 @@ fn read_and_scan(
     }
 }
 
+fn read_and_scan_blob(
+    reader: &mut ObjectReader,
+    scanner: &mut crate::Scanner<'_>,
+    oid: Oid,
+    max_size: u64,
+) -> BlobOutcome {
+    match reader.size(oid) {
+        Ok(size) if size > max_size => return BlobOutcome::TooLarge,
+        Ok(_) => {}
+        Err(message) => return BlobOutcome::Unreadable(message),
+    }
+    let data = match reader.read(oid, gix::object::Kind::Blob) {
+        Ok(data) => data,
+        Err(message) => return BlobOutcome::Unreadable(message),
+    };
+    if is_binary(data) {
+        return BlobOutcome::Binary;
+    }
+    BlobOutcome::Scanned {
+        bytes: data.len() as u64,
+        matches: scanner.scan(data).to_vec(),
+    }
+}
+
 fn commit_meta(repository: &Repository, oid: Oid) -> Result<CommitMeta, git2::Error> {
     let commit = repository.find_commit(oid)?;
     let author = commit.author();
@@ -773,20 +852,19 @@ struct RawChange {
 
 /// The blob paths `node` changed relative to every one of its parents.
 fn commit_changes(
-    repository: &Repository,
+    reader: &mut ObjectReader,
     node: &CommitNode,
-    commits: &[CommitNode],
-    commit_index: &HashMap<Oid, u32>,
-) -> Result<Vec<RawChange>, git2::Error> {
-    let parent_tree = |parent: &Oid| -> Result<Oid, git2::Error> {
-        match commit_index.get(parent) {
-            Some(&index) => Ok(commits[index as usize].tree),
-            None => Ok(repository.find_commit(*parent)?.tree_id()),
-        }
+    parent_trees: &HashMap<Oid, Oid>,
+) -> Result<Vec<RawChange>, String> {
+    let parent_tree = |parent: &Oid| -> Result<Oid, String> {
+        parent_trees
+            .get(parent)
+            .copied()
+            .ok_or_else(|| format!("parent commit {parent} not read"))
     };
     if node.parents.is_empty() {
         let mut out = Vec::new();
-        diff_trees(repository, None, node.tree, &mut Vec::new(), &mut out)?;
+        diff_trees(reader, None, node.tree, &mut Vec::new(), &mut out)?;
         return Ok(out
             .into_iter()
             .map(|(path, new_blob, _)| RawChange {
@@ -799,7 +877,7 @@ fn commit_changes(
     let first_tree = parent_tree(&node.parents[0])?;
     let mut first = Vec::new();
     diff_trees(
-        repository,
+        reader,
         Some(first_tree),
         node.tree,
         &mut Vec::new(),
@@ -819,13 +897,7 @@ fn commit_changes(
         }
         let tree = parent_tree(parent)?;
         let mut other = Vec::new();
-        diff_trees(
-            repository,
-            Some(tree),
-            node.tree,
-            &mut Vec::new(),
-            &mut other,
-        )?;
+        diff_trees(reader, Some(tree), node.tree, &mut Vec::new(), &mut other)?;
         let by_path: HashMap<Vec<u8>, Option<Oid>> = other
             .into_iter()
             .map(|(path, _, old)| (path, old))
@@ -891,7 +963,7 @@ thread_local! {
     });
 }
 
-fn tree_entries(repository: &Repository, oid: Oid) -> Result<std::rc::Rc<[Entry]>, git2::Error> {
+fn tree_entries(reader: &mut ObjectReader, oid: Oid) -> Result<std::rc::Rc<[Entry]>, String> {
     let cached = TREE_CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         if let Some(entries) = cache.current.get(&oid) {
@@ -904,7 +976,7 @@ fn tree_entries(repository: &Repository, oid: Oid) -> Result<std::rc::Rc<[Entry]
     if let Some(entries) = cached {
         return Ok(entries);
     }
-    let entries = read_tree_entries(repository, oid)?;
+    let entries = read_tree_entries(reader, oid)?;
     TREE_CACHE.with(|cache| {
         let mut cache = cache.borrow_mut();
         if cache.current.len() >= TREE_CACHE_GENERATION {
@@ -924,44 +996,43 @@ fn clear_tree_cache() {
     });
 }
 
-fn read_tree_entries(
-    repository: &Repository,
-    oid: Oid,
-) -> Result<std::rc::Rc<[Entry]>, git2::Error> {
-    let tree = repository.find_tree(oid)?;
-    Ok(tree
-        .iter()
+fn read_tree_entries(reader: &mut ObjectReader, oid: Oid) -> Result<std::rc::Rc<[Entry]>, String> {
+    let data = reader.read(oid, gix::object::Kind::Tree)?;
+    gix::objs::TreeRefIter::from_bytes(data, gix::hash::Kind::Sha1)
         .map(|entry| {
-            let kind = match (entry.kind(), entry.filemode()) {
-                (Some(ObjectType::Tree), _) => EntryKind::Tree,
-                // Symbolic links (0o120000) and submodules hold no file content.
-                (Some(ObjectType::Blob), mode) if mode != 0o120000 => EntryKind::Blob,
-                _ => EntryKind::Other,
+            let entry = entry.map_err(|error| format!("tree {oid}: {error}"))?;
+            let kind = if entry.mode.is_tree() {
+                EntryKind::Tree
+            } else if entry.mode.is_blob() {
+                // Symbolic links and submodules hold no file content.
+                EntryKind::Blob
+            } else {
+                EntryKind::Other
             };
-            Entry {
-                name: entry.name_bytes().to_vec(),
-                oid: entry.id(),
+            Ok(Entry {
+                name: entry.filename.to_vec(),
+                oid: from_gix(entry.oid),
                 kind,
-            }
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// Appends (path, new blob, old blob) for every blob in `new` that is not
 /// the same blob at the same path in `old`; identical subtrees are skipped.
 fn diff_trees(
-    repository: &Repository,
+    reader: &mut ObjectReader,
     old: Option<Oid>,
     new: Oid,
     prefix: &mut Vec<u8>,
     out: &mut Vec<(Vec<u8>, Oid, Option<Oid>)>,
-) -> Result<(), git2::Error> {
+) -> Result<(), String> {
     if old == Some(new) {
         return Ok(());
     }
-    let new_entries = tree_entries(repository, new)?;
+    let new_entries = tree_entries(reader, new)?;
     let old_entries = match old {
-        Some(old) => tree_entries(repository, old)?,
+        Some(old) => tree_entries(reader, old)?,
         None => std::rc::Rc::from(Vec::new()),
     };
     let mut old_position = 0;
@@ -998,7 +1069,7 @@ fn diff_trees(
         prefix.extend_from_slice(&entry.name);
         if is_tree {
             prefix.push(b'/');
-            diff_trees(repository, counterpart, entry.oid, prefix, out)?;
+            diff_trees(reader, counterpart, entry.oid, prefix, out)?;
         } else {
             out.push((prefix.clone(), entry.oid, counterpart));
         }
