@@ -259,23 +259,36 @@ impl ProgressTicker {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let stop_flag = Arc::clone(&stop);
         let handle = std::thread::spawn(move || {
-            let bar = indicatif::ProgressBar::new(0).with_style(
-                indicatif::ProgressStyle::with_template(
-                    "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} blobs {msg}",
-                )
-                .expect("valid template"),
-            );
+            let style = |template: &str| {
+                indicatif::ProgressStyle::with_template(template).expect("valid template")
+            };
+            let bar = indicatif::ProgressBar::new(0).with_style(style(
+                "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} commits {msg}",
+            ));
+            let mut scanning_blobs = false;
             let started = Instant::now();
             while !stop_flag.load(Ordering::Relaxed) {
+                let blobs_total = progress.blobs_total.load(Ordering::Relaxed);
+                if blobs_total > 0 && !scanning_blobs {
+                    // Trees are diffed: from now on the unit is the blob.
+                    scanning_blobs = true;
+                    bar.set_style(style(
+                        "{spinner} [{elapsed_precise}] {bar:30} {pos}/{len} blobs {msg}",
+                    ));
+                }
                 let bytes = progress.bytes_scanned.load(Ordering::Relaxed);
                 let rate = bytes as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-3);
-                bar.set_length(progress.blobs_total.load(Ordering::Relaxed));
-                bar.set_position(progress.blobs_scanned.load(Ordering::Relaxed));
+                if scanning_blobs {
+                    bar.set_length(blobs_total);
+                    bar.set_position(progress.blobs_scanned.load(Ordering::Relaxed));
+                } else {
+                    bar.set_length(progress.commits.load(Ordering::Relaxed));
+                    bar.set_position(progress.commits_diffed.load(Ordering::Relaxed));
+                }
                 bar.set_message(format!(
-                    "{:.1} MB, {} findings, {rate:.1} MB/s, {} commits",
+                    "{:.1} MB, {} findings, {rate:.1} MB/s",
                     bytes as f64 / 1e6,
                     progress.findings.load(Ordering::Relaxed),
-                    progress.commits.load(Ordering::Relaxed),
                 ));
                 std::thread::sleep(Duration::from_millis(100));
             }

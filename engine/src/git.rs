@@ -511,6 +511,7 @@ impl HistoryWalk<'_> {
                     .and_then(|changes| changes)
                 })
                 .collect();
+            ScanProgress::add(&self.progress.commits_diffed, chunk.len() as u64);
             for (offset, result) in raw.into_iter().enumerate() {
                 let commit = (base_index + offset) as u32;
                 match result {

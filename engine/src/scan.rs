@@ -41,7 +41,10 @@ impl ScanOptions {
 /// Counters a scan updates as it goes, for a progress display.
 #[derive(Debug, Default)]
 pub struct ScanProgress {
+    /// Commits found (known before any tree is read).
     pub commits: AtomicU64,
+    /// Commits whose trees have been diffed.
+    pub commits_diffed: AtomicU64,
     pub blobs_total: AtomicU64,
     pub blobs_scanned: AtomicU64,
     pub bytes_scanned: AtomicU64,

@@ -535,3 +535,38 @@ fn a_missing_object_is_a_warning_and_the_scan_goes_on() {
         report.warnings
     );
 }
+
+#[test]
+fn all_refs_reaches_commits_only_a_tag_holds() {
+    let repo = GitRepo::new();
+    repo.write("a.txt", "a\n");
+    repo.commit_all("init");
+    repo.checkout_new("temp");
+    repo.write("release.env", aws_line(AWS_KEY));
+    let tagged = repo.commit_all("release candidate");
+    repo.git(&["tag", "-a", "v1.0-rc", "-m", "rc"]);
+    repo.checkout("main");
+    repo.git(&["branch", "-D", "temp"]);
+
+    assert!(scan(&repo).findings.is_empty());
+    let all_refs = scan_with(
+        &repo,
+        &Policy::builtin_default(),
+        &GitScanRequest {
+            refs: RefSelection::AllRefs,
+            ..GitScanRequest::default()
+        },
+        2,
+    )
+    .unwrap();
+    assert_eq!(
+        summary(&all_refs.findings),
+        vec![(
+            "AWS_ACCESS_KEY_ID".into(),
+            tagged,
+            "release.env".into(),
+            Some(1),
+            "v1.0-rc".into()
+        )]
+    );
+}
