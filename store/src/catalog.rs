@@ -1,0 +1,197 @@
+//! Projects, repositories and branches.
+
+use serde::Serialize;
+use sqlx::{FromRow, PgPool};
+
+use crate::{Page, PageRequest, Result, StoreError};
+
+/// Database id of a repository.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct RepoId(pub i64);
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+pub struct Project {
+    pub id: i64,
+    pub key: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+pub struct Repository {
+    pub id: RepoId,
+    pub project_key: String,
+    pub slug: String,
+    pub name: String,
+    pub clone_url: String,
+    pub hook_enabled: bool,
+    pub exempt: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+pub struct Branch {
+    pub name: String,
+    pub head_commit: String,
+    pub last_scanned_commit: Option<String>,
+}
+
+/// `PROJECT_1`, or `~user` for a personal project: letters, digits, `_`,
+/// `-`; no path separators, no leading dash.
+pub fn validate_project_key(key: &str) -> Result<()> {
+    let body = key.strip_prefix('~').unwrap_or(key);
+    let valid = !body.is_empty()
+        && body.len() <= 128
+        && !body.starts_with('-')
+        && body
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.')
+        && body != "."
+        && body != "..";
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!("invalid project key {key:?}")))
+    }
+}
+
+/// A repository slug: letters, digits, `.`, `_`, `-`; not `.`/`..`, no
+/// leading dash.
+pub fn validate_slug(slug: &str) -> Result<()> {
+    let valid = !slug.is_empty()
+        && slug.len() <= 128
+        && !slug.starts_with('-')
+        && slug != "."
+        && slug != ".."
+        && slug
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "invalid repository slug {slug:?}"
+        )))
+    }
+}
+
+/// Creates the project if it is new; returns it either way.
+pub async fn upsert_project(pool: &PgPool, key: &str, name: &str) -> Result<Project> {
+    validate_project_key(key)?;
+    Ok(sqlx::query_as::<_, Project>(
+        "insert into projects (key, name) values ($1, $2)
+         on conflict (key) do update set name = projects.name
+         returning id, key, name",
+    )
+    .bind(key)
+    .bind(name)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// Creates or updates a repository of an existing project.
+pub async fn upsert_repository(
+    pool: &PgPool,
+    project_key: &str,
+    slug: &str,
+    clone_url: &str,
+) -> Result<Repository> {
+    validate_slug(slug)?;
+    let row = sqlx::query_as::<_, Repository>(
+        "with upserted as (
+             insert into repositories (project_id, slug, name, clone_url)
+             select id, $2, $2, $3 from projects where key = $1
+             on conflict (project_id, slug) do update set clone_url = excluded.clone_url
+             returning *
+         )
+         select upserted.id, $1 as project_key, slug, upserted.name, clone_url, hook_enabled, exempt from upserted",
+    )
+    .bind(project_key)
+    .bind(slug)
+    .bind(clone_url)
+    .fetch_optional(pool)
+    .await?;
+    row.ok_or_else(|| StoreError::NotFound(format!("project {project_key}")))
+}
+
+/// Replaces a repository's branches with `branches` (name, head commit),
+/// keeping what earlier scans covered of branches that remain.
+pub async fn replace_branches(
+    pool: &PgPool,
+    repository: RepoId,
+    branches: &[(String, String)],
+) -> Result<()> {
+    let mut transaction = pool.begin().await?;
+    let names: Vec<&str> = branches.iter().map(|(name, _)| name.as_str()).collect();
+    sqlx::query("delete from branches where repository_id = $1 and not (name = any($2))")
+        .bind(repository)
+        .bind(&names)
+        .execute(&mut *transaction)
+        .await?;
+    for (name, head) in branches {
+        sqlx::query(
+            "insert into branches (repository_id, name, head_commit) values ($1, $2, $3)
+             on conflict (repository_id, name) do update set head_commit = excluded.head_commit",
+        )
+        .bind(repository)
+        .bind(name)
+        .bind(head)
+        .execute(&mut *transaction)
+        .await?;
+    }
+    transaction.commit().await?;
+    Ok(())
+}
+
+pub async fn list_projects(pool: &PgPool, page: PageRequest) -> Result<Page<Project>> {
+    let rows = sqlx::query_as::<_, Project>(
+        "select id, key, name from projects order by key offset $1 limit $2",
+    )
+    .bind(i64::from(page.start))
+    .bind(i64::from(page.limit) + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(page.page(rows))
+}
+
+pub async fn list_repositories(
+    pool: &PgPool,
+    project_key: &str,
+    page: PageRequest,
+) -> Result<Page<Repository>> {
+    let rows = sqlx::query_as::<_, Repository>(
+        "select r.id, p.key as project_key, r.slug, r.name, r.clone_url, r.hook_enabled, r.exempt
+         from repositories r join projects p on p.id = r.project_id
+         where p.key = $1 order by r.slug offset $2 limit $3",
+    )
+    .bind(project_key)
+    .bind(i64::from(page.start))
+    .bind(i64::from(page.limit) + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(page.page(rows))
+}
+
+pub async fn find_repository(
+    pool: &PgPool,
+    project_key: &str,
+    slug: &str,
+) -> Result<Option<Repository>> {
+    Ok(sqlx::query_as::<_, Repository>(
+        "select r.id, p.key as project_key, r.slug, r.name, r.clone_url, r.hook_enabled, r.exempt
+         from repositories r join projects p on p.id = r.project_id
+         where p.key = $1 and r.slug = $2",
+    )
+    .bind(project_key)
+    .bind(slug)
+    .fetch_optional(pool)
+    .await?)
+}
+
+pub async fn branches(pool: &PgPool, repository: RepoId) -> Result<Vec<Branch>> {
+    Ok(sqlx::query_as::<_, Branch>(
+        "select name, head_commit, last_scanned_commit from branches where repository_id = $1 order by name",
+    )
+    .bind(repository)
+    .fetch_all(pool)
+    .await?)
+}

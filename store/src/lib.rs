@@ -1,0 +1,52 @@
+//! `leakscan-store`: the one owner of leakscan's schema.
+//!
+//! - [`migrate`] applies `store/migrations/*.sql` (embedded); the migrator's
+//!   advisory lock makes concurrent start-up of several processes safe.
+//! - [`catalog`]: projects, repositories and their branches.
+//! - [`jobs`]: scan jobs, the source of truth for what was requested.
+//! - [`queue`]: the Redis stream `…jobs` that carries job ids from the
+//!   gateway to the coordinators; an entry is acknowledged only once the
+//!   job's tasks are in PostgreSQL.
+//! - [`testing`]: a fresh database per test.
+//!
+//! Queries are checked at run time (no database is needed to build).
+
+pub mod catalog;
+pub mod jobs;
+pub mod page;
+pub mod queue;
+pub mod testing;
+
+use sqlx::postgres::{PgPool, PgPoolOptions};
+
+pub use page::{Page, PageRequest};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("redis: {0}")]
+    Redis(#[from] redis::RedisError),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;
+
+/// Connects a pool to `url`.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    Ok(PgPoolOptions::new()
+        .max_connections(max_connections)
+        .connect(url)
+        .await?)
+}
+
+/// Applies every pending migration.
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! The job stream: a Redis stream `{prefix}jobs` read by a consumer group
+//! of coordinators. PostgreSQL stays the source of truth; an entry only
+//! says "look at job N" and is acknowledged once the job's tasks are in
+//! PostgreSQL, so a coordinator that dies before that leaves the entry
+//! pending, to be claimed by another after `claim_idle_ms`.
+
+use redis::{aio::ConnectionManager, streams::StreamReadReply, AsyncCommands, Value};
+
+use crate::{jobs::JobId, Result, StoreError};
+
+pub const CONSUMER_GROUP: &str = "coordinators";
+
+/// One delivered entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub entry_id: String,
+    pub job: JobId,
+}
+
+#[derive(Clone)]
+pub struct JobQueue {
+    connection: ConnectionManager,
+    stream: String,
+}
+
+impl JobQueue {
+    /// Connects and makes sure the stream and its consumer group exist.
+    /// `prefix` keeps instances apart (e.g. `leakscan:`).
+    pub async fn connect(redis_url: &str, prefix: &str) -> Result<JobQueue> {
+        let client = redis::Client::open(redis_url)?;
+        let connection = ConnectionManager::new(client).await?;
+        let queue = JobQueue {
+            connection,
+            stream: format!("{prefix}jobs"),
+        };
+        queue.ensure_group().await?;
+        Ok(queue)
+    }
+
+    pub fn stream_key(&self) -> &str {
+        &self.stream
+    }
+
+    async fn ensure_group(&self) -> Result<()> {
+        let mut connection = self.connection.clone();
+        let created: redis::RedisResult<()> = redis::cmd("XGROUP")
+            .arg("CREATE")
+            .arg(&self.stream)
+            .arg(CONSUMER_GROUP)
+            .arg("0")
+            .arg("MKSTREAM")
+            .query_async(&mut connection)
+            .await;
+        match created {
+            Ok(()) => Ok(()),
+            Err(error) if error.code() == Some("BUSYGROUP") => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    /// Appends a job id.
+    pub async fn enqueue(&self, job: JobId) -> Result<String> {
+        let mut connection = self.connection.clone();
+        let id: String = connection
+            .xadd(&self.stream, "*", &[("job", job.0.to_string())])
+            .await?;
+        Ok(id)
+    }
+
+    /// New entries for `consumer`, waiting up to `block_ms` for the first.
+    pub async fn read(
+        &self,
+        consumer: &str,
+        count: usize,
+        block_ms: usize,
+    ) -> Result<Vec<Delivery>> {
+        let mut connection = self.connection.clone();
+        let options = redis::streams::StreamReadOptions::default()
+            .group(CONSUMER_GROUP, consumer)
+            .count(count)
+            .block(block_ms);
+        let reply: Option<StreamReadReply> = connection
+            .xread_options(&[&self.stream], &[">"], &options)
+            .await?;
+        let mut deliveries = Vec::new();
+        for key in reply.map(|reply| reply.keys).unwrap_or_default() {
+            for entry in key.ids {
+                deliveries.push(parse_entry(&entry.id, entry.map.get("job"))?);
+            }
+        }
+        Ok(deliveries)
+    }
+
+    /// Takes over entries another consumer received but did not acknowledge
+    /// within `min_idle_ms` (it died before the tasks were recorded).
+    pub async fn claim_stale(
+        &self,
+        consumer: &str,
+        min_idle_ms: u64,
+        count: usize,
+    ) -> Result<Vec<Delivery>> {
+        let mut connection = self.connection.clone();
+        let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+            .arg(&self.stream)
+            .arg(CONSUMER_GROUP)
+            .arg(consumer)
+            .arg(min_idle_ms)
+            .arg("0-0")
+            .arg("COUNT")
+            .arg(count)
+            .query_async(&mut connection)
+            .await?;
+        reply
+            .claimed
+            .iter()
+            .map(|entry| parse_entry(&entry.id, entry.map.get("job")))
+            .collect()
+    }
+
+    /// Acknowledges an entry: its job's tasks are in PostgreSQL.
+    pub async fn ack(&self, entry_id: &str) -> Result<()> {
+        let mut connection = self.connection.clone();
+        let _: i64 = connection
+            .xack(&self.stream, CONSUMER_GROUP, &[entry_id])
+            .await?;
+        Ok(())
+    }
+
+    /// Entries waiting to be read or acknowledged (the autoscaling signal).
+    pub async fn depth(&self) -> Result<u64> {
+        let mut connection = self.connection.clone();
+        let length: u64 = connection.xlen(&self.stream).await?;
+        let pending: redis::streams::StreamPendingReply =
+            connection.xpending(&self.stream, CONSUMER_GROUP).await?;
+        let lag: u64 = redis::cmd("XINFO")
+            .arg("GROUPS")
+            .arg(&self.stream)
+            .query_async::<Vec<std::collections::HashMap<String, Value>>>(&mut connection)
+            .await?
+            .into_iter()
+            .find(|group| matches!(group.get("name"), Some(Value::BulkString(name)) if name == CONSUMER_GROUP.as_bytes()))
+            .and_then(|group| match group.get("lag") {
+                Some(Value::Int(lag)) => Some(*lag as u64),
+                _ => None,
+            })
+            .unwrap_or(length);
+        Ok(lag + pending.count() as u64)
+    }
+}
+
+fn parse_entry(entry_id: &str, job: Option<&Value>) -> Result<Delivery> {
+    let job = match job {
+        Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes)
+            .ok()
+            .and_then(|text| text.parse::<i64>().ok()),
+        _ => None,
+    };
+    let job =
+        job.ok_or_else(|| StoreError::Invalid(format!("stream entry {entry_id} has no job id")))?;
+    Ok(Delivery {
+        entry_id: entry_id.to_string(),
+        job: JobId(job),
+    })
+}
