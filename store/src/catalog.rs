@@ -153,16 +153,24 @@ pub async fn list_projects(pool: &PgPool, page: PageRequest) -> Result<Page<Proj
     Ok(page.page(rows))
 }
 
+/// Selects [`Repository`] rows of project `$1`; callers append conditions.
+macro_rules! select_repositories {
+    () => {
+        "select r.id, p.key as project_key, r.slug, r.name, r.clone_url, r.hook_enabled, r.exempt
+         from repositories r join projects p on p.id = r.project_id
+         where p.key = $1 "
+    };
+}
+
 pub async fn list_repositories(
     pool: &PgPool,
     project_key: &str,
     page: PageRequest,
 ) -> Result<Page<Repository>> {
-    let rows = sqlx::query_as::<_, Repository>(
-        "select r.id, p.key as project_key, r.slug, r.name, r.clone_url, r.hook_enabled, r.exempt
-         from repositories r join projects p on p.id = r.project_id
-         where p.key = $1 order by r.slug offset $2 limit $3",
-    )
+    let rows = sqlx::query_as::<_, Repository>(concat!(
+        select_repositories!(),
+        "order by r.slug offset $2 limit $3"
+    ))
     .bind(project_key)
     .bind(i64::from(page.start))
     .bind(i64::from(page.limit) + 1)
@@ -176,15 +184,13 @@ pub async fn find_repository(
     project_key: &str,
     slug: &str,
 ) -> Result<Option<Repository>> {
-    Ok(sqlx::query_as::<_, Repository>(
-        "select r.id, p.key as project_key, r.slug, r.name, r.clone_url, r.hook_enabled, r.exempt
-         from repositories r join projects p on p.id = r.project_id
-         where p.key = $1 and r.slug = $2",
+    Ok(
+        sqlx::query_as::<_, Repository>(concat!(select_repositories!(), "and r.slug = $2"))
+            .bind(project_key)
+            .bind(slug)
+            .fetch_optional(pool)
+            .await?,
     )
-    .bind(project_key)
-    .bind(slug)
-    .fetch_optional(pool)
-    .await?)
 }
 
 pub async fn branches(pool: &PgPool, repository: RepoId) -> Result<Vec<Branch>> {
