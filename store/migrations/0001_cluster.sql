@@ -82,7 +82,7 @@ create table scan_tasks (
     branch text not null,
     state text not null default 'queued' check (state in ('queued', 'leased', 'done', 'failed', 'cancelled')),
     attempts integer not null default 0,
-    lease_id uuid,
+    lease_id text,
     leased_by text,
     lease_expires_at timestamptz,
     last_error text,

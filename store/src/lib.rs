@@ -4,6 +4,8 @@
 //!   advisory lock makes concurrent start-up of several processes safe.
 //! - [`catalog`]: projects, repositories and their branches.
 //! - [`jobs`]: scan jobs, the source of truth for what was requested.
+//! - [`tasks`]: leasing branch tasks to workers, heartbeats, completion,
+//!   failure with bounded attempts, expiry of leases of dead workers.
 //! - [`queue`]: the Redis stream `…jobs` that carries job ids from the
 //!   gateway to the coordinators; an entry is acknowledged only once the
 //!   job's tasks are in PostgreSQL.
@@ -15,6 +17,7 @@ pub mod catalog;
 pub mod jobs;
 pub mod page;
 pub mod queue;
+pub mod tasks;
 pub mod testing;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};

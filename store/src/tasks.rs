@@ -1,0 +1,364 @@
+//! Branch tasks: leasing to workers, heartbeats, completion, failure and
+//! expiry. The decisions are pure functions ([`after_failure`],
+//! [`job_outcome`]) over the state the queries load.
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::{FromRow, PgPool, Postgres, Transaction};
+
+use crate::{catalog::RepoId, jobs::JobId, Result, StoreError};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
+#[sqlx(transparent)]
+pub struct TaskId(pub i64);
+
+/// Limits on how much runs at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Parallelism {
+    /// Tasks leased at once across the instance.
+    pub instance: u32,
+    /// Tasks leased at once by one worker.
+    pub per_worker: u32,
+}
+
+/// A task handed to a worker.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct LeasedTask {
+    pub task_id: TaskId,
+    pub lease_id: String,
+    pub job_id: JobId,
+    pub scan_key: String,
+    pub repository_id: RepoId,
+    pub project_key: String,
+    pub slug: String,
+    pub clone_url: String,
+    pub branch: String,
+    pub last_scanned_commit: Option<String>,
+    pub attempts: i32,
+    pub lease_expires_at: DateTime<Utc>,
+}
+
+/// What happens to a task whose attempt failed or whose lease expired.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AfterFailure {
+    Requeue,
+    Fail,
+}
+
+/// A task is retried while it has attempts left and retrying can help.
+pub fn after_failure(attempts: i32, max_attempts: i32, retryable: bool) -> AfterFailure {
+    if retryable && attempts < max_attempts {
+        AfterFailure::Requeue
+    } else {
+        AfterFailure::Fail
+    }
+}
+
+/// A job's state and progress from its task counts.
+pub fn job_outcome(total: i64, done: i64, failed: i64, cancelled: i64) -> (&'static str, i16) {
+    let finished = done + failed + cancelled;
+    let progress = if total == 0 {
+        100
+    } else {
+        (finished * 100 / total) as i16
+    };
+    let state = if finished < total {
+        "running"
+    } else if cancelled > 0 {
+        "cancelled"
+    } else if failed > 0 {
+        "failed"
+    } else {
+        "done"
+    };
+    (state, progress)
+}
+
+/// Leases the oldest queued task to `worker`, within the parallelism limits.
+pub async fn lease_next_task(
+    pool: &PgPool,
+    worker: &str,
+    lease_ms: u32,
+    limits: Parallelism,
+) -> Result<Option<LeasedTask>> {
+    let mut transaction = pool.begin().await?;
+    // One leaser at a time, so the limits hold across coordinator replicas.
+    sqlx::query("select pg_advisory_xact_lock(7243001)")
+        .execute(&mut *transaction)
+        .await?;
+    let (instance, mine): (i64, i64) = sqlx::query_as(
+        "select count(*), count(*) filter (where leased_by = $1) from scan_tasks where state = 'leased'",
+    )
+    .bind(worker)
+    .fetch_one(&mut *transaction)
+    .await?;
+    if instance >= i64::from(limits.instance) || mine >= i64::from(limits.per_worker) {
+        transaction.commit().await?;
+        return Ok(None);
+    }
+    let lease_id = crate::jobs::new_scan_key();
+    let leased = sqlx::query_as::<_, LeasedTask>(
+        "with next as (
+             select t.id from scan_tasks t join scan_jobs j on j.id = t.job_id
+             where t.state = 'queued' and j.state = 'running'
+             order by t.id for update of t skip locked limit 1
+         ), leased as (
+             update scan_tasks t set state = 'leased', lease_id = $2, leased_by = $1,
+                 lease_expires_at = now() + make_interval(secs => $3::double precision / 1000),
+                 attempts = attempts + 1
+             from next where t.id = next.id
+             returning t.*
+         )
+         select l.id as task_id, l.lease_id, l.job_id, j.scan_key, l.repository_id, p.key as project_key,
+                r.slug, r.clone_url, l.branch, b.last_scanned_commit, l.attempts, l.lease_expires_at
+         from leased l
+         join scan_jobs j on j.id = l.job_id
+         join repositories r on r.id = l.repository_id
+         join projects p on p.id = r.project_id
+         left join branches b on b.repository_id = l.repository_id and b.name = l.branch",
+    )
+    .bind(worker)
+    .bind(&lease_id)
+    .bind(f64::from(lease_ms))
+    .fetch_optional(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    Ok(leased)
+}
+
+/// Progress a worker reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TaskProgress {
+    pub commits_total: i64,
+    pub commits_done: i64,
+    pub blobs_read: i64,
+}
+
+/// Extends the lease and records progress; `Ok(true)` means "cancel".
+/// A lease that is no longer the task's current one is an error.
+pub async fn heartbeat(
+    pool: &PgPool,
+    task: TaskId,
+    lease_id: &str,
+    lease_ms: u32,
+    progress: TaskProgress,
+) -> Result<bool> {
+    let row: Option<(String, String)> = sqlx::query_as(
+        "update scan_tasks t set lease_expires_at = now() + make_interval(secs => $3::double precision / 1000),
+             commits_total = $4, commits_done = $5, blobs_read = $6
+         from scan_jobs j
+         where t.id = $1 and t.lease_id = $2 and t.state in ('leased', 'cancelled') and j.id = t.job_id
+         returning t.state, j.state",
+    )
+    .bind(task)
+    .bind(lease_id)
+    .bind(f64::from(lease_ms))
+    .bind(progress.commits_total)
+    .bind(progress.commits_done)
+    .bind(progress.blobs_read)
+    .fetch_optional(pool)
+    .await?;
+    match row {
+        Some((task_state, job_state)) => Ok(task_state == "cancelled" || job_state == "cancelled"),
+        None => Err(lease_lost(task)),
+    }
+}
+
+fn lease_lost(task: TaskId) -> StoreError {
+    StoreError::Invalid(format!(
+        "task {} is not leased under this lease any more",
+        task.0
+    ))
+}
+
+/// Marks a task done, records what its branch scan covered, and finishes
+/// the job when it was the last one.
+pub async fn complete_task(
+    pool: &PgPool,
+    task: TaskId,
+    lease_id: &str,
+    head_commit: &str,
+    blobs_read: i64,
+) -> Result<()> {
+    let mut transaction = pool.begin().await?;
+    let row: Option<(JobId, RepoId, String)> = sqlx::query_as(
+        "update scan_tasks set state = 'done', finished_at = now(), head_commit = $3, blobs_read = $4,
+             lease_id = null, lease_expires_at = null
+         where id = $1 and lease_id = $2 and state = 'leased'
+         returning job_id, repository_id, branch",
+    )
+    .bind(task)
+    .bind(lease_id)
+    .bind(head_commit)
+    .bind(blobs_read)
+    .fetch_optional(&mut *transaction)
+    .await?;
+    let (job, repository, branch) = row.ok_or_else(|| lease_lost(task))?;
+    sqlx::query(
+        "update branches set last_scanned_commit = $3, last_scanned_at = now()
+         where repository_id = $1 and name = $2",
+    )
+    .bind(repository)
+    .bind(&branch)
+    .bind(head_commit)
+    .execute(&mut *transaction)
+    .await?;
+    settle_job(&mut transaction, job).await?;
+    transaction.commit().await?;
+    Ok(())
+}
+
+/// Records a failed attempt: back to the queue while attempts remain and
+/// retrying can help, failed (with the error kept) otherwise.
+pub async fn fail_task(
+    pool: &PgPool,
+    task: TaskId,
+    lease_id: &str,
+    error: &str,
+    retryable: bool,
+    max_attempts: i32,
+) -> Result<AfterFailure> {
+    let mut transaction = pool.begin().await?;
+    let row: Option<(JobId, i32)> =
+        sqlx::query_as("select job_id, attempts from scan_tasks where id = $1 and lease_id = $2 and state = 'leased' for update")
+            .bind(task)
+            .bind(lease_id)
+            .fetch_optional(&mut *transaction)
+            .await?;
+    let (job, attempts) = row.ok_or_else(|| lease_lost(task))?;
+    let outcome = after_failure(attempts, max_attempts, retryable);
+    apply_failure(&mut transaction, task, error, outcome).await?;
+    settle_job(&mut transaction, job).await?;
+    transaction.commit().await?;
+    Ok(outcome)
+}
+
+async fn apply_failure(
+    transaction: &mut Transaction<'_, Postgres>,
+    task: TaskId,
+    error: &str,
+    outcome: AfterFailure,
+) -> Result<()> {
+    let state = match outcome {
+        AfterFailure::Requeue => "queued",
+        AfterFailure::Fail => "failed",
+    };
+    sqlx::query(
+        "update scan_tasks set state = $2, last_error = $3, lease_id = null, leased_by = null, lease_expires_at = null,
+             finished_at = case when $2 = 'failed' then now() end
+         where id = $1",
+    )
+    .bind(task)
+    .bind(state)
+    .bind(error)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+/// Takes back every lease that expired (its worker died or hung): the task
+/// is queued again, or failed once it has used `max_attempts`.
+pub async fn expire_leases(
+    pool: &PgPool,
+    max_attempts: i32,
+) -> Result<Vec<(TaskId, AfterFailure)>> {
+    let mut transaction = pool.begin().await?;
+    let expired: Vec<(TaskId, JobId, i32)> = sqlx::query_as(
+        "select id, job_id, attempts from scan_tasks
+         where state = 'leased' and lease_expires_at < now() order by id for update skip locked",
+    )
+    .fetch_all(&mut *transaction)
+    .await?;
+    let mut outcomes = Vec::with_capacity(expired.len());
+    for (task, job, attempts) in expired {
+        let outcome = after_failure(attempts, max_attempts, true);
+        apply_failure(
+            &mut transaction,
+            task,
+            "lease expired: the worker stopped answering",
+            outcome,
+        )
+        .await?;
+        settle_job(&mut transaction, job).await?;
+        outcomes.push((task, outcome));
+    }
+    transaction.commit().await?;
+    Ok(outcomes)
+}
+
+/// Cancels the jobs in `state` (`queued` or `running`) and their unfinished
+/// tasks; running workers learn it from their next heartbeat.
+pub async fn cancel_jobs(pool: &PgPool, state: &str) -> Result<u64> {
+    if state != "queued" && state != "running" {
+        return Err(StoreError::Invalid(format!(
+            "cannot cancel jobs in state {state:?}"
+        )));
+    }
+    let mut transaction = pool.begin().await?;
+    let jobs: Vec<JobId> = sqlx::query_scalar(
+        "update scan_jobs set state = 'cancelled', finished_at = now() where state = $1 returning id",
+    )
+    .bind(state)
+    .fetch_all(&mut *transaction)
+    .await?;
+    let ids: Vec<i64> = jobs.iter().map(|job| job.0).collect();
+    sqlx::query(
+        "update scan_tasks set state = 'cancelled', finished_at = now()
+         where job_id = any($1) and state in ('queued', 'leased')",
+    )
+    .bind(&ids)
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    Ok(jobs.len() as u64)
+}
+
+/// Recomputes a job's counts and state from its tasks.
+async fn settle_job(transaction: &mut Transaction<'_, Postgres>, job: JobId) -> Result<()> {
+    let (total, done, failed, cancelled, blobs): (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "select count(*), count(*) filter (where state = 'done'), count(*) filter (where state = 'failed'),
+                count(*) filter (where state = 'cancelled'), coalesce(sum(blobs_read), 0)::bigint
+         from scan_tasks where job_id = $1",
+    )
+    .bind(job)
+    .fetch_one(&mut **transaction)
+    .await?;
+    let (state, _) = job_outcome(total, done, failed, cancelled);
+    sqlx::query(
+        "update scan_jobs set tasks_done = $2, blobs_read = $3,
+             state = case when state = 'cancelled' then state else $4 end,
+             finished_at = case
+                 when state = 'cancelled' then finished_at
+                 when $4 <> 'running' then coalesce(finished_at, now())
+             end
+         where id = $1",
+    )
+    .bind(job)
+    .bind((done + failed + cancelled) as i32)
+    .bind(blobs)
+    .bind(state)
+    .execute(&mut **transaction)
+    .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_retry_while_attempts_remain() {
+        assert_eq!(after_failure(1, 3, true), AfterFailure::Requeue);
+        assert_eq!(after_failure(3, 3, true), AfterFailure::Fail);
+        assert_eq!(after_failure(1, 3, false), AfterFailure::Fail);
+    }
+
+    #[test]
+    fn job_outcome_from_task_counts() {
+        assert_eq!(job_outcome(4, 1, 0, 0), ("running", 25));
+        assert_eq!(job_outcome(4, 4, 0, 0), ("done", 100));
+        assert_eq!(job_outcome(4, 3, 1, 0), ("failed", 100));
+        assert_eq!(job_outcome(4, 2, 1, 1), ("cancelled", 100));
+        assert_eq!(job_outcome(0, 0, 0, 0), ("done", 100));
+    }
+}

@@ -1,0 +1,275 @@
+//! Task leasing against a real PostgreSQL: limits, heartbeats, completion,
+//! bounded retries, lease expiry and cancellation.
+
+use leakscan_store::{
+    catalog,
+    jobs::{self, JobScope},
+    tasks::{self, AfterFailure, Parallelism, TaskProgress},
+    testing::TestDatabase,
+};
+use sqlx::PgPool;
+
+const LEASE_MS: u32 = 30_000;
+
+/// One repository with `branches` branches and a running total job.
+async fn running_job(pool: &PgPool, branches: usize) -> jobs::Job {
+    catalog::upsert_project(pool, "P", "P").await.unwrap();
+    let repository = catalog::upsert_repository(pool, "P", "r", "/repos/P/r")
+        .await
+        .unwrap();
+    let names: Vec<(String, String)> = (0..branches)
+        .map(|i| (format!("b{i}"), format!("head{i}")))
+        .collect();
+    catalog::replace_branches(pool, repository.id, &names)
+        .await
+        .unwrap();
+    let job = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    jobs::expand_job(pool, job.id).await.unwrap();
+    jobs::job(pool, job.id).await.unwrap()
+}
+
+fn limits(instance: u32, per_worker: u32) -> Parallelism {
+    Parallelism {
+        instance,
+        per_worker,
+    }
+}
+
+#[tokio::test]
+async fn leases_respect_instance_and_worker_limits_in_order() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let job = running_job(pool, 4).await;
+    let a = tasks::lease_next_task(pool, "worker-a", LEASE_MS, limits(2, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (a.branch.as_str(), a.attempts, a.scan_key.as_str()),
+        ("b0", 1, job.scan_key.as_str())
+    );
+    assert_eq!(
+        (
+            a.project_key.as_str(),
+            a.slug.as_str(),
+            a.clone_url.as_str()
+        ),
+        ("P", "r", "/repos/P/r")
+    );
+    assert!(
+        tasks::lease_next_task(pool, "worker-a", LEASE_MS, limits(2, 1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let b = tasks::lease_next_task(pool, "worker-b", LEASE_MS, limits(2, 1))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(b.branch, "b1");
+    assert!(
+        tasks::lease_next_task(pool, "worker-c", LEASE_MS, limits(2, 1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert_ne!(a.lease_id, b.lease_id);
+    database.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn completing_every_task_finishes_the_job_and_records_the_scanned_commit() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let job = running_job(pool, 2).await;
+    let first = tasks::lease_next_task(pool, "w", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    let progress = TaskProgress {
+        commits_total: 10,
+        commits_done: 4,
+        blobs_read: 7,
+    };
+    assert!(
+        !tasks::heartbeat(pool, first.task_id, &first.lease_id, LEASE_MS, progress)
+            .await
+            .unwrap()
+    );
+    assert!(
+        tasks::heartbeat(pool, first.task_id, "not-the-lease", LEASE_MS, progress)
+            .await
+            .is_err()
+    );
+    tasks::complete_task(pool, first.task_id, &first.lease_id, "head0", 7)
+        .await
+        .unwrap();
+    // Completing twice (a retried RPC) is refused: the lease is gone.
+    assert!(
+        tasks::complete_task(pool, first.task_id, &first.lease_id, "head0", 7)
+            .await
+            .is_err()
+    );
+    let halfway = jobs::job(pool, job.id).await.unwrap();
+    assert_eq!(
+        (
+            halfway.state.as_str(),
+            halfway.tasks_done,
+            halfway.blobs_read
+        ),
+        ("running", 1, 7)
+    );
+
+    let second = tasks::lease_next_task(pool, "w", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    tasks::complete_task(pool, second.task_id, &second.lease_id, "head1", 3)
+        .await
+        .unwrap();
+    let done = jobs::job(pool, job.id).await.unwrap();
+    assert_eq!(
+        (done.state.as_str(), done.tasks_done, done.blobs_read),
+        ("done", 2, 10)
+    );
+    let branches = catalog::branches(pool, first.repository_id).await.unwrap();
+    let scanned: Vec<_> = branches
+        .iter()
+        .map(|b| b.last_scanned_commit.as_deref())
+        .collect();
+    assert_eq!(scanned, vec![Some("head0"), Some("head1")]);
+    // The next job of the same branch starts from there.
+    let again = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    jobs::expand_job(pool, again.id).await.unwrap();
+    let leased = tasks::lease_next_task(pool, "w", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(leased.last_scanned_commit.as_deref(), Some("head0"));
+    database.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn failures_and_expired_leases_retry_then_fail_with_the_last_error() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let job = running_job(pool, 1).await;
+    let first = tasks::lease_next_task(pool, "w", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    let outcome = tasks::fail_task(
+        pool,
+        first.task_id,
+        &first.lease_id,
+        "clone failed",
+        true,
+        3,
+    )
+    .await
+    .unwrap();
+    assert_eq!(outcome, AfterFailure::Requeue);
+
+    // The second attempt's worker dies: its lease runs out.
+    let second = tasks::lease_next_task(pool, "w2", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(second.attempts, 2);
+    assert!(
+        tasks::expire_leases(pool, 3).await.unwrap().is_empty(),
+        "an unexpired lease was taken back"
+    );
+    sqlx::query(
+        "update scan_tasks set lease_expires_at = now() - interval '1 second' where id = $1",
+    )
+    .bind(second.task_id)
+    .execute(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        tasks::expire_leases(pool, 3).await.unwrap(),
+        vec![(second.task_id, AfterFailure::Requeue)]
+    );
+    // The dead worker's late heartbeat is refused.
+    assert!(tasks::heartbeat(
+        pool,
+        second.task_id,
+        &second.lease_id,
+        LEASE_MS,
+        TaskProgress::default()
+    )
+    .await
+    .is_err());
+
+    let third = tasks::lease_next_task(pool, "w3", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(third.attempts, 3);
+    let outcome = tasks::fail_task(pool, third.task_id, &third.lease_id, "out of disk", true, 3)
+        .await
+        .unwrap();
+    assert_eq!(outcome, AfterFailure::Fail);
+    let failed = jobs::job(pool, job.id).await.unwrap();
+    assert_eq!(failed.state, "failed");
+    let last_error: Option<String> =
+        sqlx::query_scalar("select last_error from scan_tasks where id = $1")
+            .bind(third.task_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(last_error.as_deref(), Some("out of disk"));
+    assert!(tasks::lease_next_task(pool, "w", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .is_none());
+    database.drop_database().await.unwrap();
+}
+
+#[tokio::test]
+async fn cancelling_running_jobs_tells_workers_and_stops_leasing() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let job = running_job(pool, 3).await;
+    let leased = tasks::lease_next_task(pool, "w", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    let queued_job = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+
+    assert!(tasks::cancel_jobs(pool, "finished").await.is_err());
+    assert_eq!(tasks::cancel_jobs(pool, "running").await.unwrap(), 1);
+    assert!(tasks::heartbeat(
+        pool,
+        leased.task_id,
+        &leased.lease_id,
+        LEASE_MS,
+        TaskProgress::default()
+    )
+    .await
+    .unwrap());
+    assert!(tasks::lease_next_task(pool, "w", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .is_none());
+    let cancelled = jobs::job(pool, job.id).await.unwrap();
+    assert_eq!(cancelled.state, "cancelled");
+    // The queued job was left alone, until the scheduled ones are cancelled.
+    assert_eq!(
+        jobs::job(pool, queued_job.id).await.unwrap().state,
+        "queued"
+    );
+    assert_eq!(tasks::cancel_jobs(pool, "queued").await.unwrap(), 1);
+    assert_eq!(
+        jobs::job(pool, queued_job.id).await.unwrap().state,
+        "cancelled"
+    );
+    database.drop_database().await.unwrap();
+}
