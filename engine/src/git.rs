@@ -26,6 +26,7 @@ use git2::{Oid, Repository, RepositoryOpenFlags};
 use rayon::prelude::*;
 
 use crate::{
+    cache::{BlobCache, BlobId, CachedMatch, NoCache},
     config::{ScanConfig, BRANCH_CONFIG_FILES},
     error::EngineError,
     ruleset::{is_binary, BlobMatch, Policy, RuleSet},
@@ -151,6 +152,14 @@ fn with_object_reader<T>(
     })
 }
 
+fn blob_id(oid: Oid) -> BlobId {
+    BlobId(
+        oid.as_bytes()
+            .try_into()
+            .expect("a SHA-1 object id has 20 bytes"),
+    )
+}
+
 fn to_gix(oid: Oid) -> gix::ObjectId {
     gix::ObjectId::from_bytes_or_panic(oid.as_bytes())
 }
@@ -200,6 +209,20 @@ pub fn scan_repository(
     options: &ScanOptions,
     progress: &ScanProgress,
 ) -> Result<ScanReport, EngineError> {
+    scan_repository_with_cache(path, base, request, options, progress, &NoCache)
+}
+
+/// [`scan_repository`] with a blob-result cache: blobs whose result under
+/// the ruleset is known are not read, and the results of those read are
+/// stored.
+pub fn scan_repository_with_cache(
+    path: &Path,
+    base: &Policy,
+    request: &GitScanRequest,
+    options: &ScanOptions,
+    progress: &ScanProgress,
+    cache: &dyn BlobCache,
+) -> Result<ScanReport, EngineError> {
     limit_libgit2_memory();
     let repository =
         open_repository(path)?.ok_or_else(|| git_error(path, "not a git repository"))?;
@@ -240,6 +263,7 @@ pub fn scan_repository(
             options,
             progress,
             hidden: &hidden,
+            cache,
         };
         let git_dir = repository.path();
         let (group_findings, stats) =
@@ -431,6 +455,7 @@ struct HistoryWalk<'a> {
     options: &'a ScanOptions,
     progress: &'a ScanProgress,
     hidden: &'a HashSet<Oid>,
+    cache: &'a dyn BlobCache,
 }
 
 /// Interned blob ids and paths of one walk.
@@ -547,7 +572,9 @@ impl HistoryWalk<'_> {
         let mut results: Vec<BlobResult> = (0..tables.blob_ids.len())
             .map(|_| BlobResult::NotScanned)
             .collect();
+        let to_scan = self.use_cached_results(&tables.blob_ids, &to_scan, &mut results, &mut stats);
         let scanned = self.scan_blobs(git_dir, &tables.blob_ids, &to_scan)?;
+        self.store_results(&tables.blob_ids, &to_scan, &scanned);
         for (blob, outcome) in to_scan.iter().zip(scanned) {
             results[*blob as usize] = self.record_outcome(
                 outcome,
@@ -697,6 +724,84 @@ impl HistoryWalk<'_> {
                 });
                 BlobResult::Clean
             }
+        }
+    }
+
+    /// Fills `results` from the cache; returns the blobs still to read.
+    fn use_cached_results(
+        &self,
+        blob_ids: &[Oid],
+        to_scan: &[u32],
+        results: &mut [BlobResult],
+        stats: &mut ScanStats,
+    ) -> Vec<u32> {
+        let ids: Vec<BlobId> = to_scan
+            .iter()
+            .map(|&blob| blob_id(blob_ids[blob as usize]))
+            .collect();
+        let known = self.cache.lookup(self.ruleset.digest(), &ids);
+        let rule_index: HashMap<&str, crate::RuleIdx> = self
+            .ruleset
+            .rules()
+            .iter()
+            .enumerate()
+            .map(|(index, rule)| (rule.id.as_str(), crate::RuleIdx(index as u32)))
+            .collect();
+        let mut unknown = Vec::new();
+        for (&blob, cached) in to_scan
+            .iter()
+            .zip(known.into_iter().chain(std::iter::repeat(None)))
+        {
+            let Some(cached) = cached else {
+                unknown.push(blob);
+                continue;
+            };
+            stats.blobs_from_cache += 1;
+            ScanProgress::add(&self.progress.blobs_scanned, 1);
+            let matches: Vec<BlobMatch> = cached
+                .into_iter()
+                .filter_map(|m| {
+                    Some(BlobMatch {
+                        rule: *rule_index.get(m.rule_id.as_str())?,
+                        line: m.line,
+                        start: 0,
+                        end: 0,
+                        secret: m.secret,
+                    })
+                })
+                .collect();
+            results[blob as usize] = if matches.is_empty() {
+                BlobResult::Clean
+            } else {
+                BlobResult::Matches(matches.into_boxed_slice())
+            };
+        }
+        unknown
+    }
+
+    /// Stores the results of the blobs this scan read (not those it skipped:
+    /// the size limit is not part of the ruleset digest).
+    fn store_results(&self, blob_ids: &[Oid], scanned_blobs: &[u32], outcomes: &[BlobOutcome]) {
+        let results: Vec<(BlobId, Vec<CachedMatch>)> = scanned_blobs
+            .iter()
+            .zip(outcomes)
+            .filter_map(|(&blob, outcome)| match outcome {
+                BlobOutcome::Scanned { matches, .. } => Some((
+                    blob_id(blob_ids[blob as usize]),
+                    matches
+                        .iter()
+                        .map(|m| CachedMatch {
+                            rule_id: self.ruleset.rule(m.rule).id.clone(),
+                            line: m.line,
+                            secret: m.secret.clone(),
+                        })
+                        .collect(),
+                )),
+                _ => None,
+            })
+            .collect();
+        if !results.is_empty() {
+            self.cache.store(self.ruleset.digest(), results);
         }
     }
 

@@ -25,6 +25,7 @@
 //! assert_eq!(matches[0].line, 1);
 //! ```
 
+pub mod cache;
 pub mod config;
 pub mod error;
 pub mod files;
@@ -37,6 +38,7 @@ pub mod secret;
 
 use std::path::Path;
 
+pub use cache::{BlobCache, BlobId, CachedMatch, MemoryBlobCache, NoCache};
 pub use config::ScanConfig;
 pub use error::{ConfigError, EngineError, RuleError};
 pub use git::{GitScanRequest, RefSelection};

@@ -62,6 +62,8 @@ impl ScanProgress {
 pub struct ScanStats {
     pub commits: u64,
     pub blobs_scanned: u64,
+    /// Blobs whose result came from a [`crate::BlobCache`] (not read).
+    pub blobs_from_cache: u64,
     pub bytes_scanned: u64,
     pub skipped_binary: u64,
     pub skipped_too_large: u64,
@@ -72,6 +74,7 @@ impl ScanStats {
     pub(crate) fn merge(&mut self, other: &ScanStats) {
         self.commits += other.commits;
         self.blobs_scanned += other.blobs_scanned;
+        self.blobs_from_cache += other.blobs_from_cache;
         self.bytes_scanned += other.bytes_scanned;
         self.skipped_binary += other.skipped_binary;
         self.skipped_too_large += other.skipped_too_large;

@@ -570,3 +570,72 @@ fn all_refs_reaches_commits_only_a_tag_holds() {
         )]
     );
 }
+
+#[test]
+fn a_shared_blob_cache_spares_rescans_and_forks_every_read() {
+    use leakscan_engine::{git::scan_repository_with_cache, MemoryBlobCache};
+    let repo = GitRepo::new();
+    repo.write("a.env", aws_line(AWS_KEY));
+    repo.write("notes.txt", "ticket = CORP-ZXCV-0042\n");
+    repo.commit_all("init");
+    repo.write("a.env", format!("{}region = eu\n", aws_line(AWS_KEY)));
+    repo.commit_all("edit");
+    let cache = MemoryBlobCache::default();
+    let scan_cached = |path: &std::path::Path, policy: &Policy| {
+        scan_repository_with_cache(
+            path,
+            policy,
+            &GitScanRequest::default(),
+            &ScanOptions::default(),
+            &ScanProgress::default(),
+            &cache,
+        )
+        .unwrap()
+    };
+    let base = Policy::builtin_default();
+    let first = scan_cached(repo.path(), &base);
+    assert_eq!(
+        (first.stats.blobs_scanned, first.stats.blobs_from_cache),
+        (3, 0)
+    );
+    assert_eq!(cache.len(), 3);
+
+    let rescan = scan_cached(repo.path(), &base);
+    assert_eq!(
+        (rescan.stats.blobs_scanned, rescan.stats.blobs_from_cache),
+        (0, 3)
+    );
+    assert_eq!(rescan.findings, first.findings);
+    assert_eq!(rescan.findings.len(), 1);
+
+    // A fork shares the blobs: nothing to read either.
+    let forks = tempfile::tempdir().unwrap();
+    let fork = forks.path().join("fork.git");
+    let cloned = std::process::Command::new("git")
+        .args(["clone", "-q", "--bare"])
+        .arg(repo.path())
+        .arg(&fork)
+        .status()
+        .unwrap();
+    assert!(cloned.success());
+    let forked = scan_cached(&fork, &base);
+    assert_eq!(forked.stats.blobs_scanned, 0);
+    assert_eq!(forked.findings.len(), 1);
+
+    // Another ruleset is another digest: blobs are read again under it.
+    let custom = Policy {
+        custom: vec![CustomRule::line("CORP_TICKET", r"CORP-[A-Z]{4}-[0-9]{4}")],
+        ..Policy::builtin_default()
+    };
+    let changed = scan_cached(repo.path(), &custom);
+    assert_eq!(
+        (changed.stats.blobs_scanned, changed.stats.blobs_from_cache),
+        (3, 0)
+    );
+    let rules: Vec<_> = changed
+        .findings
+        .iter()
+        .map(|f| f.rule_id.as_str())
+        .collect();
+    assert_eq!(rules, vec!["AWS_ACCESS_KEY_ID", "CORP_TICKET"]);
+}
