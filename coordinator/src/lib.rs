@@ -1,0 +1,453 @@
+//! `leakscan-coordinator`: one active leader among replicas (a PostgreSQL
+//! advisory lock held on a dedicated connection; standbys wait for it).
+//!
+//! The leader
+//! - expands jobs still queued in PostgreSQL at start-up (reconciliation: a
+//!   job whose stream entry was lost still runs),
+//! - consumes the Redis job stream, expanding each job into branch tasks
+//!   before acknowledging its entry, and takes over entries a dead
+//!   coordinator left unacknowledged,
+//! - takes back expired leases (workers that died), and
+//! - serves the worker protocol (`leakscan.v1.Coordinator`) over gRPC.
+//!
+//! [`run`] takes the listener, pool and queue, so a test can start a whole
+//! coordinator on port 0 with a fresh database.
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+
+use leakscan_proto::v1::{
+    coordinator_server::{Coordinator, CoordinatorServer},
+    CompleteTaskRequest, CompleteTaskResponse, FailTaskRequest, FailTaskResponse, HeartbeatRequest,
+    HeartbeatResponse, LeaseTaskRequest, LeaseTaskResponse, Progress, RegisterRequest,
+    RegisterResponse, Repository, Task,
+};
+use leakscan_store::{
+    jobs,
+    queue::JobQueue,
+    tasks::{self, Parallelism, TaskId, TaskProgress},
+    StoreError,
+};
+use sqlx::PgPool;
+use tokio::{net::TcpListener, sync::Notify};
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+/// Key of the advisory lock whose holder is the leader.
+const LEADER_LOCK: i64 = 7_243_000;
+
+#[derive(Debug, Clone)]
+pub struct CoordinatorConfig {
+    /// How long a lease lasts without a heartbeat.
+    pub lease_ms: u32,
+    /// Attempts per task before it fails.
+    pub max_attempts: i32,
+    pub parallelism: Parallelism,
+    pub heartbeat_interval_ms: u32,
+    /// Longest long poll of LeaseTask.
+    pub max_lease_wait_ms: u32,
+    /// This replica's consumer name in the stream's group.
+    pub consumer_name: String,
+    /// Stream entries unacknowledged this long are taken over.
+    pub claim_idle_ms: u64,
+    /// How often expired leases are looked for.
+    pub expiry_interval: Duration,
+    /// Blob size limit sent with each task.
+    pub max_blob_size: u64,
+}
+
+impl Default for CoordinatorConfig {
+    fn default() -> Self {
+        CoordinatorConfig {
+            lease_ms: 30_000,
+            max_attempts: 3,
+            parallelism: Parallelism {
+                instance: 64,
+                per_worker: 4,
+            },
+            heartbeat_interval_ms: 5_000,
+            max_lease_wait_ms: 20_000,
+            consumer_name: "coordinator".into(),
+            claim_idle_ms: 60_000,
+            expiry_interval: Duration::from_secs(2),
+            max_blob_size: 20 * 1024 * 1024,
+        }
+    }
+}
+
+/// What tests and health checks can see of a running coordinator.
+#[derive(Default)]
+pub struct CoordinatorState {
+    leader: AtomicBool,
+    jobs_expanded: AtomicU64,
+}
+
+impl CoordinatorState {
+    pub fn is_leader(&self) -> bool {
+        self.leader.load(Ordering::SeqCst)
+    }
+
+    pub fn jobs_expanded(&self) -> u64 {
+        self.jobs_expanded.load(Ordering::SeqCst)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CoordinatorError {
+    #[error("store: {0}")]
+    Store(#[from] StoreError),
+    #[error("grpc server: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+impl From<sqlx::Error> for CoordinatorError {
+    fn from(error: sqlx::Error) -> Self {
+        CoordinatorError::Store(StoreError::Database(error))
+    }
+}
+
+/// Runs the coordinator until `shutdown`: waits to become leader, then
+/// serves. A standby serves nothing (its readiness is `state.is_leader()`).
+pub async fn run(
+    config: CoordinatorConfig,
+    pool: PgPool,
+    queue: JobQueue,
+    listener: TcpListener,
+    state: Arc<CoordinatorState>,
+    shutdown: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    // The lock lives as long as this connection: a leader that dies loses it.
+    let mut lock_connection = pool.acquire().await?;
+    loop {
+        let acquired: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+            .bind(LEADER_LOCK)
+            .fetch_one(&mut *lock_connection)
+            .await?;
+        if acquired {
+            break;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return Ok(()),
+            () = tokio::time::sleep(Duration::from_millis(250)) => {}
+        }
+    }
+    state.leader.store(true, Ordering::SeqCst);
+    info!(consumer = %config.consumer_name, "became leader");
+
+    let work_available = Arc::new(Notify::new());
+    reconcile(&pool, &state).await?;
+    let background = CancellationToken::new();
+    let consumer = tokio::spawn(consume_stream(
+        config.clone(),
+        pool.clone(),
+        queue,
+        Arc::clone(&state),
+        Arc::clone(&work_available),
+        background.clone(),
+    ));
+    let expiry = tokio::spawn(expire_leases(
+        config.clone(),
+        pool.clone(),
+        Arc::clone(&work_available),
+        background.clone(),
+    ));
+    let service = CoordinatorService {
+        config,
+        pool: pool.clone(),
+        workers: Mutex::new(HashMap::new()),
+        work_available,
+    };
+    let served = tonic::transport::Server::builder()
+        .add_service(CoordinatorServer::new(service))
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            shutdown.cancelled(),
+        )
+        .await;
+    background.cancel();
+    let _ = consumer.await;
+    let _ = expiry.await;
+    state.leader.store(false, Ordering::SeqCst);
+    let _: Result<bool, _> = sqlx::query_scalar("select pg_advisory_unlock($1)")
+        .bind(LEADER_LOCK)
+        .fetch_one(&mut *lock_connection)
+        .await;
+    Ok(served?)
+}
+
+/// Expands every job PostgreSQL still has as queued.
+async fn reconcile(pool: &PgPool, state: &CoordinatorState) -> Result<(), StoreError> {
+    for job in jobs::queued_jobs(pool).await? {
+        let tasks = jobs::expand_job(pool, job).await?;
+        state.jobs_expanded.fetch_add(1, Ordering::SeqCst);
+        info!(job = job.0, tasks, "reconciled queued job");
+    }
+    Ok(())
+}
+
+async fn consume_stream(
+    config: CoordinatorConfig,
+    pool: PgPool,
+    queue: JobQueue,
+    state: Arc<CoordinatorState>,
+    work_available: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    while !stop.is_cancelled() {
+        let deliveries = match queue
+            .claim_stale(&config.consumer_name, config.claim_idle_ms, 16)
+            .await
+        {
+            Ok(stale) if !stale.is_empty() => Ok(stale),
+            Ok(_) => tokio::select! {
+                () = stop.cancelled() => return,
+                read = queue.read(&config.consumer_name, 16, 1000) => read,
+            },
+            Err(error) => Err(error),
+        };
+        let deliveries = match deliveries {
+            Ok(deliveries) => deliveries,
+            Err(error) => {
+                warn!(%error, "cannot read the job stream");
+                tokio::select! {
+                    () = stop.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        for delivery in deliveries {
+            // Acknowledge only once the tasks are in PostgreSQL.
+            match jobs::expand_job(&pool, delivery.job).await {
+                Ok(tasks) => {
+                    state.jobs_expanded.fetch_add(1, Ordering::SeqCst);
+                    info!(job = delivery.job.0, tasks, "expanded job");
+                    work_available.notify_waiters();
+                    if let Err(error) = queue.ack(&delivery.entry_id).await {
+                        warn!(%error, entry = %delivery.entry_id, "cannot acknowledge stream entry");
+                    }
+                }
+                Err(StoreError::NotFound(what)) => {
+                    warn!(entry = %delivery.entry_id, %what, "stream entry for an unknown job dropped");
+                    let _ = queue.ack(&delivery.entry_id).await;
+                }
+                Err(error) => {
+                    warn!(%error, job = delivery.job.0, "cannot expand job; it stays pending")
+                }
+            }
+        }
+    }
+}
+
+async fn expire_leases(
+    config: CoordinatorConfig,
+    pool: PgPool,
+    work_available: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(config.expiry_interval) => {}
+        }
+        match tasks::expire_leases(&pool, config.max_attempts).await {
+            Ok(expired) if !expired.is_empty() => {
+                for (task, outcome) in &expired {
+                    warn!(task_id = task.0, ?outcome, "scan task lease expired");
+                }
+                work_available.notify_waiters();
+            }
+            Ok(_) => {}
+            Err(error) => warn!(%error, "cannot expire leases"),
+        }
+    }
+}
+
+struct CoordinatorService {
+    config: CoordinatorConfig,
+    pool: PgPool,
+    /// Registered workers and their slots.
+    workers: Mutex<HashMap<String, u32>>,
+    work_available: Arc<Notify>,
+}
+
+fn status(error: StoreError) -> Status {
+    match error {
+        StoreError::Invalid(message) => Status::failed_precondition(message),
+        StoreError::NotFound(message) => Status::not_found(message),
+        other => {
+            warn!(error = %other, "store error");
+            Status::internal("internal error")
+        }
+    }
+}
+
+fn task_progress(progress: Option<&Progress>) -> TaskProgress {
+    let progress = progress.copied().unwrap_or_default();
+    TaskProgress {
+        commits_total: progress.commits_total as i64,
+        commits_done: progress.commits_done as i64,
+        blobs_read: progress.blobs_read as i64,
+    }
+}
+
+#[tonic::async_trait]
+impl Coordinator for CoordinatorService {
+    async fn register(
+        &self,
+        request: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        let request = request.into_inner();
+        if request.worker_name.trim().is_empty() || request.slots == 0 {
+            return Err(Status::invalid_argument(
+                "worker_name and a positive slots are required",
+            ));
+        }
+        let worker_id = format!("{}-{}", request.worker_name, jobs::new_scan_key());
+        self.workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .insert(worker_id.clone(), request.slots);
+        info!(%worker_id, slots = request.slots, "worker registered");
+        Ok(Response::new(RegisterResponse {
+            worker_id,
+            heartbeat_interval_ms: self.config.heartbeat_interval_ms,
+        }))
+    }
+
+    async fn lease_task(
+        &self,
+        request: Request<LeaseTaskRequest>,
+    ) -> Result<Response<LeaseTaskResponse>, Status> {
+        let request = request.into_inner();
+        let slots = self
+            .workers
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .get(&request.worker_id)
+            .copied()
+            .ok_or_else(|| Status::failed_precondition("unknown worker: register first"))?;
+        let limits = Parallelism {
+            instance: self.config.parallelism.instance,
+            per_worker: self.config.parallelism.per_worker.min(slots),
+        };
+        let wait = Duration::from_millis(u64::from(
+            request.wait_ms.min(self.config.max_lease_wait_ms),
+        ));
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            // Register interest before looking, so a notification between the
+            // look and the wait is not lost.
+            let notified = self.work_available.notified();
+            let leased = tasks::lease_next_task(
+                &self.pool,
+                &request.worker_id,
+                self.config.lease_ms,
+                limits,
+            )
+            .await
+            .map_err(status)?;
+            if let Some(leased) = leased {
+                info!(task_id = leased.task_id.0, worker = %request.worker_id, "scan task leased");
+                return Ok(Response::new(LeaseTaskResponse {
+                    task: Some(Task {
+                        task_id: leased.task_id.0.to_string(),
+                        lease_id: leased.lease_id,
+                        scan_key: leased.scan_key,
+                        repository: Some(Repository {
+                            project_key: leased.project_key,
+                            slug: leased.slug,
+                            clone_url: leased.clone_url,
+                        }),
+                        branch: leased.branch,
+                        last_scanned_commit: leased.last_scanned_commit.unwrap_or_default(),
+                        policy_json: String::new(),
+                        max_blob_size: self.config.max_blob_size,
+                        lease_ms: self.config.lease_ms,
+                        attempt: leased.attempts as u32,
+                    }),
+                }));
+            }
+            let now = tokio::time::Instant::now();
+            if now >= deadline {
+                return Ok(Response::new(LeaseTaskResponse { task: None }));
+            }
+            // Poll now and then too: tasks also free up when other workers
+            // finish (no notification for that).
+            let _ =
+                tokio::time::timeout((deadline - now).min(Duration::from_millis(250)), notified)
+                    .await;
+        }
+    }
+
+    async fn heartbeat(
+        &self,
+        request: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        let request = request.into_inner();
+        let task = parse_task_id(&request.task_id)?;
+        let cancel = tasks::heartbeat(
+            &self.pool,
+            task,
+            &request.lease_id,
+            self.config.lease_ms,
+            task_progress(request.progress.as_ref()),
+        )
+        .await
+        .map_err(status)?;
+        Ok(Response::new(HeartbeatResponse { cancel }))
+    }
+
+    async fn complete_task(
+        &self,
+        request: Request<CompleteTaskRequest>,
+    ) -> Result<Response<CompleteTaskResponse>, Status> {
+        let request = request.into_inner();
+        let task = parse_task_id(&request.task_id)?;
+        let blobs_read = task_progress(request.progress.as_ref()).blobs_read;
+        tasks::complete_task(
+            &self.pool,
+            task,
+            &request.lease_id,
+            &request.head_commit,
+            blobs_read,
+        )
+        .await
+        .map_err(status)?;
+        self.work_available.notify_waiters();
+        Ok(Response::new(CompleteTaskResponse {}))
+    }
+
+    async fn fail_task(
+        &self,
+        request: Request<FailTaskRequest>,
+    ) -> Result<Response<FailTaskResponse>, Status> {
+        let request = request.into_inner();
+        let task = parse_task_id(&request.task_id)?;
+        let outcome = tasks::fail_task(
+            &self.pool,
+            task,
+            &request.lease_id,
+            &request.error,
+            request.retryable,
+            self.config.max_attempts,
+        )
+        .await
+        .map_err(status)?;
+        warn!(task_id = task.0, ?outcome, "scan task attempt failed");
+        self.work_available.notify_waiters();
+        Ok(Response::new(FailTaskResponse {}))
+    }
+}
+
+fn parse_task_id(text: &str) -> Result<TaskId, Status> {
+    text.parse::<i64>()
+        .map(TaskId)
+        .map_err(|_| Status::invalid_argument(format!("invalid task_id {text:?}")))
+}

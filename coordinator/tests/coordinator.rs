@@ -1,0 +1,332 @@
+//! A real coordinator on loopback against a fresh database and Redis prefix,
+//! driven by a real tonic client: reconciliation, the job stream, the task
+//! lifecycle, lease expiry and leader failover.
+
+use std::{sync::Arc, time::Duration};
+
+use leakscan_coordinator::{run, CoordinatorConfig, CoordinatorState};
+use leakscan_proto::v1::{
+    coordinator_client::CoordinatorClient, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest,
+    LeaseTaskRequest, Progress, RegisterRequest, Task,
+};
+use leakscan_store::{
+    catalog,
+    jobs::{self, JobScope},
+    queue::JobQueue,
+    testing::{redis_url, unique_name, TestDatabase},
+};
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+
+struct Running {
+    address: String,
+    state: Arc<CoordinatorState>,
+    shutdown: CancellationToken,
+    handle: tokio::task::JoinHandle<()>,
+}
+
+async fn start(pool: &PgPool, prefix: &str, config: CoordinatorConfig) -> Running {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let queue = JobQueue::connect(&redis_url(), prefix).await.unwrap();
+    let state = Arc::new(CoordinatorState::default());
+    let shutdown = CancellationToken::new();
+    let handle = tokio::spawn({
+        let (pool, state, shutdown) = (pool.clone(), Arc::clone(&state), shutdown.clone());
+        async move {
+            run(config, pool, queue, listener, state, shutdown)
+                .await
+                .expect("coordinator runs");
+        }
+    });
+    Running {
+        address,
+        state,
+        shutdown,
+        handle,
+    }
+}
+
+/// Polls `condition` until it holds, for at most 20 s.
+async fn eventually(what: &str, mut condition: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !condition().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn seed(pool: &PgPool) {
+    catalog::upsert_project(pool, "P", "P").await.unwrap();
+    let repository = catalog::upsert_repository(pool, "P", "r", "/repos/P/r")
+        .await
+        .unwrap();
+    let branches = vec![
+        ("b0".to_string(), "h0".to_string()),
+        ("b1".to_string(), "h1".to_string()),
+    ];
+    catalog::replace_branches(pool, repository.id, &branches)
+        .await
+        .unwrap();
+}
+
+async fn client(address: &str) -> CoordinatorClient<Channel> {
+    CoordinatorClient::connect(address.to_string())
+        .await
+        .unwrap()
+}
+
+async fn register(client: &mut CoordinatorClient<Channel>, name: &str, slots: u32) -> String {
+    client
+        .register(RegisterRequest {
+            worker_name: name.into(),
+            slots,
+            version: "test".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .worker_id
+}
+
+async fn lease(
+    client: &mut CoordinatorClient<Channel>,
+    worker: &str,
+    wait_ms: u32,
+) -> Option<Task> {
+    client
+        .lease_task(LeaseTaskRequest {
+            worker_id: worker.into(),
+            wait_ms,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .task
+}
+
+async fn complete(client: &mut CoordinatorClient<Channel>, task: &Task, head: &str) {
+    client
+        .complete_task(CompleteTaskRequest {
+            task_id: task.task_id.clone(),
+            lease_id: task.lease_id.clone(),
+            head_commit: head.into(),
+            progress: Some(Progress {
+                blobs_read: 5,
+                ..Progress::default()
+            }),
+        })
+        .await
+        .unwrap();
+}
+
+fn prefix() -> String {
+    format!("{}:", unique_name("leakscan-test"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_from_postgres_and_the_stream_become_leased_tasks_and_finish() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    seed(pool).await;
+    // Recorded, but its stream entry was lost: reconciliation runs it.
+    let reconciled = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    let prefix = prefix();
+    let coordinator = start(pool, &prefix, CoordinatorConfig::default()).await;
+    let state = Arc::clone(&coordinator.state);
+    eventually("leadership", async || state.is_leader()).await;
+    let mut client = client(&coordinator.address).await;
+
+    let refused = client
+        .register(RegisterRequest {
+            worker_name: "w".into(),
+            slots: 0,
+            version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    let unknown = client
+        .lease_task(LeaseTaskRequest {
+            worker_id: "nobody".into(),
+            wait_ms: 0,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), tonic::Code::FailedPrecondition);
+
+    let worker = register(&mut client, "worker-1", 2).await;
+    let first = lease(&mut client, &worker, 5000)
+        .await
+        .expect("a reconciled task");
+    assert_eq!(first.scan_key, reconciled.scan_key);
+    assert_eq!((first.branch.as_str(), first.attempt), ("b0", 1));
+    assert_eq!(first.repository.as_ref().unwrap().clone_url, "/repos/P/r");
+    let second = lease(&mut client, &worker, 5000)
+        .await
+        .expect("the second branch");
+    assert_eq!(second.branch, "b1");
+    // Two slots, both used: nothing more for this worker.
+    assert!(lease(&mut client, &worker, 0).await.is_none());
+
+    let beat = client
+        .heartbeat(HeartbeatRequest {
+            worker_id: worker.clone(),
+            task_id: first.task_id.clone(),
+            lease_id: first.lease_id.clone(),
+            progress: Some(Progress::default()),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!beat.cancel);
+    complete(&mut client, &first, "h0").await;
+    complete(&mut client, &second, "h1").await;
+    let done = jobs::find_job(pool, &reconciled.scan_key)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (done.state.as_str(), done.tasks_done, done.blobs_read),
+        ("done", 2, 10)
+    );
+    let late = client
+        .heartbeat(HeartbeatRequest {
+            worker_id: worker.clone(),
+            task_id: first.task_id.clone(),
+            lease_id: first.lease_id.clone(),
+            progress: None,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(late.code(), tonic::Code::FailedPrecondition);
+
+    // A job that arrives through the stream.
+    let streamed = jobs::create_job(
+        pool,
+        &JobScope::Branch {
+            project_key: "P".into(),
+            slug: "r".into(),
+            branch: "b1".into(),
+        },
+        "admin",
+        &[],
+    )
+    .await
+    .unwrap();
+    JobQueue::connect(&redis_url(), &prefix)
+        .await
+        .unwrap()
+        .enqueue(streamed.id)
+        .await
+        .unwrap();
+    let task = lease(&mut client, &worker, 10_000)
+        .await
+        .expect("a task of the streamed job");
+    assert_eq!(
+        (task.scan_key.as_str(), task.last_scanned_commit.as_str()),
+        (streamed.scan_key.as_str(), "h1")
+    );
+    client
+        .fail_task(FailTaskRequest {
+            task_id: task.task_id.clone(),
+            lease_id: task.lease_id.clone(),
+            error: "network hiccup".into(),
+            retryable: true,
+        })
+        .await
+        .unwrap();
+    let retried = lease(&mut client, &worker, 5000)
+        .await
+        .expect("the retried task");
+    assert_eq!(
+        (retried.task_id.as_str(), retried.attempt),
+        (task.task_id.as_str(), 2)
+    );
+
+    coordinator.shutdown.cancel();
+    coordinator.handle.await.unwrap();
+    database.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_workers_lease_expires_and_the_task_is_leased_again() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    seed(pool).await;
+    let job = jobs::create_job(
+        pool,
+        &JobScope::Branch {
+            project_key: "P".into(),
+            slug: "r".into(),
+            branch: "b0".into(),
+        },
+        "admin",
+        &[],
+    )
+    .await
+    .unwrap();
+    let config = CoordinatorConfig {
+        lease_ms: 300,
+        expiry_interval: Duration::from_millis(100),
+        ..CoordinatorConfig::default()
+    };
+    let coordinator = start(pool, &prefix(), config).await;
+    let state = Arc::clone(&coordinator.state);
+    eventually("leadership", async || state.is_leader()).await;
+    let mut client = client(&coordinator.address).await;
+    let dead = register(&mut client, "dead", 1).await;
+    let first = lease(&mut client, &dead, 5000).await.expect("a task");
+    assert_eq!(first.scan_key, job.scan_key);
+    // The worker never heartbeats: another one gets the task back.
+    let alive = register(&mut client, "alive", 1).await;
+    let mut again = None;
+    eventually("the expired task to be leased again", async || {
+        again = lease(&mut client, &alive, 1000).await;
+        again.is_some()
+    })
+    .await;
+    let again = again.unwrap();
+    assert_eq!(
+        (again.task_id.as_str(), again.attempt),
+        (first.task_id.as_str(), 2)
+    );
+    assert_ne!(again.lease_id, first.lease_id);
+    coordinator.shutdown.cancel();
+    coordinator.handle.await.unwrap();
+    database.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_takes_over_when_the_leader_stops() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let prefix = prefix();
+    let first = start(pool, &prefix, CoordinatorConfig::default()).await;
+    let first_state = Arc::clone(&first.state);
+    eventually("the first leader", async || first_state.is_leader()).await;
+    let second = start(
+        pool,
+        &prefix,
+        CoordinatorConfig {
+            consumer_name: "standby".into(),
+            ..CoordinatorConfig::default()
+        },
+    )
+    .await;
+    // The lock is exclusive: while the first leads, the second cannot.
+    assert!(!second.state.is_leader());
+    first.shutdown.cancel();
+    first.handle.await.unwrap();
+    let second_state = Arc::clone(&second.state);
+    eventually("the standby to lead", async || second_state.is_leader()).await;
+    second.shutdown.cancel();
+    second.handle.await.unwrap();
+    database.drop_database().await.unwrap();
+}
