@@ -3,6 +3,9 @@
 //! - [`migrate`] applies `store/migrations/*.sql` (embedded); the migrator's
 //!   advisory lock makes concurrent start-up of several processes safe.
 //! - [`catalog`]: projects, repositories and their branches.
+//! - [`findings`] and [`secrets`]: findings, written idempotently, with
+//!   their secret encrypted (AES-256-GCM data keys wrapped by a master key)
+//!   and a keyed fingerprint.
 //! - [`jobs`]: scan jobs, the source of truth for what was requested.
 //! - [`tasks`]: leasing branch tasks to workers, heartbeats, completion,
 //!   failure with bounded attempts, expiry of leases of dead workers.
@@ -14,9 +17,11 @@
 //! Queries are checked at run time (no database is needed to build).
 
 pub mod catalog;
+pub mod findings;
 pub mod jobs;
 pub mod page;
 pub mod queue;
+pub mod secrets;
 pub mod tasks;
 pub mod testing;
 

@@ -1,0 +1,129 @@
+//! Findings against a real PostgreSQL: idempotent batches, branches, and
+//! secrets that exist in the database only encrypted.
+
+use leakscan_store::{
+    catalog,
+    findings::{self, NewFinding},
+    secrets::{MasterKey, SecretBox},
+    testing::TestDatabase,
+};
+
+const SECRET: &str = "ghp_Zq8mN3vL5xR7tY2wK9pB4cF6hJ1dS0aE3gUi";
+const OTHER_SECRET: &str = "AKIAUJZDEGXDNCF32EPF";
+
+fn finding(rule: &str, path: &str, line: Option<i32>, secret: &str) -> NewFinding {
+    NewFinding {
+        rule_id: rule.into(),
+        rule_name: rule.into(),
+        severity: "HIGH".into(),
+        commit: "0123456789abcdef0123456789abcdef01234567".into(),
+        path: path.into(),
+        line,
+        author: "Alice".into(),
+        author_email: "alice@example.com".into(),
+        commit_date: None,
+        secret: secret.as_bytes().to_vec(),
+    }
+}
+
+#[tokio::test]
+async fn batches_are_idempotent_and_secrets_are_only_stored_encrypted() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    catalog::upsert_project(pool, "P", "P").await.unwrap();
+    let repository = catalog::upsert_repository(pool, "P", "r", "/r")
+        .await
+        .unwrap()
+        .id;
+    let master = MasterKey::generate();
+    let secrets = SecretBox::load(pool, master.clone()).await.unwrap();
+    let batch = vec![
+        finding("GITHUB_PAT_CLASSIC", "ci/deploy.sh", Some(3), SECRET),
+        finding("AWS_ACCESS_KEY_ID", "keys/aws.env", None, OTHER_SECRET),
+    ];
+    assert_eq!(
+        findings::record_findings(pool, &secrets, repository, "main", &batch)
+            .await
+            .unwrap(),
+        2
+    );
+    // A retried batch (a worker that crashed after sending) adds nothing.
+    assert_eq!(
+        findings::record_findings(pool, &secrets, repository, "main", &batch)
+            .await
+            .unwrap(),
+        0
+    );
+    // The same commit seen on another branch: same findings, one more branch.
+    assert_eq!(
+        findings::record_findings(pool, &secrets, repository, "dev", &batch)
+            .await
+            .unwrap(),
+        0
+    );
+    let on_dev = findings::branch_findings(pool, repository, "dev")
+        .await
+        .unwrap();
+    assert_eq!(on_dev.len(), 2);
+    let github = on_dev
+        .iter()
+        .find(|f| f.rule_id == "GITHUB_PAT_CLASSIC")
+        .unwrap();
+    assert_eq!((github.redacted.as_str(), github.line), ("ghp_…", Some(3)));
+    assert_eq!(
+        github.fingerprint,
+        secrets.fingerprint("GITHUB_PAT_CLASSIC", SECRET.as_bytes())
+    );
+
+    // Nothing in any table holds a secret in the clear (as text or as hex).
+    let tables: Vec<String> =
+        sqlx::query_scalar("select tablename::text from pg_tables where schemaname = 'public'")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    for table in &tables {
+        let dump: Option<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "select string_agg(t::text, '|') from {table} t"
+        )))
+        .fetch_one(pool)
+        .await
+        .unwrap();
+        let dump = dump.unwrap_or_default();
+        for secret in [SECRET, OTHER_SECRET] {
+            assert!(
+                !dump.contains(secret),
+                "{table} holds a secret in the clear"
+            );
+            assert!(
+                !dump.contains(&hex::encode(secret)),
+                "{table} holds a secret as hex"
+            );
+        }
+    }
+
+    assert_eq!(
+        findings::reveal_secret(pool, &secrets, github.id)
+            .await
+            .unwrap(),
+        SECRET.as_bytes()
+    );
+    // Another process with the same master key: same data key, same fingerprints.
+    let again = SecretBox::load(pool, master).await.unwrap();
+    assert_eq!(
+        again.fingerprint("GITHUB_PAT_CLASSIC", SECRET.as_bytes()),
+        github.fingerprint
+    );
+    assert_eq!(
+        findings::reveal_secret(pool, &again, github.id)
+            .await
+            .unwrap(),
+        SECRET.as_bytes()
+    );
+    // A wrong master key is refused before anything is written under it.
+    let wrong = SecretBox::load(pool, MasterKey::generate())
+        .await
+        .err()
+        .expect("wrong master key refused");
+    assert!(wrong.to_string().contains("cannot decrypt"), "{wrong}");
+    database.drop_database().await.unwrap();
+}
