@@ -9,6 +9,8 @@ use redis::{aio::ConnectionManager, streams::StreamReadReply, AsyncCommands, Val
 use crate::{jobs::JobId, Result, StoreError};
 
 pub const CONSUMER_GROUP: &str = "coordinators";
+/// Longest a read blocks waiting for new entries.
+pub const MAX_BLOCK_MS: usize = 5_000;
 
 /// One delivered entry.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,7 +30,12 @@ impl JobQueue {
     /// `prefix` keeps instances apart (e.g. `leakscan:`).
     pub async fn connect(redis_url: &str, prefix: &str) -> Result<JobQueue> {
         let client = redis::Client::open(redis_url)?;
-        let connection = ConnectionManager::new(client).await?;
+        // Longer than any blocking read (see MAX_BLOCK_MS): a reply that
+        // comes after the client gave up would deliver an entry to nobody.
+        let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(
+            std::time::Duration::from_millis(MAX_BLOCK_MS as u64 + 5_000),
+        ));
+        let connection = ConnectionManager::new_with_config(client, config).await?;
         let queue = JobQueue {
             connection,
             stream: format!("{prefix}jobs"),
@@ -67,20 +74,40 @@ impl JobQueue {
         Ok(id)
     }
 
-    /// New entries for `consumer`, waiting up to `block_ms` for the first.
+    /// Entries for `consumer`: first those it was given before but never
+    /// acknowledged (a reply lost on the way, a restart under the same
+    /// name), then new ones, waiting up to `block_ms` (at most
+    /// [`MAX_BLOCK_MS`]) for the first.
     pub async fn read(
         &self,
         consumer: &str,
         count: usize,
         block_ms: usize,
     ) -> Result<Vec<Delivery>> {
+        let own_pending = self.read_from(consumer, count, "0", None).await?;
+        if !own_pending.is_empty() {
+            return Ok(own_pending);
+        }
+        self.read_from(consumer, count, ">", Some(block_ms.min(MAX_BLOCK_MS)))
+            .await
+    }
+
+    async fn read_from(
+        &self,
+        consumer: &str,
+        count: usize,
+        id: &str,
+        block_ms: Option<usize>,
+    ) -> Result<Vec<Delivery>> {
         let mut connection = self.connection.clone();
-        let options = redis::streams::StreamReadOptions::default()
+        let mut options = redis::streams::StreamReadOptions::default()
             .group(CONSUMER_GROUP, consumer)
-            .count(count)
-            .block(block_ms);
+            .count(count);
+        if let Some(block_ms) = block_ms {
+            options = options.block(block_ms);
+        }
         let reply: Option<StreamReadReply> = connection
-            .xread_options(&[&self.stream], &[">"], &options)
+            .xread_options(&[&self.stream], &[id], &options)
             .await?;
         let mut deliveries = Vec::new();
         for key in reply.map(|reply| reply.keys).unwrap_or_default() {

@@ -209,14 +209,19 @@ async fn the_job_stream_delivers_acknowledges_and_hands_over_stale_entries() {
         second.iter().map(|d| d.job).collect::<Vec<_>>(),
         vec![jobs::JobId(8)]
     );
-    // Nothing new: the read returns empty after blocking briefly.
+    // Regression: a delivery whose reply was lost (the client timed out)
+    // must not be stranded. A consumer gets its own unacknowledged entries
+    // again before anything new.
+    let again = queue.read("coordinator-a", 10, 50).await.unwrap();
+    assert_eq!(again, first);
+
+    queue.ack(&first[0].entry_id).await.unwrap();
+    // Nothing new and nothing pending: the read returns empty after blocking briefly.
     assert!(queue
         .read("coordinator-a", 10, 50)
         .await
         .unwrap()
         .is_empty());
-
-    queue.ack(&first[0].entry_id).await.unwrap();
     assert_eq!(queue.depth().await.unwrap(), 1);
     // coordinator-b "died" before acknowledging job 8: a claim with no idle
     // time required takes it over.
