@@ -26,11 +26,13 @@ use leakscan_proto::v1::{
     coordinator_server::{Coordinator, CoordinatorServer},
     CompleteTaskRequest, CompleteTaskResponse, FailTaskRequest, FailTaskResponse, HeartbeatRequest,
     HeartbeatResponse, LeaseTaskRequest, LeaseTaskResponse, Progress, RegisterRequest,
-    RegisterResponse, Repository, Task,
+    RegisterResponse, Repository, SendFindingsRequest, SendFindingsResponse, Task,
 };
 use leakscan_store::{
+    findings::{self, NewFinding},
     jobs,
     queue::JobQueue,
+    secrets::SecretBox,
     tasks::{self, Parallelism, TaskId, TaskProgress},
     StoreError,
 };
@@ -119,6 +121,7 @@ pub async fn run(
     config: CoordinatorConfig,
     pool: PgPool,
     queue: JobQueue,
+    secrets: Arc<SecretBox>,
     listener: TcpListener,
     state: Arc<CoordinatorState>,
     shutdown: CancellationToken,
@@ -160,6 +163,7 @@ pub async fn run(
     ));
     let service = CoordinatorService {
         config,
+        secrets,
         pool: pool.clone(),
         workers: Mutex::new(HashMap::new()),
         work_available,
@@ -271,6 +275,7 @@ async fn expire_leases(
 
 struct CoordinatorService {
     config: CoordinatorConfig,
+    secrets: Arc<SecretBox>,
     pool: PgPool,
     /// Registered workers and their slots.
     workers: Mutex<HashMap<String, u32>>,
@@ -402,6 +407,38 @@ impl Coordinator for CoordinatorService {
         .await
         .map_err(status)?;
         Ok(Response::new(HeartbeatResponse { cancel }))
+    }
+
+    async fn send_findings(
+        &self,
+        request: Request<SendFindingsRequest>,
+    ) -> Result<Response<SendFindingsResponse>, Status> {
+        let request = request.into_inner();
+        let task = parse_task_id(&request.task_id)?;
+        let (repository, branch) = tasks::leased_task_target(&self.pool, task, &request.lease_id)
+            .await
+            .map_err(status)?;
+        let batch: Vec<NewFinding> = request
+            .findings
+            .into_iter()
+            .map(|finding| NewFinding {
+                rule_id: finding.rule_id,
+                rule_name: finding.rule_name,
+                severity: finding.severity,
+                commit: finding.commit,
+                path: finding.path,
+                line: (finding.line > 0).then_some(finding.line as i32),
+                author: finding.author,
+                author_email: finding.author_email,
+                commit_date: chrono::DateTime::from_timestamp(finding.commit_time, 0),
+                secret: finding.secret,
+            })
+            .collect();
+        let recorded =
+            findings::record_findings(&self.pool, &self.secrets, repository, &branch, &batch)
+                .await
+                .map_err(status)?;
+        Ok(Response::new(SendFindingsResponse { recorded }))
     }
 
     async fn complete_task(

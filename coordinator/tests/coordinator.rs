@@ -13,6 +13,7 @@ use leakscan_store::{
     catalog,
     jobs::{self, JobScope},
     queue::JobQueue,
+    secrets::{MasterKey, SecretBox},
     testing::{redis_url, unique_name, TestDatabase},
 };
 use sqlx::PgPool;
@@ -32,10 +33,15 @@ async fn start(pool: &PgPool, prefix: &str, config: CoordinatorConfig) -> Runnin
     let queue = JobQueue::connect(&redis_url(), prefix).await.unwrap();
     let state = Arc::new(CoordinatorState::default());
     let shutdown = CancellationToken::new();
+    let secrets = Arc::new(
+        SecretBox::load(pool, MasterKey::from_hex(&"42".repeat(32)).unwrap())
+            .await
+            .unwrap(),
+    );
     let handle = tokio::spawn({
         let (pool, state, shutdown) = (pool.clone(), Arc::clone(&state), shutdown.clone());
         async move {
-            run(config, pool, queue, listener, state, shutdown)
+            run(config, pool, queue, secrets, listener, state, shutdown)
                 .await
                 .expect("coordinator runs");
         }

@@ -51,4 +51,6 @@ pub enum EngineError {
     Git { path: String, message: String },
     #[error("prefilter: {0}")]
     Prefilter(String),
+    #[error("scan cancelled")]
+    Cancelled,
 }

@@ -526,6 +526,9 @@ impl HistoryWalk<'_> {
         let mut tables = Tables::default();
         let mut changes: Vec<Change> = Vec::new();
         for (chunk_number, chunk) in commits.chunks(CHUNK_COMMITS).enumerate() {
+            if self.progress.is_cancelled() {
+                return Err(EngineError::Cancelled);
+            }
             let base_index = chunk_number * CHUNK_COMMITS;
             let raw: Vec<Result<Vec<RawChange>, String>> = chunk
                 .par_iter()
@@ -574,6 +577,9 @@ impl HistoryWalk<'_> {
             .collect();
         let to_scan = self.use_cached_results(&tables.blob_ids, &to_scan, &mut results, &mut stats);
         let scanned = self.scan_blobs(git_dir, &tables.blob_ids, &to_scan)?;
+        if self.progress.is_cancelled() {
+            return Err(EngineError::Cancelled);
+        }
         self.store_results(&tables.blob_ids, &to_scan, &scanned);
         for (blob, outcome) in to_scan.iter().zip(scanned) {
             results[*blob as usize] = self.record_outcome(
@@ -860,6 +866,9 @@ impl HistoryWalk<'_> {
             .map_init(
                 || self.ruleset.scanner().ok(),
                 |scanner, &blob| {
+                    if progress.is_cancelled() {
+                        return BlobOutcome::Unreadable("scan cancelled".into());
+                    }
                     let Some(scanner) = scanner.as_mut() else {
                         return BlobOutcome::Unreadable("cannot build a scanner".into());
                     };

@@ -49,9 +49,17 @@ pub struct ScanProgress {
     pub blobs_scanned: AtomicU64,
     pub bytes_scanned: AtomicU64,
     pub findings: AtomicU64,
+    /// Set from outside to stop the scan: it ends with
+    /// [`crate::EngineError::Cancelled`] at its next checkpoint (every
+    /// commit chunk and every blob).
+    pub cancel: std::sync::atomic::AtomicBool,
 }
 
 impl ScanProgress {
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.load(Ordering::Relaxed)
+    }
+
     pub(crate) fn add(counter: &AtomicU64, value: u64) {
         counter.fetch_add(value, Ordering::Relaxed);
     }

@@ -83,9 +83,15 @@ pub async fn lease_next_task(
 ) -> Result<Option<LeasedTask>> {
     let mut transaction = pool.begin().await?;
     // One leaser at a time, so the limits hold across coordinator replicas.
-    sqlx::query("select pg_advisory_xact_lock(7243001)")
-        .execute(&mut *transaction)
+    // Try, never wait: a leaser blocked on the lock would hold a pooled
+    // connection that heartbeats and completions need; callers poll again.
+    let locked: bool = sqlx::query_scalar("select pg_try_advisory_xact_lock(7243001)")
+        .fetch_one(&mut *transaction)
         .await?;
+    if !locked {
+        transaction.commit().await?;
+        return Ok(None);
+    }
     let (instance, mine): (i64, i64) = sqlx::query_as(
         "select count(*), count(*) filter (where leased_by = $1) from scan_tasks where state = 'leased'",
     )
@@ -169,6 +175,20 @@ fn lease_lost(task: TaskId) -> StoreError {
         "task {} is not leased under this lease any more",
         task.0
     ))
+}
+
+/// The repository and branch of a task leased under `lease_id`.
+pub async fn leased_task_target(
+    pool: &PgPool,
+    task: TaskId,
+    lease_id: &str,
+) -> Result<(RepoId, String)> {
+    sqlx::query_as("select repository_id, branch from scan_tasks where id = $1 and lease_id = $2 and state = 'leased'")
+        .bind(task)
+        .bind(lease_id)
+        .fetch_optional(pool)
+        .await?
+        .ok_or_else(|| lease_lost(task))
 }
 
 /// Marks a task done, records what its branch scan covered, and finishes

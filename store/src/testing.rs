@@ -45,7 +45,7 @@ impl TestDatabase {
             .await?;
         connection.close().await?;
         let url = database_url(&admin, &name);
-        let pool = crate::connect(&url, 8).await?;
+        let pool = crate::connect(&url, 16).await?;
         crate::migrate(&pool).await?;
         Ok(TestDatabase { name, url, pool })
     }

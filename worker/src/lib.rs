@@ -1,0 +1,452 @@
+//! `leakscan-worker`: stateless. It holds no database credentials; it
+//! registers with the coordinator, leases branch tasks, keeps a local
+//! mirror of each repository (a cache: losing it costs only time), scans
+//! the branch's commits not yet scanned with the engine, sends the findings
+//! in batches, heartbeats progress, and stops promptly when told to cancel.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{atomic::Ordering, Arc},
+    time::Duration,
+};
+
+use leakscan_engine::{
+    git::scan_repository, EngineError, GitScanRequest, Policy, RefSelection, ScanOptions,
+    ScanProgress,
+};
+use leakscan_proto::v1::{
+    coordinator_client::CoordinatorClient, CompleteTaskRequest, FailTaskRequest, Finding,
+    HeartbeatRequest, LeaseTaskRequest, Progress, RegisterRequest, SendFindingsRequest, Task,
+};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Channel;
+use tracing::{info, warn};
+
+/// Findings per SendFindings call.
+const FINDINGS_BATCH: usize = 500;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// e.g. `http://127.0.0.1:7991`
+    pub coordinator_url: String,
+    pub name: String,
+    /// Tasks at once.
+    pub slots: u32,
+    /// Where repository mirrors are kept.
+    pub mirror_dir: PathBuf,
+    /// Engine threads per task (0: one per core).
+    pub threads: usize,
+    /// Longest long poll for a task.
+    pub lease_wait_ms: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("coordinator: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("coordinator: {0}")]
+    Status(#[from] tonic::Status),
+}
+
+/// Runs until `shutdown`: `slots` loops, each leasing and scanning tasks.
+/// On shutdown a running task is stopped and handed back (failed as
+/// retryable), so another worker takes it over.
+pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let channel = tonic::transport::Endpoint::from_shared(config.coordinator_url.clone())
+        .map_err(WorkerError::Transport)?
+        .connect()
+        .await?;
+    let mut client = CoordinatorClient::new(channel.clone());
+    let registered = client
+        .register(RegisterRequest {
+            worker_name: config.name.clone(),
+            slots: config.slots,
+            version: env!("CARGO_PKG_VERSION").into(),
+        })
+        .await?
+        .into_inner();
+    info!(worker_id = %registered.worker_id, "registered with the coordinator");
+    let heartbeat = Duration::from_millis(u64::from(
+        registered.heartbeat_interval_ms.clamp(100, 60_000),
+    ));
+    let mut loops = Vec::new();
+    for _ in 0..config.slots {
+        let slot = Slot {
+            client: CoordinatorClient::new(channel.clone()),
+            worker_id: registered.worker_id.clone(),
+            config: config.clone(),
+            heartbeat,
+        };
+        loops.push(tokio::spawn(slot.run(shutdown.clone())));
+    }
+    for handle in loops {
+        let _ = handle.await;
+    }
+    Ok(())
+}
+
+struct Slot {
+    client: CoordinatorClient<Channel>,
+    worker_id: String,
+    config: WorkerConfig,
+    heartbeat: Duration,
+}
+
+impl Slot {
+    async fn run(mut self, shutdown: CancellationToken) {
+        while !shutdown.is_cancelled() {
+            let leased = tokio::select! {
+                () = shutdown.cancelled() => return,
+                leased = self.client.lease_task(LeaseTaskRequest {
+                    worker_id: self.worker_id.clone(),
+                    wait_ms: self.config.lease_wait_ms,
+                }) => leased,
+            };
+            match leased.map(|response| response.into_inner().task) {
+                Ok(Some(task)) => self.run_task(task, &shutdown).await,
+                Ok(None) => {}
+                Err(status) => {
+                    warn!(%status, "cannot lease a task");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    async fn run_task(&mut self, task: Task, shutdown: &CancellationToken) {
+        info!(task_id = %task.task_id, branch = %task.branch, attempt = task.attempt, "scan task started");
+        let progress = Arc::new(ScanProgress::default());
+        let mut heartbeat_client = self.client.clone();
+        let outcome = {
+            let work = self.scan(&task, Arc::clone(&progress));
+            tokio::pin!(work);
+            let mut ticker = tokio::time::interval(self.heartbeat);
+            loop {
+                tokio::select! {
+                    result = &mut work => break result,
+                    () = shutdown.cancelled() => progress.cancel.store(true, Ordering::Relaxed),
+                    _ = ticker.tick() => {
+                        let beat = heartbeat_client.heartbeat(HeartbeatRequest {
+                            worker_id: self.worker_id.clone(),
+                            task_id: task.task_id.clone(),
+                            lease_id: task.lease_id.clone(),
+                            progress: Some(progress_of(&progress)),
+                        }).await;
+                        match beat {
+                            Ok(reply) if reply.get_ref().cancel => progress.cancel.store(true, Ordering::Relaxed),
+                            Ok(_) => {}
+                            // The lease is gone (expired, taken back): stop.
+                            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                                progress.cancel.store(true, Ordering::Relaxed);
+                            }
+                            Err(status) => warn!(%status, "heartbeat failed"),
+                        }
+                    }
+                }
+            }
+        };
+        let result = match outcome {
+            Ok((head, findings)) => self.finish(&task, head, findings, &progress).await,
+            Err(TaskError::Cancelled) => {
+                info!(task_id = %task.task_id, "scan task stopped");
+                // Hand the task back unless the job was cancelled (then the
+                // coordinator refuses, which is fine).
+                self.fail(&task, "worker stopped", true).await
+            }
+            Err(TaskError::Failed { message, retryable }) => {
+                warn!(task_id = %task.task_id, error = %message, "scan task failed");
+                self.fail(&task, &message, retryable).await
+            }
+        };
+        if let Err(status) = result {
+            warn!(task_id = %task.task_id, %status, "cannot report the task's end");
+        }
+    }
+
+    /// Calls the coordinator again on transient failures (the coordinator
+    /// restarting, a busy database), with backoff, up to 6 tries.
+    async fn with_retries<T, F, Fut>(&mut self, what: &str, mut call: F) -> Result<T, tonic::Status>
+    where
+        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let mut delay = Duration::from_millis(200);
+        let mut attempt = 1;
+        loop {
+            match call(self.client.clone()).await {
+                Err(status) if attempt < 6 && is_transient(&status) => {
+                    warn!(%status, attempt, what, "coordinator call failed, retrying");
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                    attempt += 1;
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn finish(
+        &mut self,
+        task: &Task,
+        head: String,
+        findings: Vec<Finding>,
+        progress: &ScanProgress,
+    ) -> Result<(), tonic::Status> {
+        for batch in findings.chunks(FINDINGS_BATCH) {
+            let request = SendFindingsRequest {
+                task_id: task.task_id.clone(),
+                lease_id: task.lease_id.clone(),
+                findings: batch.to_vec(),
+            };
+            // Idempotent on the coordinator's side: safe to send again.
+            self.with_retries("send findings", |mut client| {
+                let request = request.clone();
+                async move { client.send_findings(request).await }
+            })
+            .await?;
+        }
+        let request = CompleteTaskRequest {
+            task_id: task.task_id.clone(),
+            lease_id: task.lease_id.clone(),
+            head_commit: head,
+            progress: Some(progress_of(progress)),
+        };
+        let completed = self
+            .with_retries("complete task", |mut client| {
+                let request = request.clone();
+                async move { client.complete_task(request).await }
+            })
+            .await;
+        match completed {
+            // A retry after a completion whose answer was lost.
+            Err(status) if status.code() == tonic::Code::FailedPrecondition => {
+                warn!(task_id = %task.task_id, %status, "task already ended");
+            }
+            other => {
+                other?;
+            }
+        }
+        info!(task_id = %task.task_id, findings = findings.len(), "scan task done");
+        Ok(())
+    }
+
+    async fn fail(
+        &mut self,
+        task: &Task,
+        error: &str,
+        retryable: bool,
+    ) -> Result<(), tonic::Status> {
+        let request = FailTaskRequest {
+            task_id: task.task_id.clone(),
+            lease_id: task.lease_id.clone(),
+            error: error.into(),
+            retryable,
+        };
+        self.with_retries("fail task", |mut client| {
+            let request = request.clone();
+            async move { client.fail_task(request).await }
+        })
+        .await
+        .map(|_| ())
+    }
+
+    /// Mirrors, scans, and returns the branch head scanned and the findings.
+    async fn scan(
+        &self,
+        task: &Task,
+        progress: Arc<ScanProgress>,
+    ) -> Result<(String, Vec<Finding>), TaskError> {
+        let repository = task.repository.clone().ok_or_else(|| TaskError::Failed {
+            message: "task without a repository".into(),
+            retryable: false,
+        })?;
+        let mirror = self
+            .config
+            .mirror_dir
+            .join(safe_component(&repository.project_key))
+            .join(format!("{}.git", safe_component(&repository.slug)));
+        update_mirror(&repository.clone_url, &mirror).await?;
+        let head = git_output(
+            &mirror,
+            &[
+                "rev-parse",
+                "--verify",
+                &format!("refs/heads/{}^{{commit}}", task.branch),
+            ],
+        )
+        .await
+        .map_err(|message| TaskError::Failed {
+            message: format!("branch {:?}: {message}", task.branch),
+            retryable: false,
+        })?;
+        if head == task.last_scanned_commit {
+            return Ok((head, Vec::new()));
+        }
+        let request = GitScanRequest {
+            refs: RefSelection::Branch(task.branch.clone()),
+            since: (!task.last_scanned_commit.is_empty()).then(|| task.last_scanned_commit.clone()),
+            allow_shallow: false,
+        };
+        let options = ScanOptions {
+            threads: self.config.threads,
+            max_blob_size: task.max_blob_size,
+            ..ScanOptions::default()
+        };
+        let policy = if task.policy_json.is_empty() {
+            Policy::builtin_default()
+        } else {
+            return Err(TaskError::Failed {
+                message: "this worker does not read custom policies yet".into(),
+                retryable: false,
+            });
+        };
+        let report = tokio::task::spawn_blocking(move || {
+            scan_repository(&mirror, &policy, &request, &options, &progress)
+        })
+        .await
+        .map_err(|error| TaskError::Failed {
+            message: format!("scan thread: {error}"),
+            retryable: true,
+        })?
+        .map_err(|error| match error {
+            EngineError::Cancelled => TaskError::Cancelled,
+            other => TaskError::Failed {
+                message: other.to_string(),
+                retryable: true,
+            },
+        })?;
+        let findings = report
+            .findings
+            .into_iter()
+            .map(|finding| {
+                let commit = finding
+                    .commit
+                    .unwrap_or_else(|| leakscan_engine::CommitMeta {
+                        id: String::new(),
+                        author: String::new(),
+                        author_email: String::new(),
+                        time: 0,
+                        offset_minutes: 0,
+                    });
+                Finding {
+                    rule_id: finding.rule_id,
+                    rule_name: finding.rule_name,
+                    severity: finding.severity.to_string(),
+                    commit: commit.id,
+                    path: finding.path,
+                    line: finding.line.unwrap_or(0),
+                    author: commit.author,
+                    author_email: commit.author_email,
+                    commit_time: commit.time,
+                    secret: finding.secret.expose().to_vec(),
+                }
+            })
+            .collect();
+        Ok((head, findings))
+    }
+}
+
+enum TaskError {
+    Cancelled,
+    Failed { message: String, retryable: bool },
+}
+
+fn is_transient(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        tonic::Code::Unavailable
+            | tonic::Code::Internal
+            | tonic::Code::Unknown
+            | tonic::Code::DeadlineExceeded
+    )
+}
+
+fn progress_of(progress: &ScanProgress) -> Progress {
+    Progress {
+        commits_total: progress.commits.load(Ordering::Relaxed),
+        commits_done: progress.commits_diffed.load(Ordering::Relaxed),
+        blobs_total: progress.blobs_total.load(Ordering::Relaxed),
+        blobs_done: progress.blobs_scanned.load(Ordering::Relaxed),
+        bytes_scanned: progress.bytes_scanned.load(Ordering::Relaxed),
+        blobs_read: progress.blobs_scanned.load(Ordering::Relaxed),
+    }
+}
+
+/// A path component from a project key or slug (already validated by the
+/// catalog; this keeps a bad one from escaping the mirror directory).
+fn safe_component(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.' | '~') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect::<String>()
+        .trim_start_matches('.')
+        .to_string()
+}
+
+/// Clones the repository as a mirror, or fetches into the existing mirror.
+async fn update_mirror(clone_url: &str, mirror: &Path) -> Result<(), TaskError> {
+    let failed = |message: String| TaskError::Failed {
+        message,
+        retryable: true,
+    };
+    if mirror.join("HEAD").exists() {
+        git_output(
+            mirror,
+            &[
+                "fetch",
+                "--quiet",
+                "--prune",
+                "--force",
+                "origin",
+                "+refs/heads/*:refs/heads/*",
+            ],
+        )
+        .await
+        .map_err(|message| failed(format!("fetch {clone_url}: {message}")))?;
+        return Ok(());
+    }
+    let parent = mirror.parent().expect("a mirror path has a parent");
+    tokio::fs::create_dir_all(parent)
+        .await
+        .map_err(|error| failed(format!("{}: {error}", parent.display())))?;
+    let output = tokio::process::Command::new("git")
+        .args(["clone", "--quiet", "--mirror", "--"])
+        .arg(clone_url)
+        .arg(mirror)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .await
+        .map_err(|error| failed(format!("cannot run git: {error}")))?;
+    if !output.status.success() {
+        let _ = tokio::fs::remove_dir_all(mirror).await;
+        return Err(failed(format!(
+            "clone {clone_url}: {}",
+            String::from_utf8_lossy(&output.stderr).trim()
+        )));
+    }
+    Ok(())
+}
+
+async fn git_output(repository: &Path, args: &[&str]) -> Result<String, String> {
+    let output = tokio::process::Command::new("git")
+        .arg("-C")
+        .arg(repository)
+        .args(args)
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .output()
+        .await
+        .map_err(|error| format!("cannot run git: {error}"))?;
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}

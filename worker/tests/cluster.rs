@@ -1,0 +1,227 @@
+//! Coordinator and two workers in one process, talking gRPC on loopback,
+//! against a fresh database, a fresh Redis prefix and real git repositories:
+//! a total rescan stores exactly the findings `leakscan scan` reports, and a
+//! second rescan with no new commits reads no blob.
+
+use std::{collections::BTreeSet, sync::Arc, time::Duration};
+
+use leakscan_coordinator::{CoordinatorConfig, CoordinatorState};
+use leakscan_engine::{
+    git::scan_repository, rules::find_builtin, GitScanRequest, Policy, ScanOptions, ScanProgress,
+};
+use leakscan_store::{
+    catalog,
+    jobs::{self, JobScope},
+    queue::JobQueue,
+    secrets::{MasterKey, SecretBox},
+    testing::{redis_url, unique_name, TestDatabase},
+};
+use leakscan_testkit::GitRepo;
+use leakscan_worker::WorkerConfig;
+use tokio_util::sync::CancellationToken;
+
+fn example(rule: &str) -> String {
+    find_builtin(rule).unwrap().examples[0].clone()
+}
+
+/// A repository with secrets on three branches, one removed again.
+fn repository(index: usize) -> GitRepo {
+    let repo = GitRepo::new();
+    repo.write("README.md", format!("# service {index}\n"));
+    repo.write(
+        &format!("config/app{index}.env"),
+        format!("{}\n", example("AWS_ACCESS_KEY_ID")),
+    );
+    repo.commit_all("init");
+    repo.checkout_new("dev");
+    repo.write(
+        "scripts/deploy.sh",
+        format!("#!/bin/sh\n{}\n", example("GITHUB_PAT_CLASSIC")),
+    );
+    repo.commit_all("deploy script");
+    repo.checkout("main");
+    repo.checkout_new("release");
+    repo.write("notify.yml", format!("{}\n", example("SLACK_BOT_TOKEN")));
+    repo.commit_all("notifications");
+    repo.remove("notify.yml");
+    repo.commit_all("remove the token again");
+    repo.checkout("main");
+    repo
+}
+
+type Key = (String, String, String, Option<i32>);
+
+fn expected_findings(repo: &GitRepo) -> BTreeSet<Key> {
+    let report = scan_repository(
+        repo.path(),
+        &Policy::builtin_default(),
+        &GitScanRequest::default(),
+        &ScanOptions::default(),
+        &ScanProgress::default(),
+    )
+    .unwrap();
+    report
+        .findings
+        .into_iter()
+        .map(|f| {
+            (
+                f.rule_id,
+                f.commit.unwrap().id,
+                f.path,
+                f.line.map(|l| l as i32),
+            )
+        })
+        .collect()
+}
+
+async fn stored_findings(pool: &sqlx::PgPool, repository: catalog::RepoId) -> BTreeSet<Key> {
+    let rows: Vec<(String, String, String, Option<i32>)> =
+        sqlx::query_as("select rule_id, commit, path, line from findings where repository_id = $1")
+            .bind(repository)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    rows.into_iter().collect()
+}
+
+async fn wait_for_job(pool: &sqlx::PgPool, scan_key: &str) -> jobs::Job {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let job = jobs::find_job(pool, scan_key).await.unwrap().unwrap();
+        if job.state != "queued" && job.state != "running" {
+            return job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "job {scan_key} did not finish: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_total_rescan_stores_what_leakscan_scan_reports_and_a_rescan_reads_nothing() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let repos: Vec<GitRepo> = (0..4).map(repository).collect();
+    catalog::upsert_project(pool, "PROJ", "Project")
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for (index, repo) in repos.iter().enumerate() {
+        let slug = format!("repo{index}");
+        let registered =
+            catalog::upsert_repository(pool, "PROJ", &slug, repo.path().to_str().unwrap())
+                .await
+                .unwrap();
+        let refs = repo.git(&[
+            "for-each-ref",
+            "refs/heads",
+            "--format=%(refname:short) %(objectname)",
+        ]);
+        let branches: Vec<(String, String)> = refs
+            .lines()
+            .map(|line| {
+                let (name, head) = line.split_once(' ').unwrap();
+                (name.to_string(), head.to_string())
+            })
+            .collect();
+        assert_eq!(branches.len(), 3);
+        catalog::replace_branches(pool, registered.id, &branches)
+            .await
+            .unwrap();
+        ids.push(registered.id);
+    }
+
+    let prefix = format!("{}:", unique_name("leakscan-test"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let coordinator_url = format!("http://{}", listener.local_addr().unwrap());
+    let shutdown = CancellationToken::new();
+    let secrets = Arc::new(SecretBox::load(pool, MasterKey::generate()).await.unwrap());
+    let coordinator = tokio::spawn(leakscan_coordinator::run(
+        CoordinatorConfig::default(),
+        pool.clone(),
+        JobQueue::connect(&redis_url(), &prefix).await.unwrap(),
+        secrets,
+        listener,
+        Arc::new(CoordinatorState::default()),
+        shutdown.clone(),
+    ));
+    let mirrors = tempfile::tempdir().unwrap();
+    let workers: Vec<_> = (0..2)
+        .map(|index| {
+            tokio::spawn(leakscan_worker::run(
+                WorkerConfig {
+                    coordinator_url: coordinator_url.clone(),
+                    name: format!("worker-{index}"),
+                    slots: 2,
+                    mirror_dir: mirrors.path().join(format!("w{index}")),
+                    threads: 1,
+                    lease_wait_ms: 500,
+                },
+                shutdown.clone(),
+            ))
+        })
+        .collect();
+
+    let queue = JobQueue::connect(&redis_url(), &prefix).await.unwrap();
+    let first = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    queue.enqueue(first.id).await.unwrap();
+    let done = wait_for_job(pool, &first.scan_key).await;
+    assert_eq!(
+        (done.state.as_str(), done.tasks_total, done.tasks_done),
+        ("done", 12, 12)
+    );
+    assert!(done.blobs_read > 0);
+    for (repo, id) in repos.iter().zip(&ids) {
+        let expected = expected_findings(repo);
+        assert_eq!(expected.len(), 3);
+        assert_eq!(stored_findings(pool, *id).await, expected);
+    }
+    let plaintext = example("GITHUB_PAT_CLASSIC");
+    let secret_start = plaintext.find("ghp_").unwrap();
+    let dump: String = sqlx::query_scalar("select string_agg(f::text, '|') from findings f")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(
+        !dump.contains(&plaintext[secret_start..secret_start + 20]),
+        "a secret is stored in the clear"
+    );
+
+    // Nothing changed: the second total rescan reads no blob and adds nothing.
+    let second = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    queue.enqueue(second.id).await.unwrap();
+    let again = wait_for_job(pool, &second.scan_key).await;
+    assert_eq!(
+        (again.state.as_str(), again.tasks_done, again.blobs_read),
+        ("done", 12, 0)
+    );
+    let total: i64 = sqlx::query_scalar("select count(*) from findings")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(total, 12);
+
+    shutdown.cancel();
+    for worker in workers {
+        worker.await.unwrap().unwrap();
+    }
+    coordinator.await.unwrap().unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{prefix}jobs"))
+        .query_async(
+            &mut redis::Client::open(redis_url())
+                .unwrap()
+                .get_multiplexed_async_connection()
+                .await
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    database.drop_database().await.unwrap();
+}
