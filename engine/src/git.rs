@@ -618,12 +618,15 @@ impl HistoryWalk<'_> {
                 // (they may come from outside the walk, e.g. before --since).
                 for &old in change.old_blobs.iter().filter(|&&old| old != ABSENT) {
                     if matches!(results[old as usize], BlobResult::NotScanned) {
-                        let outcome = read_and_scan(
-                            repository,
-                            &mut scanner,
-                            tables.blob_ids[old as usize],
-                            self.options.max_blob_size,
-                        );
+                        let outcome = with_object_reader(git_dir, |reader| {
+                            read_and_scan_blob(
+                                reader,
+                                &mut scanner,
+                                tables.blob_ids[old as usize],
+                                self.options.max_blob_size,
+                            )
+                        })
+                        .unwrap_or_else(BlobOutcome::Unreadable);
                         results[old as usize] = self.record_outcome(
                             outcome,
                             &tables.blob_ids[old as usize],
@@ -892,35 +895,6 @@ enum BlobOutcome {
     Binary,
     TooLarge,
     Unreadable(String),
-}
-
-fn read_and_scan(
-    repository: &Repository,
-    scanner: &mut crate::Scanner<'_>,
-    oid: Oid,
-    max_size: u64,
-) -> BlobOutcome {
-    let odb = match repository.odb() {
-        Ok(odb) => odb,
-        Err(error) => return BlobOutcome::Unreadable(error.message().to_string()),
-    };
-    match odb.read_header(oid) {
-        Ok((size, _)) if size as u64 > max_size => return BlobOutcome::TooLarge,
-        Ok(_) => {}
-        Err(error) => return BlobOutcome::Unreadable(error.message().to_string()),
-    }
-    let object = match odb.read(oid) {
-        Ok(object) => object,
-        Err(error) => return BlobOutcome::Unreadable(error.message().to_string()),
-    };
-    let data = object.data();
-    if is_binary(data) {
-        return BlobOutcome::Binary;
-    }
-    BlobOutcome::Scanned {
-        bytes: data.len() as u64,
-        matches: scanner.scan(data).to_vec(),
-    }
 }
 
 fn read_and_scan_blob(
