@@ -23,4 +23,6 @@ echo "== tests (keyword prefilter only, pure Rust)"
 cargo nextest run --release -p leakscan-engine --no-default-features --no-fail-fast
 echo "== tests (default features)"
 cargo test --release --workspace --doc
+# The end-to-end tests (tests/) start the real binaries: build them first.
+cargo build --release --workspace --bins
 cargo nextest run --release --workspace --no-fail-fast

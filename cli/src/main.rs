@@ -3,6 +3,7 @@
 //! Exit codes of `leakscan scan`: 0 nothing found, 1 findings, 2 error.
 
 mod report;
+mod up;
 
 use std::{
     fs,
@@ -44,6 +45,8 @@ enum Command {
     Scan(ScanArgs),
     /// List the rules.
     Rules(RulesArgs),
+    /// Run the whole cluster (REST API, coordinator, workers) in this process.
+    Up(up::UpArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -139,6 +142,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Scan(args) => run_scan(&args),
         Command::Rules(args) => run_rules(&args).map(|()| ExitCode::SUCCESS),
+        Command::Up(args) => up::run_up(args).map(|()| ExitCode::SUCCESS),
     };
     match result {
         Ok(code) => code,
@@ -185,6 +189,7 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
         threads: args.threads,
         max_blob_size: args.max_blob_size,
         prefilter: args.prefilter.into(),
+        ..ScanOptions::default()
     };
     // Open the output first: a bad --output path fails before the scan.
     let mut output: Box<dyn Write> = match &args.output {

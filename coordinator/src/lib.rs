@@ -24,11 +24,14 @@ use std::{
 
 use leakscan_proto::v1::{
     coordinator_server::{Coordinator, CoordinatorServer},
-    CompleteTaskRequest, CompleteTaskResponse, FailTaskRequest, FailTaskResponse, HeartbeatRequest,
-    HeartbeatResponse, LeaseTaskRequest, LeaseTaskResponse, Progress, RegisterRequest,
-    RegisterResponse, Repository, SendFindingsRequest, SendFindingsResponse, Task,
+    BlobMatches, BlobResult, CompleteTaskRequest, CompleteTaskResponse, FailTaskRequest,
+    FailTaskResponse, HeartbeatRequest, HeartbeatResponse, LeaseTaskRequest, LeaseTaskResponse,
+    LookupBlobsRequest, LookupBlobsResponse, Progress, RegisterRequest, RegisterResponse,
+    Repository, SendFindingsRequest, SendFindingsResponse, StoreBlobResultsRequest,
+    StoreBlobResultsResponse, Task,
 };
 use leakscan_store::{
+    blobs,
     findings::{self, NewFinding},
     jobs,
     queue::JobQueue,
@@ -36,6 +39,7 @@ use leakscan_store::{
     tasks::{self, Parallelism, TaskId, TaskProgress},
     StoreError,
 };
+use prost::Message as _;
 use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
@@ -74,7 +78,7 @@ impl Default for CoordinatorConfig {
                 instance: 64,
                 per_worker: 4,
             },
-            heartbeat_interval_ms: 5_000,
+            heartbeat_interval_ms: 1_000,
             max_lease_wait_ms: 20_000,
             consumer_name: "coordinator".into(),
             claim_idle_ms: 60_000,
@@ -331,13 +335,20 @@ impl Coordinator for CoordinatorService {
         request: Request<LeaseTaskRequest>,
     ) -> Result<Response<LeaseTaskResponse>, Status> {
         let request = request.into_inner();
+        if request.worker_id.is_empty() {
+            return Err(Status::invalid_argument(
+                "worker_id is required: register first",
+            ));
+        }
+        // A worker registered with an earlier leader is unknown here; it
+        // gets the configured per-worker limit rather than an error.
         let slots = self
             .workers
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner())
             .get(&request.worker_id)
             .copied()
-            .ok_or_else(|| Status::failed_precondition("unknown worker: register first"))?;
+            .unwrap_or(self.config.parallelism.per_worker);
         let limits = Parallelism {
             instance: self.config.parallelism.instance,
             per_worker: self.config.parallelism.per_worker.min(slots),
@@ -480,6 +491,87 @@ impl Coordinator for CoordinatorService {
         warn!(task_id = task.0, ?outcome, "scan task attempt failed");
         self.work_available.notify_waiters();
         Ok(Response::new(FailTaskResponse {}))
+    }
+
+    async fn lookup_blobs(
+        &self,
+        request: Request<LookupBlobsRequest>,
+    ) -> Result<Response<LookupBlobsResponse>, Status> {
+        let request = request.into_inner();
+        let task = parse_task_id(&request.task_id)?;
+        check_blob_count(request.blob_ids.len())?;
+        tasks::leased_task_target(&self.pool, task, &request.lease_id)
+            .await
+            .map_err(status)?;
+        let known = blobs::lookup(
+            &self.pool,
+            &self.secrets,
+            &request.ruleset_digest,
+            &request.blob_ids,
+        )
+        .await
+        .map_err(status)?;
+        let mut results = Vec::with_capacity(known.len());
+        for (blob_id, result) in request.blob_ids.into_iter().zip(known) {
+            let (known, matches) = match result {
+                None => (false, Vec::new()),
+                Some(None) => (true, Vec::new()),
+                Some(Some(payload)) => match BlobMatches::decode(payload.as_slice()) {
+                    Ok(decoded) => (true, decoded.matches),
+                    Err(error) => {
+                        warn!(%error, "unreadable cached blob result; the blob is read again");
+                        (false, Vec::new())
+                    }
+                },
+            };
+            results.push(BlobResult {
+                blob_id,
+                known,
+                matches,
+            });
+        }
+        Ok(Response::new(LookupBlobsResponse { results }))
+    }
+
+    async fn store_blob_results(
+        &self,
+        request: Request<StoreBlobResultsRequest>,
+    ) -> Result<Response<StoreBlobResultsResponse>, Status> {
+        let request = request.into_inner();
+        let task = parse_task_id(&request.task_id)?;
+        check_blob_count(request.results.len())?;
+        tasks::leased_task_target(&self.pool, task, &request.lease_id)
+            .await
+            .map_err(status)?;
+        let entries: Vec<(Vec<u8>, Option<Vec<u8>>)> = request
+            .results
+            .into_iter()
+            .map(|result| {
+                let payload = (!result.matches.is_empty()).then(|| {
+                    BlobMatches {
+                        matches: result.matches,
+                    }
+                    .encode_to_vec()
+                });
+                (result.blob_id, payload)
+            })
+            .collect();
+        blobs::store(&self.pool, &self.secrets, &request.ruleset_digest, &entries)
+            .await
+            .map_err(status)?;
+        Ok(Response::new(StoreBlobResultsResponse {}))
+    }
+}
+
+/// At most this many blobs per cache call (a worker splits larger sets).
+fn check_blob_count(count: usize) -> Result<(), Status> {
+    if count > blobs::MAX_BLOBS_PER_CALL {
+        Err(Status::invalid_argument(format!(
+            "at most {} blobs per call",
+            blobs::MAX_BLOBS_PER_CALL
+        )))
+    } else {
+        Ok(())
     }
 }
 

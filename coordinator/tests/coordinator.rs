@@ -158,14 +158,16 @@ async fn jobs_from_postgres_and_the_stream_become_leased_tasks_and_finish() {
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
-    let unknown = client
+    // A worker id is required; an unknown one (registered with an earlier
+    // leader) is served with the configured per-worker limit.
+    let anonymous = client
         .lease_task(LeaseTaskRequest {
-            worker_id: "nobody".into(),
+            worker_id: String::new(),
             wait_ms: 0,
         })
         .await
         .unwrap_err();
-    assert_eq!(unknown.code(), tonic::Code::FailedPrecondition);
+    assert_eq!(anonymous.code(), tonic::Code::InvalidArgument);
 
     let worker = register(&mut client, "worker-1", 2).await;
     let first = lease(&mut client, &worker, 5000)

@@ -254,7 +254,10 @@ pub fn scan_repository_with_cache(
     let mut seen_findings = HashSet::new();
     let mut findings = Vec::new();
     for (policy, ref_indices) in groups.into_values() {
-        let ruleset = RuleSet::build_with(&policy, options.prefilter)?;
+        let ruleset = match &options.rulesets {
+            Some(cache) => cache.get_or_build(&policy, options.prefilter)?,
+            None => RuleSet::build_with(&policy, options.prefilter)?,
+        };
         let group_refs: Vec<(usize, &SelectedRef)> =
             ref_indices.iter().map(|&i| (i, &refs[i])).collect();
         let walk = HistoryWalk {
@@ -767,6 +770,7 @@ impl HistoryWalk<'_> {
             };
             stats.blobs_from_cache += 1;
             ScanProgress::add(&self.progress.blobs_scanned, 1);
+            ScanProgress::add(&self.progress.blobs_from_cache, 1);
             let matches: Vec<BlobMatch> = cached
                 .into_iter()
                 .filter_map(|m| {

@@ -16,7 +16,7 @@ use regex_syntax::hir::literal::{ExtractKind, Extractor};
 use crate::error::EngineError;
 
 /// Which stage-one implementation to build.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum PrefilterKind {
     /// Vectorscan when compiled in, keywords otherwise.
     #[default]

@@ -175,6 +175,48 @@ pub struct Policy {
     pub allowlist: Allowlist,
 }
 
+/// Compiled rulesets by policy digest and prefilter, for processes that scan
+/// many times under the same few policies (a cluster worker): building the
+/// Vectorscan database costs more than a small repository's whole scan.
+/// Holds at most [`RuleSetCache::CAPACITY`] rulesets (emptied when full).
+#[derive(Debug, Default)]
+pub struct RuleSetCache {
+    entries: std::sync::Mutex<std::collections::HashMap<(String, PrefilterKind), Arc<RuleSet>>>,
+}
+
+impl RuleSetCache {
+    pub const CAPACITY: usize = 16;
+
+    /// The compiled ruleset of `policy`, built on first use.
+    pub fn get_or_build(
+        &self,
+        policy: &Policy,
+        prefilter_kind: PrefilterKind,
+    ) -> Result<Arc<RuleSet>, EngineError> {
+        let key = (policy_digest(policy), prefilter_kind);
+        if let Some(ruleset) = self.lock().get(&key) {
+            return Ok(Arc::clone(ruleset));
+        }
+        // Built outside the lock: two threads may both build; one wins.
+        let ruleset = RuleSet::build_with(policy, prefilter_kind)?;
+        let mut entries = self.lock();
+        if entries.len() >= Self::CAPACITY {
+            entries.clear();
+        }
+        entries.insert(key, Arc::clone(&ruleset));
+        Ok(ruleset)
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, PrefilterKind), Arc<RuleSet>>>
+    {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
 /// A compiled policy: shared by every thread of a scan (wrap it in an `Arc`),
 /// each of which makes its own [`Scanner`].
 pub struct RuleSet {
@@ -509,4 +551,28 @@ fn line_number(data: &[u8], offset: usize) -> u32 {
 /// Whether `data` looks binary: a NUL byte in its first 8 KiB, as git decides.
 pub fn is_binary(data: &[u8]) -> bool {
     memchr::memchr(0, &data[..data.len().min(8000)]).is_some()
+}
+
+#[cfg(test)]
+mod ruleset_cache_tests {
+    use super::*;
+
+    #[test]
+    fn the_cache_compiles_each_policy_once() {
+        let cache = RuleSetCache::default();
+        let builtin = Policy::builtin_default();
+        let first = cache
+            .get_or_build(&builtin, PrefilterKind::Keywords)
+            .unwrap();
+        let again = cache
+            .get_or_build(&builtin, PrefilterKind::Keywords)
+            .unwrap();
+        assert!(Arc::ptr_eq(&first, &again));
+        let mut fewer = builtin.clone();
+        fewer.builtins.truncate(3);
+        let other = cache.get_or_build(&fewer, PrefilterKind::Keywords).unwrap();
+        assert!(!Arc::ptr_eq(&first, &other));
+        assert_eq!(other.rules().len(), 3);
+        assert_ne!(other.digest(), first.digest());
+    }
 }

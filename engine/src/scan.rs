@@ -14,6 +14,8 @@ pub struct ScanOptions {
     pub threads: usize,
     pub max_blob_size: u64,
     pub prefilter: PrefilterKind,
+    /// Compiled rulesets kept across scans (none: each scan compiles its own).
+    pub rulesets: Option<std::sync::Arc<crate::ruleset::RuleSetCache>>,
 }
 
 impl Default for ScanOptions {
@@ -22,6 +24,7 @@ impl Default for ScanOptions {
             threads: 0,
             max_blob_size: DEFAULT_MAX_BLOB_SIZE,
             prefilter: PrefilterKind::Best,
+            rulesets: None,
         }
     }
 }
@@ -46,7 +49,10 @@ pub struct ScanProgress {
     /// Commits whose trees have been diffed.
     pub commits_diffed: AtomicU64,
     pub blobs_total: AtomicU64,
+    /// Blobs done: read and scanned, or answered by the blob-result cache.
     pub blobs_scanned: AtomicU64,
+    /// Of `blobs_scanned`, those the cache answered (not read).
+    pub blobs_from_cache: AtomicU64,
     pub bytes_scanned: AtomicU64,
     pub findings: AtomicU64,
     /// Set from outside to stop the scan: it ends with

@@ -11,6 +11,7 @@ use crate::{Page, PageRequest, Result, StoreError};
 pub struct RepoId(pub i64);
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+#[serde(rename_all = "camelCase")]
 pub struct Project {
     pub id: i64,
     pub key: String,
@@ -18,6 +19,7 @@ pub struct Project {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+#[serde(rename_all = "camelCase")]
 pub struct Repository {
     pub id: RepoId,
     pub project_key: String,
@@ -26,9 +28,11 @@ pub struct Repository {
     pub clone_url: String,
     pub hook_enabled: bool,
     pub exempt: bool,
+    pub default_branch: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+#[serde(rename_all = "camelCase")]
 pub struct Branch {
     pub name: String,
     pub head_commit: String,
@@ -78,7 +82,8 @@ pub fn validate_slug(slug: &str) -> Result<()> {
 pub async fn upsert_project(pool: &PgPool, key: &str, name: &str) -> Result<Project> {
     validate_project_key(key)?;
     Ok(sqlx::query_as::<_, Project>(
-        "insert into projects (key, name) values ($1, $2)
+        "insert into projects (key, name, owner_user_id)
+         values ($1, $2, (select id from users where '~' || name = $1))
          on conflict (key) do update set name = projects.name
          returning id, key, name",
     )
@@ -103,7 +108,7 @@ pub async fn upsert_repository(
              on conflict (project_id, slug) do update set clone_url = excluded.clone_url
              returning *
          )
-         select upserted.id, $1 as project_key, slug, upserted.name, clone_url, hook_enabled, exempt from upserted",
+         select upserted.id, $1 as project_key, slug, upserted.name, clone_url, hook_enabled, exempt, default_branch from upserted",
     )
     .bind(project_key)
     .bind(slug)
@@ -156,7 +161,7 @@ pub async fn list_projects(pool: &PgPool, page: PageRequest) -> Result<Page<Proj
 /// Selects [`Repository`] rows of project `$1`; callers append conditions.
 macro_rules! select_repositories {
     () => {
-        "select r.id, p.key as project_key, r.slug, r.name, r.clone_url, r.hook_enabled, r.exempt
+        "select r.id, p.key as project_key, r.slug, r.name, r.clone_url, r.hook_enabled, r.exempt, r.default_branch
          from repositories r join projects p on p.id = r.project_id
          where p.key = $1 "
     };
@@ -200,4 +205,75 @@ pub async fn branches(pool: &PgPool, repository: RepoId) -> Result<Vec<Branch>> 
     .bind(repository)
     .fetch_all(pool)
     .await?)
+}
+
+/// Records the branch HEAD points at.
+pub async fn set_default_branch(
+    pool: &PgPool,
+    repository: RepoId,
+    branch: Option<&str>,
+) -> Result<()> {
+    sqlx::query("update repositories set default_branch = $2 where id = $1")
+        .bind(repository)
+        .bind(branch)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Whether `user` (by id; `sys_admin` sees everything) may read something
+/// of project `p`: owner, a project grant, or a grant on one of its
+/// repositories. A SQL condition over `p` and `$1`/`$2`, for visible lists.
+macro_rules! project_visible {
+    () => {
+        "($2 or p.owner_user_id = $1
+          or exists (select 1 from project_permissions pp where pp.user_id = $1 and pp.project_id = p.id)
+          or exists (select 1 from repository_permissions rp join repositories vr on vr.id = rp.repository_id
+                     where rp.user_id = $1 and vr.project_id = p.id))"
+    };
+}
+
+/// The projects `user` may see, by key.
+pub async fn list_visible_projects(
+    pool: &PgPool,
+    user: &crate::users::User,
+    page: PageRequest,
+) -> Result<Page<Project>> {
+    let rows = sqlx::query_as::<_, Project>(concat!(
+        "select p.id, p.key, p.name from projects p where ",
+        project_visible!(),
+        " order by p.key offset $3 limit $4"
+    ))
+    .bind(user.id)
+    .bind(user.sys_admin)
+    .bind(i64::from(page.start))
+    .bind(i64::from(page.limit) + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(page.page(rows))
+}
+
+/// The repositories of a project `user` may see, by slug.
+pub async fn list_visible_repositories(
+    pool: &PgPool,
+    user: &crate::users::User,
+    project_key: &str,
+    page: PageRequest,
+) -> Result<Page<Repository>> {
+    let rows = sqlx::query_as::<_, Repository>(
+        "select r.id, p.key as project_key, r.slug, r.name, r.clone_url, r.hook_enabled, r.exempt, r.default_branch
+         from repositories r join projects p on p.id = r.project_id
+         where p.key = $3 and ($2 or p.owner_user_id = $1
+             or exists (select 1 from project_permissions pp where pp.user_id = $1 and pp.project_id = p.id)
+             or exists (select 1 from repository_permissions rp where rp.user_id = $1 and rp.repository_id = r.id))
+         order by r.slug offset $4 limit $5",
+    )
+    .bind(user.id)
+    .bind(user.sys_admin)
+    .bind(project_key)
+    .bind(i64::from(page.start))
+    .bind(i64::from(page.limit) + 1)
+    .fetch_all(pool)
+    .await?;
+    Ok(page.page(rows))
 }

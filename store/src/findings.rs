@@ -143,3 +143,83 @@ pub async fn reveal_secret(pool: &PgPool, secrets: &SecretBox, finding: i64) -> 
             .ok_or_else(|| crate::StoreError::NotFound(format!("finding {finding}")))?;
     secrets.decrypt(pool, key_id, &ciphertext).await
 }
+
+/// A finding as the REST API shows it (DESIGN §4 field names; the secret
+/// redacted).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct ReportedFinding {
+    #[serde(skip)]
+    pub id: i64,
+    pub rule: String,
+    pub rule_name: String,
+    pub severity: String,
+    pub project: String,
+    pub repository: String,
+    pub branch: String,
+    pub commit: String,
+    pub path: String,
+    pub line: Option<i32>,
+    pub author: String,
+    pub author_email: String,
+    pub commit_date: Option<DateTime<Utc>>,
+    pub scan_date: DateTime<Utc>,
+    pub secret: String,
+    pub fingerprint: String,
+    pub reviewed: bool,
+}
+
+/// The findings of `branch` of `repository` as the API reports them,
+/// optionally only those of one rule.
+pub async fn reported_findings(
+    pool: &PgPool,
+    repository: RepoId,
+    branch: &str,
+    rule: Option<&str>,
+) -> Result<Vec<ReportedFinding>> {
+    Ok(sqlx::query_as::<_, ReportedFinding>(
+        "select f.id, f.rule_id as rule, f.rule_name, f.severity, p.key as project, r.slug as repository,
+                b.branch, f.commit, f.path, f.line, f.author, f.author_email, f.commit_date, f.scan_date,
+                f.redacted as secret, f.fingerprint, false as reviewed
+         from findings f
+         join finding_branches b on b.finding_id = f.id
+         join repositories r on r.id = f.repository_id
+         join projects p on p.id = r.project_id
+         where f.repository_id = $1 and b.branch = $2 and ($3::text is null or f.rule_id = $3 or f.rule_name = $3)
+         order by f.commit_date nulls first, f.path, f.line, f.rule_id",
+    )
+    .bind(repository)
+    .bind(branch)
+    .bind(rule)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One project's scan state, for dashboards.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectSummary {
+    pub project: String,
+    pub repositories: i64,
+    pub branches: i64,
+    /// Branches whose last scan covered their current head.
+    pub branches_scanned: i64,
+    pub findings: i64,
+}
+
+/// Every project's counts, by key (projects with no repository included).
+pub async fn project_summaries(pool: &PgPool) -> Result<Vec<ProjectSummary>> {
+    Ok(sqlx::query_as::<_, ProjectSummary>(
+        "select p.key as project,
+                (select count(*) from repositories r where r.project_id = p.id) as repositories,
+                (select count(*) from branches b join repositories r on r.id = b.repository_id
+                 where r.project_id = p.id) as branches,
+                (select count(*) from branches b join repositories r on r.id = b.repository_id
+                 where r.project_id = p.id and b.last_scanned_commit = b.head_commit) as branches_scanned,
+                (select count(*) from findings f join repositories r on r.id = f.repository_id
+                 where r.project_id = p.id) as findings
+         from projects p order by p.key",
+    )
+    .fetch_all(pool)
+    .await?)
+}

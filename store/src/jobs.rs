@@ -5,7 +5,7 @@ use rand::Rng;
 use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 
-use crate::{Result, StoreError};
+use crate::{catalog::RepoId, Page, PageRequest, Result, StoreError};
 
 /// Database id of a scan job.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
@@ -63,13 +63,31 @@ pub struct Job {
     pub blobs_read: i64,
     pub error: Option<String>,
     pub created_at: DateTime<Utc>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub finished_at: Option<DateTime<Utc>>,
+}
+
+impl Job {
+    /// 0–100, from the tasks that ended; never decreases while the job runs.
+    pub fn progress(&self) -> i32 {
+        match self.state.as_str() {
+            "queued" => 0,
+            "done" => 100,
+            _ if self.tasks_total == 0 => 0,
+            _ => (i64::from(self.tasks_done) * 100 / i64::from(self.tasks_total)) as i32,
+        }
+    }
+
+    pub fn is_finished(&self) -> bool {
+        matches!(self.state.as_str(), "done" | "cancelled" | "failed")
+    }
 }
 
 /// The columns of [`Job`], as a literal so that queries stay static strings.
 macro_rules! job_columns {
     () => {
         "id, scan_key, scope, project_key, repository_slug, branch, requested_by, emails, state, \
-         tasks_total, tasks_done, blobs_read, error, created_at"
+         tasks_total, tasks_done, blobs_read, error, created_at, started_at, finished_at"
     };
 }
 
@@ -193,4 +211,139 @@ pub async fn expand_job(pool: &PgPool, id: JobId) -> Result<i64> {
     .await?;
     transaction.commit().await?;
     Ok(total)
+}
+
+/// Jobs, newest first; only those `requested_by` asked for when given.
+pub async fn list_jobs(
+    pool: &PgPool,
+    page: PageRequest,
+    requested_by: Option<&str>,
+) -> Result<Page<Job>> {
+    let rows = sqlx::query_as::<_, Job>(concat!(
+        "select ",
+        job_columns!(),
+        " from scan_jobs where ($3::text is null or requested_by = $3) order by id desc offset $1 limit $2"
+    ))
+    .bind(i64::from(page.start))
+    .bind(i64::from(page.limit) + 1)
+    .bind(requested_by)
+    .fetch_all(pool)
+    .await?;
+    Ok(page.page(rows))
+}
+
+/// Cancels one queued or running job and its unfinished tasks; a job that
+/// already ended is a [`StoreError::Conflict`].
+pub async fn cancel_job(pool: &PgPool, scan_key: &str) -> Result<Job> {
+    let mut transaction = pool.begin().await?;
+    let job: Job = sqlx::query_as(concat!(
+        "select ",
+        job_columns!(),
+        " from scan_jobs where scan_key = $1 for update"
+    ))
+    .bind(scan_key)
+    .fetch_optional(&mut *transaction)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("scan {scan_key}")))?;
+    if job.is_finished() {
+        return Err(StoreError::Conflict(format!(
+            "scan {scan_key} already ended ({})",
+            job.state
+        )));
+    }
+    sqlx::query("update scan_jobs set state = 'cancelled', finished_at = now() where id = $1")
+        .bind(job.id)
+        .execute(&mut *transaction)
+        .await?;
+    sqlx::query(
+        "update scan_tasks set state = 'cancelled', finished_at = now()
+         where job_id = $1 and state in ('queued', 'leased')",
+    )
+    .bind(job.id)
+    .execute(&mut *transaction)
+    .await?;
+    transaction.commit().await?;
+    self::job(pool, job.id).await
+}
+
+/// A task of a job that failed, with its last error.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
+#[serde(rename_all = "camelCase")]
+pub struct FailedTask {
+    pub project_key: String,
+    pub slug: String,
+    pub branch: String,
+    pub attempts: i32,
+    pub last_error: Option<String>,
+}
+
+/// Up to `limit` failed tasks of a job.
+pub async fn failed_tasks(pool: &PgPool, job: JobId, limit: i64) -> Result<Vec<FailedTask>> {
+    Ok(sqlx::query_as::<_, FailedTask>(
+        "select p.key as project_key, r.slug, t.branch, t.attempts, t.last_error
+         from scan_tasks t join repositories r on r.id = t.repository_id join projects p on p.id = r.project_id
+         where t.job_id = $1 and t.state = 'failed' order by t.id limit $2",
+    )
+    .bind(job)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Where one branch stands: its latest task and what scans covered.
+#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+pub struct BranchScan {
+    pub head_commit: String,
+    pub last_scanned_commit: Option<String>,
+    /// The latest task for this branch, in any job.
+    pub scan_key: Option<String>,
+    pub task_state: Option<String>,
+    pub commits_total: Option<i64>,
+    pub commits_done: Option<i64>,
+}
+
+impl BranchScan {
+    /// 0–100 for the latest task.
+    pub fn progress(&self) -> i32 {
+        match self.task_state.as_deref() {
+            Some("queued") => 0,
+            Some("leased") => {
+                let total = self.commits_total.unwrap_or(0);
+                let done = self.commits_done.unwrap_or(0);
+                if total > 0 {
+                    (done.min(total) * 99 / total) as i32
+                } else {
+                    0
+                }
+            }
+            Some(_) => 100,
+            None if self.last_scanned_commit.is_some() => 100,
+            None => 0,
+        }
+    }
+}
+
+/// The scan state of `branch` of `repository`; `None` when the branch is
+/// not in the catalog.
+pub async fn branch_scan(
+    pool: &PgPool,
+    repository: RepoId,
+    branch: &str,
+) -> Result<Option<BranchScan>> {
+    Ok(sqlx::query_as::<_, BranchScan>(
+        "select b.head_commit, b.last_scanned_commit, t.scan_key, t.state as task_state,
+                t.commits_total, t.commits_done
+         from branches b
+         left join lateral (
+             select j.scan_key, t.state, t.commits_total, t.commits_done
+             from scan_tasks t join scan_jobs j on j.id = t.job_id
+             where t.repository_id = b.repository_id and t.branch = b.name
+             order by t.id desc limit 1
+         ) t on true
+         where b.repository_id = $1 and b.name = $2",
+    )
+    .bind(repository)
+    .bind(branch)
+    .fetch_optional(pool)
+    .await?)
 }

@@ -12,10 +12,13 @@
 //! - [`queue`]: the Redis stream `…jobs` that carries job ids from the
 //!   gateway to the coordinators; an entry is acknowledged only once the
 //!   job's tasks are in PostgreSQL.
+//! - [`users`]: users (argon2id password hashes) and their permissions.
+//! - [`blobs`]: the blob-result cache every worker shares.
 //! - [`testing`]: a fresh database per test.
 //!
 //! Queries are checked at run time (no database is needed to build).
 
+pub mod blobs;
 pub mod catalog;
 pub mod findings;
 pub mod jobs;
@@ -24,6 +27,7 @@ pub mod queue;
 pub mod secrets;
 pub mod tasks;
 pub mod testing;
+pub mod users;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};
 
@@ -41,6 +45,10 @@ pub enum StoreError {
     NotFound(String),
     #[error("{0}")]
     Invalid(String),
+    /// The request conflicts with the current state (a taken name, a job
+    /// that already ended).
+    #[error("{0}")]
+    Conflict(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

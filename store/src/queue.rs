@@ -19,6 +19,32 @@ pub struct Delivery {
     pub job: JobId,
 }
 
+/// The key prefix when the Redis URL names none.
+pub const DEFAULT_PREFIX: &str = "leakscan:";
+
+/// Splits a `?prefix=` query parameter off a Redis URL (a key prefix keeps
+/// instances that share a Redis database apart): `(url, prefix)`.
+pub fn split_prefix(redis_url: &str) -> (String, String) {
+    let Some((base, query)) = redis_url.split_once('?') else {
+        return (redis_url.to_string(), DEFAULT_PREFIX.to_string());
+    };
+    let mut prefix = DEFAULT_PREFIX.to_string();
+    let mut rest = Vec::new();
+    for pair in query.split('&') {
+        match pair.strip_prefix("prefix=") {
+            Some(value) => prefix = value.to_string(),
+            None if !pair.is_empty() => rest.push(pair),
+            None => {}
+        }
+    }
+    let url = if rest.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    (url, prefix)
+}
+
 #[derive(Clone)]
 pub struct JobQueue {
     connection: ConnectionManager,
@@ -26,6 +52,12 @@ pub struct JobQueue {
 }
 
 impl JobQueue {
+    /// Connects to a Redis URL that may carry `?prefix=` (see [`split_prefix`]).
+    pub async fn connect_url(redis_url: &str) -> Result<JobQueue> {
+        let (url, prefix) = split_prefix(redis_url);
+        JobQueue::connect(&url, &prefix).await
+    }
+
     /// Connects and makes sure the stream and its consumer group exist.
     /// `prefix` keeps instances apart (e.g. `leakscan:`).
     pub async fn connect(redis_url: &str, prefix: &str) -> Result<JobQueue> {
@@ -42,6 +74,13 @@ impl JobQueue {
         };
         queue.ensure_group().await?;
         Ok(queue)
+    }
+
+    /// Whether Redis answers.
+    pub async fn ping(&self) -> Result<()> {
+        let mut connection = self.connection.clone();
+        let _: String = redis::cmd("PING").query_async(&mut connection).await?;
+        Ok(())
     }
 
     pub fn stream_key(&self) -> &str {

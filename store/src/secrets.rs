@@ -35,6 +35,39 @@ impl MasterKey {
         MasterKey(rand::rng().random())
     }
 
+    /// Reads a key file (64 hex digits; surrounding whitespace ignored).
+    pub fn from_file(path: &std::path::Path) -> Result<MasterKey> {
+        let text = std::fs::read_to_string(path).map_err(|error| {
+            StoreError::Invalid(format!("master key file {}: {error}", path.display()))
+        })?;
+        MasterKey::from_hex(text.trim())
+    }
+
+    /// Reads the key file, or makes one (mode 0600) when it does not exist:
+    /// for one-machine setups such as `leakscan up`.
+    pub fn load_or_create(path: &std::path::Path) -> Result<MasterKey> {
+        if path.exists() {
+            return MasterKey::from_file(path);
+        }
+        let key = MasterKey::generate();
+        let write = || -> std::io::Result<()> {
+            use std::io::Write as _;
+            if let Some(parent) = path.parent() {
+                std::fs::create_dir_all(parent)?;
+            }
+            let mut options = std::fs::OpenOptions::new();
+            options.write(true).create_new(true);
+            #[cfg(unix)]
+            std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+            let mut file = options.open(path)?;
+            writeln!(file, "{}", key.to_hex())
+        };
+        write().map_err(|error| {
+            StoreError::Invalid(format!("master key file {}: {error}", path.display()))
+        })?;
+        Ok(key)
+    }
+
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

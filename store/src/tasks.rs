@@ -215,7 +215,7 @@ pub async fn complete_task(
     .await?;
     let (job, repository, branch) = row.ok_or_else(|| lease_lost(task))?;
     sqlx::query(
-        "update branches set last_scanned_commit = $3, last_scanned_at = now()
+        "update branches set last_scanned_commit = $3, head_commit = $3, last_scanned_at = now()
          where repository_id = $1 and name = $2",
     )
     .bind(repository)

@@ -5,22 +5,26 @@
 //! in batches, heartbeats progress, and stops promptly when told to cancel.
 
 use std::{
+    collections::HashMap,
     path::{Path, PathBuf},
     sync::{atomic::Ordering, Arc},
     time::Duration,
 };
 
 use leakscan_engine::{
-    git::scan_repository, EngineError, GitScanRequest, Policy, RefSelection, ScanOptions,
-    ScanProgress,
+    git::scan_repository_with_cache, BlobCache, BlobId, CachedMatch, EngineError, GitScanRequest,
+    Policy, RefSelection, RuleSetCache, ScanOptions, ScanProgress, Secret,
 };
 use leakscan_proto::v1::{
-    coordinator_client::CoordinatorClient, CompleteTaskRequest, FailTaskRequest, Finding,
-    HeartbeatRequest, LeaseTaskRequest, Progress, RegisterRequest, SendFindingsRequest, Task,
+    coordinator_client::CoordinatorClient, BlobMatch, BlobResult, CompleteTaskRequest,
+    FailTaskRequest, Finding, HeartbeatRequest, LeaseTaskRequest, LookupBlobsRequest, Progress,
+    RegisterRequest, SendFindingsRequest, StoreBlobResultsRequest, Task,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 use tracing::{info, warn};
+
+type MirrorLocks = Arc<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>;
 
 /// Findings per SendFindings call.
 const FINDINGS_BATCH: usize = 500;
@@ -70,9 +74,13 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         registered.heartbeat_interval_ms.clamp(100, 60_000),
     ));
     let mut loops = Vec::new();
+    let rulesets = Arc::new(RuleSetCache::default());
+    let mirror_locks = MirrorLocks::default();
     for _ in 0..config.slots {
         let slot = Slot {
             client: CoordinatorClient::new(channel.clone()),
+            rulesets: Arc::clone(&rulesets),
+            mirror_locks: Arc::clone(&mirror_locks),
             worker_id: registered.worker_id.clone(),
             config: config.clone(),
             heartbeat,
@@ -87,6 +95,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
 
 struct Slot {
     client: CoordinatorClient<Channel>,
+    /// Compiled rulesets shared by the slots (a Vectorscan build takes
+    /// about a second and a half).
+    rulesets: Arc<RuleSetCache>,
+    /// A lock per mirror directory, shared by the slots.
+    mirror_locks: MirrorLocks,
     worker_id: String,
     config: WorkerConfig,
     heartbeat: Duration,
@@ -268,6 +281,13 @@ impl Slot {
             .mirror_dir
             .join(safe_component(&repository.project_key))
             .join(format!("{}.git", safe_component(&repository.slug)));
+        // One update of a mirror at a time: two slots cloning into the same
+        // directory would remove each other's clone.
+        let mirror_lock = {
+            let mut locks = self.mirror_locks.lock().unwrap_or_else(|p| p.into_inner());
+            Arc::clone(locks.entry(mirror.clone()).or_default())
+        };
+        let updating = mirror_lock.lock().await;
         update_mirror(&repository.clone_url, &mirror).await?;
         let head = git_output(
             &mirror,
@@ -282,6 +302,7 @@ impl Slot {
             message: format!("branch {:?}: {message}", task.branch),
             retryable: false,
         })?;
+        drop(updating);
         if head == task.last_scanned_commit {
             return Ok((head, Vec::new()));
         }
@@ -293,6 +314,7 @@ impl Slot {
         let options = ScanOptions {
             threads: self.config.threads,
             max_blob_size: task.max_blob_size,
+            rulesets: Some(Arc::clone(&self.rulesets)),
             ..ScanOptions::default()
         };
         let policy = if task.policy_json.is_empty() {
@@ -303,8 +325,14 @@ impl Slot {
                 retryable: false,
             });
         };
+        let cache = RemoteBlobCache {
+            client: self.client.clone(),
+            task_id: task.task_id.clone(),
+            lease_id: task.lease_id.clone(),
+            runtime: tokio::runtime::Handle::current(),
+        };
         let report = tokio::task::spawn_blocking(move || {
-            scan_repository(&mirror, &policy, &request, &options, &progress)
+            scan_repository_with_cache(&mirror, &policy, &request, &options, &progress, &cache)
         })
         .await
         .map_err(|error| TaskError::Failed {
@@ -371,7 +399,93 @@ fn progress_of(progress: &ScanProgress) -> Progress {
         blobs_total: progress.blobs_total.load(Ordering::Relaxed),
         blobs_done: progress.blobs_scanned.load(Ordering::Relaxed),
         bytes_scanned: progress.bytes_scanned.load(Ordering::Relaxed),
-        blobs_read: progress.blobs_scanned.load(Ordering::Relaxed),
+        blobs_read: progress
+            .blobs_scanned
+            .load(Ordering::Relaxed)
+            .saturating_sub(progress.blobs_from_cache.load(Ordering::Relaxed)),
+    }
+}
+
+/// Most blobs per cache call (the coordinator's limit).
+const CACHE_CALL_BLOBS: usize = 10_000;
+
+/// The blob-result cache behind the coordinator, called from the engine's
+/// scan threads (blocking on the runtime). A failed call costs only reads:
+/// lookups answer "unknown", stores are dropped.
+struct RemoteBlobCache {
+    client: CoordinatorClient<Channel>,
+    task_id: String,
+    lease_id: String,
+    runtime: tokio::runtime::Handle,
+}
+
+impl BlobCache for RemoteBlobCache {
+    fn lookup(&self, ruleset_digest: &str, blobs: &[BlobId]) -> Vec<Option<Vec<CachedMatch>>> {
+        let mut answers = Vec::with_capacity(blobs.len());
+        for chunk in blobs.chunks(CACHE_CALL_BLOBS) {
+            let request = LookupBlobsRequest {
+                task_id: self.task_id.clone(),
+                lease_id: self.lease_id.clone(),
+                ruleset_digest: ruleset_digest.to_string(),
+                blob_ids: chunk.iter().map(|blob| blob.0.to_vec()).collect(),
+            };
+            let mut client = self.client.clone();
+            match self.runtime.block_on(client.lookup_blobs(request)) {
+                Ok(reply) if reply.get_ref().results.len() == chunk.len() => {
+                    answers.extend(reply.into_inner().results.into_iter().map(|result| {
+                        result.known.then(|| {
+                            result
+                                .matches
+                                .into_iter()
+                                .map(|m| CachedMatch {
+                                    rule_id: m.rule_id,
+                                    line: m.line,
+                                    secret: Secret::new(&m.secret),
+                                })
+                                .collect()
+                        })
+                    }));
+                }
+                Ok(_) => {
+                    warn!("blob cache answered a different number of blobs; reading them");
+                    answers.extend(std::iter::repeat_n(None, chunk.len()));
+                }
+                Err(status) => {
+                    warn!(%status, "blob cache lookup failed; reading the blobs");
+                    answers.extend(std::iter::repeat_n(None, chunk.len()));
+                }
+            }
+        }
+        answers
+    }
+
+    fn store(&self, ruleset_digest: &str, results: Vec<(BlobId, Vec<CachedMatch>)>) {
+        for chunk in results.chunks(CACHE_CALL_BLOBS) {
+            let request = StoreBlobResultsRequest {
+                task_id: self.task_id.clone(),
+                lease_id: self.lease_id.clone(),
+                ruleset_digest: ruleset_digest.to_string(),
+                results: chunk
+                    .iter()
+                    .map(|(blob, matches)| BlobResult {
+                        blob_id: blob.0.to_vec(),
+                        known: true,
+                        matches: matches
+                            .iter()
+                            .map(|m| BlobMatch {
+                                rule_id: m.rule_id.clone(),
+                                line: m.line,
+                                secret: m.secret.expose().to_vec(),
+                            })
+                            .collect(),
+                    })
+                    .collect(),
+            };
+            let mut client = self.client.clone();
+            if let Err(status) = self.runtime.block_on(client.store_blob_results(request)) {
+                warn!(%status, "blob cache store failed");
+            }
+        }
     }
 }
 
@@ -401,6 +515,8 @@ async fn update_mirror(clone_url: &str, mirror: &Path) -> Result<(), TaskError> 
         git_output(
             mirror,
             &[
+                "-c",
+                "gc.auto=0",
                 "fetch",
                 "--quiet",
                 "--prune",
@@ -418,10 +534,12 @@ async fn update_mirror(clone_url: &str, mirror: &Path) -> Result<(), TaskError> 
         .await
         .map_err(|error| failed(format!("{}: {error}", parent.display())))?;
     let output = tokio::process::Command::new("git")
-        .args(["clone", "--quiet", "--mirror", "--"])
+        .args(["-c", "gc.auto=0", "clone", "--quiet", "--mirror", "--"])
         .arg(clone_url)
         .arg(mirror)
         .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ALLOW_PROTOCOL", "file:http:https")
+        .stdin(std::process::Stdio::null())
         .output()
         .await
         .map_err(|error| failed(format!("cannot run git: {error}")))?;
@@ -441,6 +559,8 @@ async fn git_output(repository: &Path, args: &[&str]) -> Result<String, String> 
         .arg(repository)
         .args(args)
         .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ALLOW_PROTOCOL", "file:http:https")
+        .stdin(std::process::Stdio::null())
         .output()
         .await
         .map_err(|error| format!("cannot run git: {error}"))?;

@@ -91,10 +91,16 @@ async fn wait_for_job(pool: &sqlx::PgPool, scan_key: &str) -> jobs::Job {
         if job.state != "queued" && job.state != "running" {
             return job;
         }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "job {scan_key} did not finish: {job:?}"
-        );
+        if tokio::time::Instant::now() >= deadline {
+            let tasks: Vec<(String, i32, Option<String>, Option<String>)> = sqlx::query_as(
+                "select state, attempts, last_error, leased_by from scan_tasks where job_id = $1 and state <> 'done'",
+            )
+            .bind(job.id)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+            panic!("job {scan_key} did not finish: {job:?}; unfinished tasks: {tasks:?}");
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,0 +1,197 @@
+//! HTTP basic authentication against the users in PostgreSQL, and the
+//! permission checks the handlers call.
+//!
+//! Verifying an argon2 hash costs tens of milliseconds of CPU, far more
+//! than a status poll may take, so a successful verification is remembered
+//! for [`CREDENTIAL_TTL`] as a salted SHA-256 of the password (the salt is
+//! random per process). The user's grants are read on every request, so a
+//! revoked permission takes effect at once; a changed password lets the old
+//! one work until its entry expires.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::{Duration, Instant},
+};
+
+use axum::{extract::FromRequestParts, http::request::Parts};
+use base64::Engine as _;
+use leakscan_store::{
+    catalog::{self, Repository},
+    users::{self, Access, User},
+};
+use sha2::{Digest, Sha256};
+
+use crate::{error::ApiError, AppState};
+
+pub const CREDENTIAL_TTL: Duration = Duration::from_secs(60);
+/// Most remembered credentials; the cache is emptied when it is full.
+const MAX_CACHED_CREDENTIALS: usize = 10_000;
+
+pub struct CredentialCache {
+    salt: [u8; 32],
+    entries: Mutex<HashMap<String, ([u8; 32], Instant)>>,
+}
+
+impl Default for CredentialCache {
+    fn default() -> Self {
+        CredentialCache {
+            salt: rand::random(),
+            entries: Mutex::new(HashMap::new()),
+        }
+    }
+}
+
+impl CredentialCache {
+    fn digest(&self, password: &str) -> [u8; 32] {
+        let mut hasher = Sha256::new();
+        hasher.update(self.salt);
+        hasher.update(password.as_bytes());
+        hasher.finalize().into()
+    }
+
+    fn remembers(&self, name: &str, password: &str) -> bool {
+        let digest = self.digest(password);
+        let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        matches!(entries.get(name), Some((known, at)) if *known == digest && at.elapsed() < CREDENTIAL_TTL)
+    }
+
+    fn remember(&self, name: &str, password: &str) {
+        let digest = self.digest(password);
+        let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        if entries.len() >= MAX_CACHED_CREDENTIALS {
+            entries.clear();
+        }
+        entries.insert(name.to_string(), (digest, Instant::now()));
+    }
+}
+
+/// The authenticated caller of a request (401 without valid credentials).
+pub struct Caller(pub User);
+
+impl FromRequestParts<Arc<AppState>> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &Arc<AppState>,
+    ) -> Result<Caller, ApiError> {
+        let (name, password) = basic_credentials(parts).ok_or_else(ApiError::unauthorized)?;
+        if state.credentials.remembers(&name, &password) {
+            if let Some(user) = users::find_user(&state.pool, &name).await? {
+                return Ok(Caller(user));
+            }
+        }
+        let (user, hash) = users::user_with_hash(&state.pool, &name)
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
+        let verify_password = password.clone();
+        let verified =
+            tokio::task::spawn_blocking(move || users::verify_password(&hash, &verify_password))
+                .await
+                .map_err(|_| ApiError::internal())?;
+        if !verified {
+            return Err(ApiError::unauthorized());
+        }
+        state.credentials.remember(&name, &password);
+        Ok(Caller(user))
+    }
+}
+
+fn basic_credentials(parts: &Parts) -> Option<(String, String)> {
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(encoded.trim())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    let (name, password) = text.split_once(':')?;
+    Some((name.to_string(), password.to_string()))
+}
+
+impl Caller {
+    pub fn require_sys_admin(&self) -> Result<(), ApiError> {
+        if self.0.sys_admin {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "You are not permitted to access this resource: it needs system administrator permission.",
+            ))
+        }
+    }
+
+    /// A system administrator, or a user with the explicit security grant.
+    pub fn require_security(&self) -> Result<(), ApiError> {
+        if self.0.sys_admin || self.0.security {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "You are not permitted to access this resource: it needs system administrator permission or the security grant.",
+            ))
+        }
+    }
+
+    /// The project, if the caller has at least `needed` on it. A project
+    /// the caller may not read answers 404, as one that does not exist.
+    pub async fn project(
+        &self,
+        state: &AppState,
+        project_key: &str,
+        needed: Access,
+    ) -> Result<(), ApiError> {
+        catalog::validate_project_key(project_key)?;
+        let access = users::project_access(&state.pool, &self.0, project_key).await?;
+        check_access(access, needed, || format!("Project {project_key}"))
+    }
+
+    /// The repository, if the caller has at least `needed` on it (404 for
+    /// one it may not read).
+    pub async fn repository(
+        &self,
+        state: &AppState,
+        project_key: &str,
+        slug: &str,
+        needed: Access,
+    ) -> Result<Repository, ApiError> {
+        catalog::validate_project_key(project_key)?;
+        catalog::validate_slug(slug)?;
+        let access = users::repository_access(&state.pool, &self.0, project_key, slug).await?;
+        check_access(access, needed, || {
+            format!("Repository {project_key}/{slug}")
+        })?;
+        catalog::find_repository(&state.pool, project_key, slug)
+            .await?
+            .ok_or_else(|| {
+                ApiError::not_found(format!("Repository {project_key}/{slug} does not exist."))
+            })
+    }
+}
+
+fn check_access(
+    access: Option<Access>,
+    needed: Access,
+    what: impl Fn() -> String,
+) -> Result<(), ApiError> {
+    match access {
+        None | Some(Access::None) => {
+            Err(ApiError::not_found(format!("{} does not exist.", what())))
+        }
+        Some(access) if access < needed => Err(ApiError::forbidden(format!(
+            "You are not permitted to access this resource: {} needs {} permission.",
+            what(),
+            match needed {
+                Access::Admin => "admin",
+                Access::Write => "write",
+                _ => "read",
+            }
+        ))),
+        Some(_) => Ok(()),
+    }
+}

@@ -1,0 +1,367 @@
+//! The catalog: projects and repositories found under the repository roots
+//! or registered through the API, with their branches (read with `git
+//! ls-remote`, which works alike for local paths and http(s) URLs).
+
+use std::{path::Path, sync::Arc};
+
+use axum::{extract::State, http::StatusCode, Json};
+use leakscan_store::{
+    catalog::{self, Project, Repository},
+    users::Access,
+    Page, PageRequest,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{
+    auth::Caller,
+    error::{ApiError, JsonBody, PathParams, QueryParams},
+    AppState,
+};
+
+#[derive(Debug, Deserialize)]
+pub struct Paging {
+    #[serde(default)]
+    pub start: u32,
+    pub limit: Option<u32>,
+}
+
+impl Paging {
+    pub fn request(&self) -> PageRequest {
+        PageRequest::new(
+            self.start,
+            self.limit
+                .unwrap_or(leakscan_store::page::DEFAULT_PAGE_LIMIT),
+        )
+    }
+}
+
+pub async fn list_projects(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    QueryParams(paging): QueryParams<Paging>,
+) -> Result<Json<Page<Project>>, ApiError> {
+    Ok(Json(
+        catalog::list_visible_projects(&state.pool, &caller.0, paging.request()).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct NewProject {
+    key: String,
+    name: Option<String>,
+}
+
+pub async fn create_project(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    JsonBody(body): JsonBody<NewProject>,
+) -> Result<(StatusCode, Json<Project>), ApiError> {
+    caller.require_sys_admin()?;
+    let name = body.name.unwrap_or_else(|| body.key.clone());
+    let project = catalog::upsert_project(&state.pool, &body.key, &name).await?;
+    Ok((StatusCode::CREATED, Json(project)))
+}
+
+pub async fn list_repositories(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams(project_key): PathParams<String>,
+    QueryParams(paging): QueryParams<Paging>,
+) -> Result<Json<Page<Repository>>, ApiError> {
+    caller.project(&state, &project_key, Access::Read).await?;
+    Ok(Json(
+        catalog::list_visible_repositories(&state.pool, &caller.0, &project_key, paging.request())
+            .await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NewRepository {
+    name: String,
+    slug: Option<String>,
+    /// An http(s) URL, a `file://` URL or an absolute local path.
+    clone_url: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RegisteredRepository {
+    #[serde(flatten)]
+    repository: Repository,
+    branches: Vec<String>,
+}
+
+pub async fn create_repository(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams(project_key): PathParams<String>,
+    JsonBody(body): JsonBody<NewRepository>,
+) -> Result<(StatusCode, Json<RegisteredRepository>), ApiError> {
+    caller.project(&state, &project_key, Access::Admin).await?;
+    validate_clone_url(&body.clone_url)?;
+    let slug = body.slug.unwrap_or_else(|| slug_of(&body.name));
+    catalog::validate_slug(&slug)?;
+    let listing = list_branches(&body.clone_url).await.map_err(|message| {
+        ApiError::bad_request(format!("cannot read {}: {message}", body.clone_url))
+    })?;
+    let repository =
+        catalog::upsert_repository(&state.pool, &project_key, &slug, &body.clone_url).await?;
+    catalog::replace_branches(&state.pool, repository.id, &listing.branches).await?;
+    catalog::set_default_branch(
+        &state.pool,
+        repository.id,
+        listing.default_branch.as_deref(),
+    )
+    .await?;
+    let repository = catalog::find_repository(&state.pool, &project_key, &slug)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!("Repository {project_key}/{slug} does not exist."))
+        })?;
+    Ok((
+        StatusCode::CREATED,
+        Json(RegisteredRepository {
+            repository,
+            branches: listing.branches.into_iter().map(|(name, _)| name).collect(),
+        }),
+    ))
+}
+
+/// Bitbucket's slug of a repository name: lowercase, runs of other
+/// characters as one `-`.
+fn slug_of(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.trim().chars() {
+        if c.is_ascii_alphanumeric() || matches!(c, '.' | '_') {
+            slug.push(c.to_ascii_lowercase());
+        } else if !slug.ends_with('-') {
+            slug.push('-');
+        }
+    }
+    slug.trim_matches('-').to_string()
+}
+
+/// Only transports that cannot run commands: http(s), file URLs and
+/// absolute paths (never `ext::`, never something git reads as an option).
+pub fn validate_clone_url(url: &str) -> Result<(), ApiError> {
+    let ok = (url.starts_with("https://")
+        || url.starts_with("http://")
+        || url.starts_with("file:///")
+        || url.starts_with('/'))
+        && !url.chars().any(|c| c.is_control() || c.is_whitespace())
+        && url.len() <= 2048;
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::bad_request(format!(
+            "invalid clone URL {url:?}: use an http(s) URL, a file:// URL or an absolute path"
+        )))
+    }
+}
+
+pub struct BranchListing {
+    pub branches: Vec<(String, String)>,
+    pub default_branch: Option<String>,
+}
+
+/// The branches (name, head) of a repository and the branch HEAD names.
+pub async fn list_branches(url: &str) -> Result<BranchListing, String> {
+    let output = tokio::process::Command::new("git")
+        .args(["ls-remote", "--symref", url, "HEAD", "refs/heads/*"])
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ALLOW_PROTOCOL", "file:http:https")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .map_err(|error| format!("cannot run git: {error}"))?;
+    if !output.status.success() {
+        return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
+    }
+    Ok(parse_ls_remote(&String::from_utf8_lossy(&output.stdout)))
+}
+
+fn parse_ls_remote(text: &str) -> BranchListing {
+    let mut branches = Vec::new();
+    let mut default_branch = None;
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("ref: ") {
+            if let Some((target, "HEAD")) = rest.split_once('\t') {
+                default_branch = target.strip_prefix("refs/heads/").map(str::to_string);
+            }
+            continue;
+        }
+        if let Some((oid, name)) = line.split_once('\t') {
+            if let Some(branch) = name.strip_prefix("refs/heads/") {
+                branches.push((branch.to_string(), oid.to_string()));
+            }
+        }
+    }
+    branches.sort();
+    BranchListing {
+        branches,
+        default_branch,
+    }
+}
+
+#[derive(Debug, Default, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncReport {
+    pub projects: u32,
+    pub repositories: u32,
+    pub branches: u32,
+    /// Entries under the roots that were skipped, and why.
+    pub errors: Vec<String>,
+}
+
+pub async fn sync_handler(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<SyncReport>, ApiError> {
+    caller.require_sys_admin()?;
+    Ok(Json(sync_roots(&state).await?))
+}
+
+/// Re-reads every root: `<root>/<PROJECT>/<slug>[.git]` and
+/// `<root>/~<user>/<slug>[.git]`, bare or not.
+pub async fn sync_roots(state: &AppState) -> Result<SyncReport, ApiError> {
+    let mut report = SyncReport::default();
+    for root in &state.config.repos_roots {
+        let projects = match read_dir_sorted(root).await {
+            Ok(entries) => entries,
+            Err(error) => {
+                report.errors.push(format!("{}: {error}", root.display()));
+                continue;
+            }
+        };
+        for (project_key, project_dir) in projects {
+            if catalog::validate_project_key(&project_key).is_err() {
+                report.errors.push(format!(
+                    "{}: not a valid project key",
+                    project_dir.display()
+                ));
+                continue;
+            }
+            let repositories = match read_dir_sorted(&project_dir).await {
+                Ok(entries) => entries,
+                Err(error) => {
+                    report
+                        .errors
+                        .push(format!("{}: {error}", project_dir.display()));
+                    continue;
+                }
+            };
+            let mut project_registered = false;
+            for (name, repository_dir) in repositories {
+                if !is_git_repository(&repository_dir) {
+                    continue;
+                }
+                let slug = name.strip_suffix(".git").unwrap_or(&name).to_string();
+                if catalog::validate_slug(&slug).is_err() {
+                    report.errors.push(format!(
+                        "{}: not a valid repository slug",
+                        repository_dir.display()
+                    ));
+                    continue;
+                }
+                let Some(url) = repository_dir.to_str().map(str::to_string) else {
+                    report
+                        .errors
+                        .push(format!("{}: path is not UTF-8", repository_dir.display()));
+                    continue;
+                };
+                let listing = match list_branches(&url).await {
+                    Ok(listing) => listing,
+                    Err(message) => {
+                        warn!(repository = %url, %message, "cannot list branches");
+                        report.errors.push(format!("{url}: {message}"));
+                        continue;
+                    }
+                };
+                if !project_registered {
+                    catalog::upsert_project(&state.pool, &project_key, &project_key).await?;
+                    report.projects += 1;
+                    project_registered = true;
+                }
+                let repository =
+                    catalog::upsert_repository(&state.pool, &project_key, &slug, &url).await?;
+                catalog::replace_branches(&state.pool, repository.id, &listing.branches).await?;
+                catalog::set_default_branch(
+                    &state.pool,
+                    repository.id,
+                    listing.default_branch.as_deref(),
+                )
+                .await?;
+                report.repositories += 1;
+                report.branches += listing.branches.len() as u32;
+            }
+        }
+    }
+    info!(
+        projects = report.projects,
+        repositories = report.repositories,
+        branches = report.branches,
+        skipped = report.errors.len(),
+        "catalog synchronised"
+    );
+    Ok(report)
+}
+
+fn is_git_repository(dir: &Path) -> bool {
+    dir.join(".git").exists() || (dir.join("HEAD").is_file() && dir.join("objects").is_dir())
+}
+
+/// Sub-directories of `dir` by name, sorted; names that are not UTF-8 or
+/// start with `.` are left out.
+async fn read_dir_sorted(dir: &Path) -> std::io::Result<Vec<(String, std::path::PathBuf)>> {
+    let mut entries = tokio::fs::read_dir(dir).await?;
+    let mut found = Vec::new();
+    while let Some(entry) = entries.next_entry().await? {
+        let Ok(name) = entry.file_name().into_string() else {
+            continue;
+        };
+        if name.starts_with('.') || !entry.file_type().await?.is_dir() {
+            continue;
+        }
+        found.push((name, entry.path()));
+    }
+    found.sort();
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ls_remote_output_gives_branches_and_the_default() {
+        let listing = parse_ls_remote(
+            "ref: refs/heads/main\tHEAD\n1111\tHEAD\n2222\trefs/heads/dev\n1111\trefs/heads/main\n",
+        );
+        assert_eq!(listing.default_branch.as_deref(), Some("main"));
+        assert_eq!(
+            listing.branches,
+            vec![
+                ("dev".into(), "2222".into()),
+                ("main".into(), "1111".into())
+            ]
+        );
+    }
+
+    #[test]
+    fn slugs_and_clone_urls() {
+        assert_eq!(slug_of(" My Repo (v2) "), "my-repo-v2");
+        validate_clone_url("https://bitbucket.example.com/scm/p/r.git").unwrap();
+        validate_clone_url("/srv/git/p/r.git").unwrap();
+        for bad in [
+            "ext::sh -c touch% /tmp/x",
+            "-uupload-pack=x",
+            "relative/path",
+            "ssh://h/r",
+            "/a b",
+        ] {
+            assert!(validate_clone_url(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,81 @@
+//! `leakscan-gateway`: serves the REST API.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::Context as _;
+use clap::Parser;
+use leakscan_gateway::GatewayConfig;
+use leakscan_store::queue::JobQueue;
+use tokio_util::sync::CancellationToken;
+use tracing::info;
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// leakscan's REST API (Soteri- and Bitbucket-compatible).
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to serve HTTP on.
+    #[arg(long, env = "LEAKSCAN_LISTEN", default_value = "127.0.0.1:7990")]
+    listen: SocketAddr,
+    /// PostgreSQL URL.
+    #[arg(long, env = "LEAKSCAN_DATABASE_URL")]
+    database_url: String,
+    /// Redis URL; `?prefix=NAME:` sets the key prefix (default `leakscan:`).
+    #[arg(
+        long,
+        env = "LEAKSCAN_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    /// Directories of `<PROJECT>/<slug>[.git]` repositories (repeatable, or
+    /// comma-separated in the environment).
+    #[arg(
+        long = "repos-root",
+        env = "LEAKSCAN_REPOS_ROOTS",
+        value_delimiter = ','
+    )]
+    repos_roots: Vec<PathBuf>,
+    /// Prefix of every path, e.g. `/bitbucket`.
+    #[arg(long, env = "LEAKSCAN_CONTEXT_PATH", default_value = "")]
+    context_path: String,
+    /// Bootstrap administrator (created or reset at start).
+    #[arg(long, env = "LEAKSCAN_ADMIN_USER", requires = "admin_password")]
+    admin_user: Option<String>,
+    #[arg(long, env = "LEAKSCAN_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: Option<String>,
+    /// Database connections.
+    #[arg(long, env = "LEAKSCAN_DB_POOL_SIZE", default_value_t = 16)]
+    db_pool_size: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    leakscan_service::init_logging();
+    let args = Args::parse();
+    let pool = leakscan_store::connect(&args.database_url, args.db_pool_size)
+        .await
+        .context("failed to connect to postgres")?;
+    let queue = JobQueue::connect_url(&args.redis_url)
+        .await
+        .context("failed to connect to redis")?;
+    let config = GatewayConfig {
+        repos_roots: args.repos_roots,
+        context_path: args.context_path,
+    };
+    let admin = args.admin_user.zip(args.admin_password);
+    let state = leakscan_gateway::prepare(pool, queue, config, admin).await?;
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.listen))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(leakscan_service::cancel_on_signal(shutdown.clone()));
+    info!(address = %listener.local_addr()?, "gateway listening");
+    println!(
+        "leakscan-gateway listening on http://{}",
+        listener.local_addr()?
+    );
+    leakscan_gateway::run(Arc::clone(&state), listener, shutdown).await?;
+    Ok(())
+}

@@ -1,0 +1,530 @@
+//! Scan requests and their progress: Soteri's mass-scanning API
+//! (`/rest/security/latest/status/...`), Soteri's per-branch scan API
+//! (`/rest/security/1.0/scan/...`) and our jobs API with live events.
+
+use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
+
+use axum::{
+    extract::{RawQuery, State},
+    http::StatusCode,
+    response::sse::{Event, KeepAlive, Sse},
+    Json,
+};
+use chrono::{DateTime, Utc};
+use futures::Stream;
+use leakscan_store::{
+    catalog::Repository,
+    findings::{self, ReportedFinding},
+    jobs::{self, Job, JobScope},
+    tasks,
+    users::Access,
+    Page,
+};
+use serde::{Deserialize, Serialize};
+use tracing::{info, warn};
+
+use crate::{
+    auth::Caller,
+    catalog::Paging,
+    error::{ApiError, PathParams, QueryParams},
+    AppState,
+};
+
+/// A job as the API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobView {
+    scan_key: String,
+    scope: String,
+    project: Option<String>,
+    repository: Option<String>,
+    branch: Option<String>,
+    state: String,
+    progress: i32,
+    running: bool,
+    scheduled: bool,
+    tasks_total: i32,
+    tasks_done: i32,
+    /// Blobs the job's tasks read from git (those whose result was already
+    /// known are not counted).
+    blobs_read: i64,
+    requested_by: String,
+    emails: Vec<String>,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    failures: Option<Vec<jobs::FailedTask>>,
+}
+
+impl From<Job> for JobView {
+    fn from(job: Job) -> JobView {
+        JobView {
+            progress: job.progress(),
+            running: job.state == "running",
+            scheduled: job.state == "queued",
+            scan_key: job.scan_key,
+            scope: job.scope,
+            project: job.project_key,
+            repository: job.repository_slug,
+            branch: job.branch,
+            state: job.state,
+            tasks_total: job.tasks_total,
+            tasks_done: job.tasks_done,
+            blobs_read: job.blobs_read,
+            requested_by: job.requested_by,
+            emails: job.emails,
+            created_at: job.created_at,
+            started_at: job.started_at,
+            finished_at: job.finished_at,
+            failures: None,
+        }
+    }
+}
+
+/// Query parameters that may repeat (`email=a&email=b`).
+fn query_values(query: &Option<String>) -> HashMap<String, Vec<String>> {
+    let mut values: HashMap<String, Vec<String>> = HashMap::new();
+    for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
+        values
+            .entry(key.into_owned())
+            .or_default()
+            .push(value.into_owned());
+    }
+    values
+}
+
+fn emails(query: &HashMap<String, Vec<String>>) -> Result<Vec<String>, ApiError> {
+    let emails = query.get("email").cloned().unwrap_or_default();
+    if emails.len() > 50 {
+        return Err(ApiError::bad_request("at most 50 email parameters"));
+    }
+    for email in &emails {
+        let valid = email.len() <= 254
+            && email
+                .split_once('@')
+                .is_some_and(|(local, domain)| !local.is_empty() && domain.contains('.'))
+            && !email
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control() || matches!(c, '<' | '>' | ',' | ';'));
+        if !valid {
+            return Err(ApiError::bad_request(format!(
+                "invalid email address {email:?}"
+            )));
+        }
+    }
+    Ok(emails)
+}
+
+/// Records a queued job and puts it on the stream. PostgreSQL is the
+/// source of truth: if Redis does not take the entry, the coordinator's
+/// reconciliation still runs the job, so the request succeeds.
+async fn start_job(
+    state: &AppState,
+    caller: &Caller,
+    scope: JobScope,
+    emails: Vec<String>,
+) -> Result<Job, ApiError> {
+    let job = jobs::create_job(&state.pool, &scope, &caller.0.name, &emails).await?;
+    if let Err(error) = state.queue.enqueue(job.id).await {
+        warn!(%error, scan_key = %job.scan_key, "job not put on the stream; reconciliation will run it");
+    }
+    info!(scan_key = %job.scan_key, scope = %job.scope, by = %caller.0.name, "scan requested");
+    Ok(job)
+}
+
+pub async fn total_rescan(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    RawQuery(query): RawQuery,
+) -> Result<Json<JobView>, ApiError> {
+    caller.require_security()?;
+    let emails = emails(&query_values(&query))?;
+    Ok(Json(
+        start_job(&state, &caller, JobScope::Total, emails)
+            .await?
+            .into(),
+    ))
+}
+
+pub async fn project_rescan(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams(project_key): PathParams<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<JobView>, ApiError> {
+    caller.project(&state, &project_key, Access::Admin).await?;
+    let emails = emails(&query_values(&query))?;
+    let scope = JobScope::Project { project_key };
+    Ok(Json(
+        start_job(&state, &caller, scope, emails).await?.into(),
+    ))
+}
+
+pub async fn repository_rescan(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((project_key, slug)): PathParams<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<JobView>, ApiError> {
+    let repository = caller
+        .repository(&state, &project_key, &slug, Access::Write)
+        .await?;
+    let emails = emails(&query_values(&query))?;
+    let scope = JobScope::Repository {
+        project_key: repository.project_key,
+        slug: repository.slug,
+    };
+    Ok(Json(
+        start_job(&state, &caller, scope, emails).await?.into(),
+    ))
+}
+
+pub async fn branch_rescan(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((project_key, slug)): PathParams<(String, String)>,
+    RawQuery(query): RawQuery,
+) -> Result<Json<JobView>, ApiError> {
+    let repository = caller
+        .repository(&state, &project_key, &slug, Access::Write)
+        .await?;
+    let query = query_values(&query);
+    let branch = match query.get("name").and_then(|names| names.first()) {
+        Some(name) => name.clone(),
+        None => {
+            return Err(ApiError::bad_request(
+                "the branch is required: ?name=BRANCH",
+            ))
+        }
+    };
+    let job = start_branch_job(&state, &caller, &repository, &branch, emails(&query)?).await?;
+    Ok(Json(job.into()))
+}
+
+async fn start_branch_job(
+    state: &AppState,
+    caller: &Caller,
+    repository: &Repository,
+    branch: &str,
+    emails: Vec<String>,
+) -> Result<Job, ApiError> {
+    let branch = branch.strip_prefix("refs/heads/").unwrap_or(branch);
+    if jobs::branch_scan(&state.pool, repository.id, branch)
+        .await?
+        .is_none()
+    {
+        return Err(ApiError::not_found(format!(
+            "Branch {branch:?} does not exist in {}/{}.",
+            repository.project_key, repository.slug
+        )));
+    }
+    if repository.exempt {
+        return Err(ApiError::conflict(format!(
+            "{}/{} is exempt from secret scanning",
+            repository.project_key, repository.slug
+        )));
+    }
+    let scope = JobScope::Branch {
+        project_key: repository.project_key.clone(),
+        slug: repository.slug.clone(),
+        branch: branch.to_string(),
+    };
+    start_job(state, caller, scope, emails).await
+}
+
+#[derive(Debug, Serialize)]
+pub struct Cancelled {
+    cancelled: u64,
+}
+
+pub async fn cancel_scheduled(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Cancelled>, ApiError> {
+    caller.require_sys_admin()?;
+    let cancelled = tasks::cancel_jobs(&state.pool, "queued").await?;
+    info!(cancelled, by = %caller.0.name, "scheduled scans cancelled");
+    Ok(Json(Cancelled { cancelled }))
+}
+
+pub async fn cancel_running(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Cancelled>, ApiError> {
+    caller.require_sys_admin()?;
+    let cancelled = tasks::cancel_jobs(&state.pool, "running").await?;
+    info!(cancelled, by = %caller.0.name, "running scans cancelled");
+    Ok(Json(Cancelled { cancelled }))
+}
+
+/// Soteri's scan status of one branch.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BranchStatus {
+    scan_key: Option<String>,
+    scanned: bool,
+    actual: bool,
+    progress: i32,
+    running: bool,
+    scheduled: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    invalid_lines: Option<Vec<ReportedFinding>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusQuery {
+    branch: Option<String>,
+    #[serde(default)]
+    include_whitelisted: bool,
+    rule: Option<String>,
+}
+
+/// The branch a Soteri call means: `?branch=`, else the default branch.
+fn branch_of(repository: &Repository, branch: Option<&str>) -> Result<String, ApiError> {
+    match branch.or(repository.default_branch.as_deref()) {
+        Some(branch) => Ok(branch
+            .strip_prefix("refs/heads/")
+            .unwrap_or(branch)
+            .to_string()),
+        None => Err(ApiError::bad_request(format!(
+            "{}/{} has no default branch: give ?branch=",
+            repository.project_key, repository.slug
+        ))),
+    }
+}
+
+async fn branch_status(
+    state: &AppState,
+    repository: &Repository,
+    branch: &str,
+    rule: Option<&str>,
+) -> Result<BranchStatus, ApiError> {
+    let scan = jobs::branch_scan(&state.pool, repository.id, branch)
+        .await?
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "Branch {branch:?} does not exist in {}/{}.",
+                repository.project_key, repository.slug
+            ))
+        })?;
+    let scanned = scan.last_scanned_commit.is_some();
+    let invalid_lines = if scanned {
+        Some(findings::reported_findings(&state.pool, repository.id, branch, rule).await?)
+    } else {
+        None
+    };
+    Ok(BranchStatus {
+        progress: scan.progress(),
+        running: scan.task_state.as_deref() == Some("leased"),
+        scheduled: scan.task_state.as_deref() == Some("queued"),
+        actual: scan.last_scanned_commit.as_deref() == Some(scan.head_commit.as_str()),
+        scan_key: scan.scan_key,
+        scanned,
+        invalid_lines,
+    })
+}
+
+pub async fn scan_status(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((project_key, slug)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<StatusQuery>,
+) -> Result<Json<BranchStatus>, ApiError> {
+    let repository = caller
+        .repository(&state, &project_key, &slug, Access::Read)
+        .await?;
+    let branch = branch_of(&repository, query.branch.as_deref())?;
+    // Reviews (issue 4) are not recorded yet: nothing is hidden, so
+    // includeWhitelisted changes nothing today.
+    let _ = query.include_whitelisted;
+    Ok(Json(
+        branch_status(&state, &repository, &branch, query.rule.as_deref()).await?,
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct StartQuery {
+    branch: Option<String>,
+}
+
+pub async fn scan_start(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((project_key, slug)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<StartQuery>,
+) -> Result<Json<BranchStatus>, ApiError> {
+    let repository = caller
+        .repository(&state, &project_key, &slug, Access::Write)
+        .await?;
+    let branch = branch_of(&repository, query.branch.as_deref())?;
+    let job = start_branch_job(&state, &caller, &repository, &branch, Vec::new()).await?;
+    // The new job, until a coordinator expands it into the branch's task.
+    let mut status = branch_status(&state, &repository, &branch, None).await?;
+    status.scan_key = Some(job.scan_key);
+    status.scheduled = true;
+    status.running = false;
+    Ok(Json(status))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CancelQuery {
+    scan_key: Option<String>,
+}
+
+pub async fn scan_cancel(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((project_key, slug)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<CancelQuery>,
+) -> Result<StatusCode, ApiError> {
+    let repository = caller
+        .repository(&state, &project_key, &slug, Access::Write)
+        .await?;
+    let scan_key = query
+        .scan_key
+        .ok_or_else(|| ApiError::bad_request("the scan is required: ?scanKey=KEY"))?;
+    let job = jobs::find_job(&state.pool, &scan_key)
+        .await?
+        .filter(|job| {
+            job.scope == "branch"
+                && job.project_key.as_deref() == Some(repository.project_key.as_str())
+                && job.repository_slug.as_deref() == Some(repository.slug.as_str())
+        })
+        .ok_or_else(|| {
+            ApiError::not_found(format!(
+                "Scan {scan_key} of {project_key}/{slug} does not exist."
+            ))
+        })?;
+    jobs::cancel_job(&state.pool, &job.scan_key).await?;
+    info!(%scan_key, by = %caller.0.name, "scan cancelled");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Jobs a caller sees: all of them for administrators and security-granted
+/// users, their own otherwise.
+fn may_see(caller: &Caller, job: &Job) -> bool {
+    caller.0.sys_admin || caller.0.security || job.requested_by == caller.0.name
+}
+
+pub async fn list_jobs(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    QueryParams(paging): QueryParams<Paging>,
+) -> Result<Json<Page<JobView>>, ApiError> {
+    let page = jobs::list_jobs(
+        &state.pool,
+        paging.request(),
+        (!(caller.0.sys_admin || caller.0.security)).then_some(caller.0.name.as_str()),
+    )
+    .await?;
+    Ok(Json(Page {
+        size: page.size,
+        limit: page.limit,
+        is_last_page: page.is_last_page,
+        start: page.start,
+        next_page_start: page.next_page_start,
+        values: page.values.into_iter().map(JobView::from).collect(),
+    }))
+}
+
+async fn visible_job(state: &AppState, caller: &Caller, scan_key: &str) -> Result<Job, ApiError> {
+    jobs::find_job(&state.pool, scan_key)
+        .await?
+        .filter(|job| may_see(caller, job))
+        .ok_or_else(|| ApiError::not_found(format!("Scan {scan_key} does not exist.")))
+}
+
+pub async fn get_job(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams(scan_key): PathParams<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = visible_job(&state, &caller, &scan_key).await?;
+    let failures = jobs::failed_tasks(&state.pool, job.id, 100).await?;
+    let mut view = JobView::from(job);
+    view.failures = Some(failures);
+    Ok(Json(view))
+}
+
+/// Server-Sent Events: a `progress` event whenever the job changes, then
+/// one `end` event when it has finished.
+pub async fn job_events(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams(scan_key): PathParams<String>,
+) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
+    let job = visible_job(&state, &caller, &scan_key).await?;
+    let pool = state.pool.clone();
+    let stream = futures::stream::unfold(
+        (Some(job), None::<(String, i32, i64)>, false),
+        move |(current, last, ended)| {
+            let pool = pool.clone();
+            async move {
+                if ended {
+                    return None;
+                }
+                let mut job = current?;
+                loop {
+                    let seen = (job.state.clone(), job.tasks_done, job.blobs_read);
+                    if last.as_ref() != Some(&seen) || job.is_finished() {
+                        let finished = job.is_finished();
+                        let event = Event::default()
+                            .event(if finished { "end" } else { "progress" })
+                            .json_data(JobView::from(job.clone()))
+                            .unwrap_or_else(|_| Event::default().comment("unserialisable"));
+                        return Some((Ok(event), (Some(job), Some(seen), finished)));
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    job = match jobs::find_job(&pool, &job.scan_key).await {
+                        Ok(Some(job)) => job,
+                        _ => return None,
+                    };
+                }
+            }
+        },
+    );
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Dashboard {
+    projects: Vec<ProjectStatus>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectStatus {
+    #[serde(flatten)]
+    counts: findings::ProjectSummary,
+    /// Secure, Vulnerable, Not scanned or Partially scanned (DESIGN §3).
+    status: &'static str,
+}
+
+/// Scan state per project, for administrators and security-granted users.
+pub async fn dashboard(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<Json<Dashboard>, ApiError> {
+    caller.require_security()?;
+    let projects = findings::project_summaries(&state.pool)
+        .await?
+        .into_iter()
+        .map(|counts| ProjectStatus {
+            status: if counts.findings > 0 {
+                "Vulnerable"
+            } else if counts.branches_scanned == 0 {
+                "Not scanned"
+            } else if counts.branches_scanned < counts.branches {
+                "Partially scanned"
+            } else {
+                "Secure"
+            },
+            counts,
+        })
+        .collect();
+    Ok(Json(Dashboard { projects }))
+}

@@ -1,0 +1,739 @@
+//! The REST API driven in memory (`app(state).oneshot`) against a fresh
+//! PostgreSQL database and Redis key prefix, over real git repositories
+//! under a repository root.
+
+use std::sync::Arc;
+
+use axum::{
+    body::Body,
+    http::{Request, StatusCode},
+};
+use base64::Engine as _;
+use leakscan_gateway::{app, prepare, AppState, GatewayConfig};
+use leakscan_store::{
+    queue::JobQueue,
+    testing::{redis_url, unique_name, TestDatabase},
+    users,
+};
+use leakscan_testkit::GitRepo;
+use serde_json::{json, Value};
+use tower::ServiceExt as _;
+
+const ADMIN: (&str, &str) = ("admin", "admin-password");
+
+struct Fixture {
+    state: Arc<AppState>,
+    database: TestDatabase,
+    _root: tempfile::TempDir,
+    _repos: Vec<GitRepo>,
+}
+
+/// A repository with two branches, moved under `<root>/<project>/<dir>`.
+fn repository_under(root: &std::path::Path, project: &str, dir: &str, bare: bool) -> GitRepo {
+    let repo = GitRepo::new();
+    repo.write("README.md", "# demo\n");
+    repo.commit_all("init");
+    repo.checkout_new("dev");
+    repo.write("dev.txt", "dev\n");
+    repo.commit_all("dev work");
+    repo.checkout("main");
+    let target = root.join(project).join(dir);
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    let mut clone = std::process::Command::new("git");
+    clone.args(["clone", "--quiet"]);
+    if bare {
+        clone.arg("--bare");
+    }
+    let status = clone
+        .arg("--no-local")
+        .arg(repo.path())
+        .arg(&target)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    if !bare {
+        // A working clone has only main locally; make dev a local branch too.
+        let status = std::process::Command::new("git")
+            .arg("-C")
+            .arg(&target)
+            .args(["branch", "--quiet", "dev", "origin/dev"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    repo
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let database = TestDatabase::create().await.unwrap();
+        let root = tempfile::tempdir().unwrap();
+        let repos = vec![
+            repository_under(root.path(), "PROJ", "api.git", true),
+            repository_under(root.path(), "PROJ", "web", false),
+            repository_under(root.path(), "OTHER", "tool.git", true),
+            repository_under(root.path(), "~alice", "notes.git", true),
+        ];
+        std::fs::create_dir_all(root.path().join("PROJ/not-a-repo")).unwrap();
+        let queue = JobQueue::connect(&redis_url(), &format!("{}:", unique_name("api")))
+            .await
+            .unwrap();
+        let config = GatewayConfig {
+            repos_roots: vec![root.path().to_path_buf()],
+            context_path: String::new(),
+        };
+        let state = prepare(
+            database.pool.clone(),
+            queue,
+            config,
+            Some((ADMIN.0.into(), ADMIN.1.into())),
+        )
+        .await
+        .unwrap();
+        Fixture {
+            state,
+            database,
+            _root: root,
+            _repos: repos,
+        }
+    }
+
+    async fn user(&self, name: &str) -> users::User {
+        users::create_user(&self.database.pool, name, name, "", &format!("{name}-pw"))
+            .await
+            .unwrap()
+    }
+
+    /// (status, JSON body) of a request as `user` (password `<user>-pw`,
+    /// the admin's own), or anonymous.
+    async fn call(
+        &self,
+        method: &str,
+        uri: &str,
+        user: Option<&str>,
+        body: Option<Value>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(user) = user {
+            let password = if user == ADMIN.0 {
+                ADMIN.1.to_string()
+            } else {
+                format!("{user}-pw")
+            };
+            let credentials =
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+            request = request.header("Authorization", format!("Basic {credentials}"));
+        }
+        let request = match body {
+            Some(body) => request
+                .header("Content-Type", "application/json")
+                .body(Body::from(body.to_string()))
+                .unwrap(),
+            None => request.body(Body::empty()).unwrap(),
+        };
+        let response = app(Arc::clone(&self.state)).oneshot(request).await.unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
+    async fn expect(
+        &self,
+        method: &str,
+        uri: &str,
+        user: Option<&str>,
+        body: Option<Value>,
+        expected: u16,
+    ) -> Value {
+        let (status, json) = self.call(method, uri, user, body).await;
+        assert_eq!(
+            status.as_u16(),
+            expected,
+            "{method} {uri} as {user:?}: {json}"
+        );
+        json
+    }
+
+    async fn finish(self) {
+        self.database.drop_database().await.unwrap();
+    }
+}
+
+fn error_message(body: &Value) -> &str {
+    body["errors"][0]["message"].as_str().unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_and_authentication() {
+    let fixture = Fixture::new().await;
+    fixture.expect("GET", "/health/live", None, None, 200).await;
+    let ready = fixture
+        .expect("GET", "/health/ready", None, None, 200)
+        .await;
+    assert_eq!(ready["status"], "UP");
+
+    // No credentials, a wrong password, an unknown user: 401 in Bitbucket's shape.
+    let (status, body) = fixture
+        .call("GET", "/rest/api/latest/projects", None, None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    assert!(
+        error_message(&body).contains("Authentication failed"),
+        "{body}"
+    );
+    assert_eq!(body["errors"][0]["context"], Value::Null);
+    let (status, _) = fixture
+        .call("GET", "/rest/api/latest/projects", Some("nobody"), None)
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    fixture.user("bob").await;
+    let credentials = base64::engine::general_purpose::STANDARD.encode("bob:wrong");
+    let request = Request::builder()
+        .uri("/rest/api/latest/projects")
+        .header("Authorization", format!("Basic {credentials}"))
+        .body(Body::empty())
+        .unwrap();
+    let response = app(Arc::clone(&fixture.state))
+        .oneshot(request)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+    assert!(response.headers().contains_key("www-authenticate"));
+    // The right password works, twice (the second from the credential cache).
+    for _ in 0..2 {
+        let page = fixture
+            .expect("GET", "/rest/api/latest/projects", Some("bob"), None, 200)
+            .await;
+        assert_eq!(page["size"], 0, "bob sees no project: {page}");
+    }
+    let (status, body) = fixture
+        .call("GET", "/rest/no/such/path", Some("bob"), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(!error_message(&body).is_empty());
+    fixture.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_catalog_comes_from_the_roots_and_the_api() {
+    let fixture = Fixture::new().await;
+    let admin = Some(ADMIN.0);
+    let page = fixture
+        .expect("GET", "/rest/api/latest/projects?limit=2", admin, None, 200)
+        .await;
+    assert_eq!(page["size"], 2);
+    assert_eq!(page["isLastPage"], false);
+    assert_eq!(page["nextPageStart"], 2);
+    assert_eq!(page["values"][0]["key"], "OTHER");
+    let last = fixture
+        .expect(
+            "GET",
+            "/rest/api/latest/projects?start=2&limit=2",
+            admin,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(last["isLastPage"], true);
+    assert_eq!(last["values"][0]["key"], "~alice");
+    let beyond = fixture
+        .expect(
+            "GET",
+            "/rest/api/latest/projects?start=10",
+            admin,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(
+        (beyond["size"].as_i64(), beyond["isLastPage"].as_bool()),
+        (Some(0), Some(true))
+    );
+    let bad = fixture
+        .call("GET", "/rest/api/latest/projects?limit=many", admin, None)
+        .await;
+    assert_eq!(bad.0, StatusCode::BAD_REQUEST);
+
+    // Bare and working-tree repositories; a directory that is no repository is skipped.
+    let repos = fixture
+        .expect(
+            "GET",
+            "/rest/api/latest/projects/PROJ/repos",
+            admin,
+            None,
+            200,
+        )
+        .await;
+    let slugs: Vec<&str> = repos["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["slug"].as_str().unwrap())
+        .collect();
+    assert_eq!(slugs, ["api", "web"]);
+    assert_eq!(repos["values"][0]["defaultBranch"], "main");
+    assert_eq!(repos["values"][0]["projectKey"], "PROJ");
+
+    // Registration with a clone URL, and its errors.
+    let source = GitRepo::new();
+    source.write("a.txt", "a\n");
+    source.commit_all("init");
+    let url = source.path().to_str().unwrap().to_string();
+    let created = fixture
+        .expect(
+            "POST",
+            "/rest/api/latest/projects/OTHER/repos",
+            admin,
+            Some(json!({"name": "My Lib", "cloneUrl": url})),
+            201,
+        )
+        .await;
+    assert_eq!(created["slug"], "my-lib");
+    assert_eq!(created["branches"], json!(["main"]));
+    for (body, expected) in [
+        (json!({"name": "x", "cloneUrl": "ext::sh -c id"}), 400),
+        (
+            json!({"name": "x", "cloneUrl": "/nonexistent/repo.git"}),
+            400,
+        ),
+        (json!({"name": "x"}), 422),
+        (
+            json!({"name": "../x", "slug": "../x", "cloneUrl": url}),
+            400,
+        ),
+    ] {
+        let (status, error) = fixture
+            .call(
+                "POST",
+                "/rest/api/latest/projects/OTHER/repos",
+                admin,
+                Some(body.clone()),
+            )
+            .await;
+        assert_eq!(status.as_u16(), expected, "{body}: {error}");
+        assert!(!error_message(&error).is_empty(), "{error}");
+    }
+    let (status, _) = fixture
+        .call(
+            "POST",
+            "/rest/api/latest/projects/NOPE/repos",
+            admin,
+            Some(json!({"name": "x", "cloneUrl": url})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    // Sync again: idempotent, and a new repository under the root appears.
+    let report = fixture
+        .expect(
+            "POST",
+            "/rest/security/latest/admin/catalog/sync",
+            admin,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(report["repositories"], 4, "{report}");
+    fixture.user("bob").await;
+    fixture
+        .expect(
+            "POST",
+            "/rest/security/latest/admin/catalog/sync",
+            Some("bob"),
+            None,
+            403,
+        )
+        .await;
+    fixture.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mass_scanning_permissions_and_the_scan_api() {
+    let fixture = Fixture::new().await;
+    let admin = Some(ADMIN.0);
+    let bob = fixture.user("bob").await;
+    fixture.user("alice").await;
+    let security = "/rest/security/latest";
+
+    // Bob has no permission: a total rescan is 403; a project he cannot see is 404.
+    let body = fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/total_rescan"),
+            Some("bob"),
+            None,
+            403,
+        )
+        .await;
+    assert!(error_message(&body).contains("permission"), "{body}");
+    fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/projects/PROJ"),
+            Some("bob"),
+            None,
+            404,
+        )
+        .await;
+    fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/projects/PROJ/repos/api"),
+            Some("bob"),
+            None,
+            404,
+        )
+        .await;
+    fixture
+        .expect(
+            "DELETE",
+            &format!("{security}/status/running"),
+            Some("bob"),
+            None,
+            403,
+        )
+        .await;
+    fixture
+        .expect(
+            "DELETE",
+            &format!("{security}/status/scheduled"),
+            Some("bob"),
+            None,
+            403,
+        )
+        .await;
+
+    // Repository write: repository and branch rescans, not the project's.
+    fixture
+        .expect("PUT", "/rest/api/latest/projects/PROJ/repos/api/permissions/users?name=bob&permission=REPO_WRITE", admin, None, 204)
+        .await;
+    let job = fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/projects/PROJ/repos/api?email=bob@example.com"),
+            Some("bob"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(
+        (job["scope"].as_str(), job["state"].as_str()),
+        (Some("repository"), Some("queued"))
+    );
+    assert_eq!(job["emails"], json!(["bob@example.com"]));
+    assert_eq!(job["progress"], 0);
+    fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/projects/PROJ"),
+            Some("bob"),
+            None,
+            403,
+        )
+        .await;
+    fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/projects/PROJ/repos/api/branches?name=dev"),
+            Some("bob"),
+            None,
+            200,
+        )
+        .await;
+    let missing = fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/projects/PROJ/repos/api/branches"),
+            Some("bob"),
+            None,
+            400,
+        )
+        .await;
+    assert!(error_message(&missing).contains("name"), "{missing}");
+    fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/projects/PROJ/repos/api/branches?name=gone"),
+            Some("bob"),
+            None,
+            404,
+        )
+        .await;
+    fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/projects/PROJ/repos/api?email=not-an-address"),
+            Some("bob"),
+            None,
+            400,
+        )
+        .await;
+    // Read only: no rescan.
+    fixture
+        .expect("PUT", "/rest/api/latest/projects/PROJ/repos/api/permissions/users?name=bob&permission=REPO_READ", admin, None, 204)
+        .await;
+    fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/projects/PROJ/repos/api"),
+            Some("bob"),
+            None,
+            403,
+        )
+        .await;
+
+    // Project admin and the security grant.
+    fixture
+        .expect(
+            "PUT",
+            "/rest/api/latest/projects/PROJ/permissions/users?name=bob&permission=PROJECT_ADMIN",
+            admin,
+            None,
+            204,
+        )
+        .await;
+    fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/projects/PROJ"),
+            Some("bob"),
+            None,
+            200,
+        )
+        .await;
+    fixture
+        .expect(
+            "PUT",
+            &format!("{security}/permissions/users?name=bob"),
+            admin,
+            None,
+            204,
+        )
+        .await;
+    let total = fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/total_rescan"),
+            Some("bob"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(total["scope"], "total");
+    users::revoke_global(&fixture.database.pool, bob.id, "SECURITY")
+        .await
+        .unwrap();
+    fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/total_rescan"),
+            Some("bob"),
+            None,
+            403,
+        )
+        .await;
+
+    // Jobs: bob sees his own; the admin sees all; an unknown key is 404.
+    let mine = fixture
+        .expect(
+            "GET",
+            &format!("{security}/jobs?limit=100"),
+            Some("bob"),
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(mine["size"], 4, "{mine}");
+    fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/projects/OTHER"),
+            admin,
+            None,
+            200,
+        )
+        .await;
+    let all = fixture
+        .expect(
+            "GET",
+            &format!("{security}/jobs?limit=100"),
+            admin,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(all["size"], 5);
+    let others = all["values"][0]["scanKey"].as_str().unwrap();
+    fixture
+        .expect(
+            "GET",
+            &format!("{security}/jobs/{others}"),
+            Some("bob"),
+            None,
+            404,
+        )
+        .await;
+    let detail = fixture
+        .expect(
+            "GET",
+            &format!("{security}/jobs/{others}"),
+            admin,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(detail["failures"], json!([]));
+    fixture
+        .expect("GET", &format!("{security}/jobs/0000"), admin, None, 404)
+        .await;
+
+    // Soteri's scan API on the default branch: scheduled, then cancelled.
+    let status = fixture
+        .expect(
+            "GET",
+            "/rest/security/1.0/scan/PROJ/repos/web",
+            admin,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(
+        (status["scanned"].as_bool(), status["actual"].as_bool()),
+        (Some(false), Some(false))
+    );
+    assert!(status.get("invalidLines").is_none(), "{status}");
+    let started = fixture
+        .expect(
+            "POST",
+            "/rest/security/1.0/scan/PROJ/repos/web?branch=dev",
+            admin,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(started["scheduled"], true, "{started}");
+    let branch_job = started["scanKey"].as_str().unwrap().to_string();
+    let jobs = fixture
+        .expect("GET", &format!("{security}/jobs?limit=1"), admin, None, 200)
+        .await;
+    assert_eq!(
+        jobs["values"][0]["scanKey"].as_str(),
+        Some(branch_job.as_str())
+    );
+    assert_eq!(jobs["values"][0]["scope"], "branch");
+    assert_eq!(jobs["values"][0]["branch"], "dev");
+    fixture
+        .expect(
+            "DELETE",
+            "/rest/security/1.0/scan/PROJ/repos/web",
+            admin,
+            None,
+            400,
+        )
+        .await;
+    fixture
+        .expect(
+            "DELETE",
+            &format!("/rest/security/1.0/scan/PROJ/repos/api?scanKey={branch_job}"),
+            admin,
+            None,
+            404,
+        )
+        .await;
+    fixture
+        .expect(
+            "DELETE",
+            &format!("/rest/security/1.0/scan/PROJ/repos/web?scanKey={branch_job}"),
+            admin,
+            None,
+            204,
+        )
+        .await;
+    let again = fixture
+        .expect(
+            "DELETE",
+            &format!("/rest/security/1.0/scan/PROJ/repos/web?scanKey={branch_job}"),
+            admin,
+            None,
+            409,
+        )
+        .await;
+    assert!(error_message(&again).contains("already ended"), "{again}");
+    let cancelled = fixture
+        .expect(
+            "GET",
+            &format!("{security}/jobs/{branch_job}"),
+            admin,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(cancelled["state"], "cancelled");
+
+    // Cancelling everything queued.
+    let cancelled = fixture
+        .expect(
+            "DELETE",
+            &format!("{security}/status/scheduled"),
+            admin,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(cancelled["cancelled"], 5, "{cancelled}");
+
+    // A personal project belongs to its user, and is hidden from others.
+    fixture
+        .expect(
+            "GET",
+            "/rest/security/1.0/scan/~alice/repos/notes?branch=main",
+            Some("alice"),
+            None,
+            200,
+        )
+        .await;
+    fixture
+        .expect(
+            "PUT",
+            &format!("{security}/status/projects/~alice"),
+            Some("alice"),
+            None,
+            200,
+        )
+        .await;
+    fixture
+        .expect(
+            "GET",
+            "/rest/security/1.0/scan/~alice/repos/notes?branch=main",
+            Some("bob"),
+            None,
+            404,
+        )
+        .await;
+    let dashboard = fixture
+        .expect("GET", &format!("{security}/dashboard"), admin, None, 200)
+        .await;
+    let projects: Vec<&str> = dashboard["projects"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["project"].as_str().unwrap())
+        .collect();
+    assert_eq!(projects, ["OTHER", "PROJ", "~alice"]);
+    assert_eq!(dashboard["projects"][1]["status"], "Not scanned");
+    fixture
+        .expect(
+            "GET",
+            &format!("{security}/dashboard"),
+            Some("alice"),
+            None,
+            403,
+        )
+        .await;
+    fixture.finish().await;
+}

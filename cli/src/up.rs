@@ -1,0 +1,150 @@
+//! `leakscan up`: the whole cluster in one process (gateway, coordinator and
+//! N worker tasks), for trying leakscan on one machine. The parts talk as
+//! they do when deployed apart: HTTP for clients, gRPC on loopback between
+//! coordinator and workers, PostgreSQL and Redis for state.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc};
+
+use anyhow::{Context, Result};
+use leakscan_coordinator::{CoordinatorConfig, CoordinatorState};
+use leakscan_gateway::GatewayConfig;
+use leakscan_store::{
+    queue::JobQueue,
+    secrets::{MasterKey, SecretBox},
+};
+use leakscan_worker::WorkerConfig;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, clap::Args)]
+pub struct UpArgs {
+    /// Directories of `<PROJECT>/<slug>[.git]` repositories (repeatable).
+    #[arg(
+        long = "repos-root",
+        env = "LEAKSCAN_REPOS_ROOTS",
+        value_delimiter = ',',
+        required = true
+    )]
+    repos_roots: Vec<PathBuf>,
+    /// Address of the REST API.
+    #[arg(long, env = "LEAKSCAN_LISTEN", default_value = "127.0.0.1:7990")]
+    listen: SocketAddr,
+    /// Worker tasks.
+    #[arg(long, env = "LEAKSCAN_WORKERS", default_value_t = 2)]
+    workers: u32,
+    /// Engine threads per worker (default: the cores shared out among the workers).
+    #[arg(long, env = "LEAKSCAN_WORKER_THREADS")]
+    threads: Option<usize>,
+    /// PostgreSQL URL.
+    #[arg(
+        long,
+        env = "LEAKSCAN_DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/postgres"
+    )]
+    database_url: String,
+    /// Redis URL; `?prefix=NAME:` sets the key prefix (default `leakscan:`).
+    #[arg(
+        long,
+        env = "LEAKSCAN_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    /// Bootstrap administrator (created or reset at start).
+    #[arg(long, env = "LEAKSCAN_ADMIN_USER", default_value = "admin")]
+    admin_user: String,
+    #[arg(long, env = "LEAKSCAN_ADMIN_PASSWORD", hide_env_values = true)]
+    admin_password: String,
+    /// Master key (64 hex digits); default: the key file in the data directory.
+    #[arg(long, env = "LEAKSCAN_MASTER_KEY", hide_env_values = true)]
+    master_key: Option<String>,
+    /// Where mirrors and the generated master key file are kept.
+    #[arg(long, env = "LEAKSCAN_DATA_DIR", default_value = ".leakscan")]
+    data_dir: PathBuf,
+}
+
+pub fn run_up(args: UpArgs) -> Result<()> {
+    leakscan_service::init_logging();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?
+        .block_on(up(args))
+}
+
+async fn up(args: UpArgs) -> Result<()> {
+    let master = match &args.master_key {
+        Some(hex) => MasterKey::from_hex(hex.trim())?,
+        None => MasterKey::load_or_create(&args.data_dir.join("master.key"))?,
+    };
+    let pool = leakscan_store::connect(&args.database_url, 32)
+        .await
+        .context("failed to connect to postgres")?;
+    let queue = JobQueue::connect_url(&args.redis_url)
+        .await
+        .context("failed to connect to redis")?;
+    let config = GatewayConfig {
+        repos_roots: args.repos_roots.clone(),
+        context_path: String::new(),
+    };
+    let state = leakscan_gateway::prepare(
+        pool.clone(),
+        queue.clone(),
+        config,
+        Some((args.admin_user.clone(), args.admin_password.clone())),
+    )
+    .await?;
+    let secrets = Arc::new(
+        SecretBox::load(&pool, master)
+            .await
+            .context("failed to load the data keys (is it the right master key?)")?,
+    );
+
+    let shutdown = CancellationToken::new();
+    tokio::spawn(leakscan_service::cancel_on_signal(shutdown.clone()));
+    let coordinator_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let coordinator_address = coordinator_listener.local_addr()?;
+    let coordinator = tokio::spawn(leakscan_coordinator::run(
+        CoordinatorConfig {
+            consumer_name: format!("up-{}", std::process::id()),
+            ..CoordinatorConfig::default()
+        },
+        pool.clone(),
+        queue,
+        secrets,
+        coordinator_listener,
+        Arc::new(CoordinatorState::default()),
+        shutdown.clone(),
+    ));
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let workers = args.workers.max(1);
+    let threads = args
+        .threads
+        .unwrap_or_else(|| (cores / workers as usize).max(1));
+    let mut worker_handles = Vec::new();
+    for index in 0..workers {
+        let config = WorkerConfig {
+            coordinator_url: format!("http://{coordinator_address}"),
+            name: format!("up-worker-{index}"),
+            slots: 1,
+            mirror_dir: args.data_dir.join("mirrors"),
+            threads,
+            lease_wait_ms: 10_000,
+        };
+        worker_handles.push(tokio::spawn(leakscan_worker::run(config, shutdown.clone())));
+    }
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.listen))?;
+    println!(
+        "leakscan up: REST API on http://{} (coordinator on {coordinator_address}, {workers} workers × {threads} threads)",
+        listener.local_addr()?
+    );
+    leakscan_gateway::run(state, listener, shutdown.clone()).await?;
+    shutdown.cancel();
+    for handle in worker_handles {
+        if let Ok(Err(error)) = handle.await {
+            eprintln!("leakscan up: worker: {error}");
+        }
+    }
+    coordinator.await??;
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! `leakscan-coordinator`: leader-elected job expansion and task leasing.
+
+use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use clap::Parser;
+use leakscan_coordinator::{CoordinatorConfig, CoordinatorState};
+use leakscan_store::{
+    queue::JobQueue,
+    secrets::{MasterKey, SecretBox},
+    tasks::Parallelism,
+};
+use tokio_util::sync::CancellationToken;
+
+/// leakscan's coordinator: expands scan jobs into branch tasks and leases
+/// them to workers over gRPC. Replicas elect one leader; the others wait.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Args {
+    /// Address to serve the worker protocol (gRPC) on.
+    #[arg(
+        long,
+        env = "LEAKSCAN_COORDINATOR_LISTEN",
+        default_value = "127.0.0.1:7991"
+    )]
+    listen: SocketAddr,
+    /// PostgreSQL URL.
+    #[arg(long, env = "LEAKSCAN_DATABASE_URL")]
+    database_url: String,
+    /// Redis URL; `?prefix=NAME:` sets the key prefix (default `leakscan:`).
+    #[arg(
+        long,
+        env = "LEAKSCAN_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379"
+    )]
+    redis_url: String,
+    /// Master key (64 hex digits) that wraps the data keys of stored secrets.
+    #[arg(
+        long,
+        env = "LEAKSCAN_MASTER_KEY",
+        hide_env_values = true,
+        conflicts_with = "master_key_file"
+    )]
+    master_key: Option<String>,
+    /// File holding the master key (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "LEAKSCAN_MASTER_KEY_FILE")]
+    master_key_file: Option<PathBuf>,
+    /// Milliseconds a task lease lasts without a heartbeat.
+    #[arg(long, env = "LEAKSCAN_LEASE_MS", default_value_t = 30_000)]
+    lease_ms: u32,
+    /// Milliseconds between a worker's heartbeats (also how soon it learns
+    /// of a cancellation).
+    #[arg(long, env = "LEAKSCAN_HEARTBEAT_MS", default_value_t = 1_000)]
+    heartbeat_ms: u32,
+    /// Attempts per task before it fails.
+    #[arg(long, env = "LEAKSCAN_MAX_ATTEMPTS", default_value_t = 3)]
+    max_attempts: i32,
+    /// Tasks running at once, instance-wide.
+    #[arg(long, env = "LEAKSCAN_PARALLELISM", default_value_t = 64)]
+    parallelism: u32,
+    /// Tasks running at once on one worker (also capped by its slots).
+    #[arg(long, env = "LEAKSCAN_WORKER_PARALLELISM", default_value_t = 4)]
+    worker_parallelism: u32,
+    /// This replica's name in the job stream's consumer group.
+    #[arg(long, env = "LEAKSCAN_CONSUMER_NAME")]
+    consumer_name: Option<String>,
+    /// Database connections.
+    #[arg(long, env = "LEAKSCAN_DB_POOL_SIZE", default_value_t = 16)]
+    db_pool_size: u32,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    leakscan_service::init_logging();
+    let args = Args::parse();
+    let master = match (&args.master_key, &args.master_key_file) {
+        (Some(hex), _) => MasterKey::from_hex(hex.trim())?,
+        (None, Some(path)) => MasterKey::from_file(path)?,
+        (None, None) => anyhow::bail!(
+            "a master key is required: --master-key / LEAKSCAN_MASTER_KEY or --master-key-file / LEAKSCAN_MASTER_KEY_FILE"
+        ),
+    };
+    let pool = leakscan_store::connect(&args.database_url, args.db_pool_size)
+        .await
+        .context("failed to connect to postgres")?;
+    leakscan_store::migrate(&pool)
+        .await
+        .context("failed to run the database migrations")?;
+    let queue = JobQueue::connect_url(&args.redis_url)
+        .await
+        .context("failed to connect to redis")?;
+    let secrets = Arc::new(
+        SecretBox::load(&pool, master)
+            .await
+            .context("failed to load the data keys (is it the right master key?)")?,
+    );
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.listen))?;
+    let config = CoordinatorConfig {
+        lease_ms: args.lease_ms,
+        heartbeat_interval_ms: args.heartbeat_ms,
+        max_attempts: args.max_attempts,
+        parallelism: Parallelism {
+            instance: args.parallelism,
+            per_worker: args.worker_parallelism,
+        },
+        consumer_name: args
+            .consumer_name
+            .unwrap_or_else(|| format!("coordinator-{}", std::process::id())),
+        expiry_interval: Duration::from_secs(2),
+        ..CoordinatorConfig::default()
+    };
+    let shutdown = CancellationToken::new();
+    tokio::spawn(leakscan_service::cancel_on_signal(shutdown.clone()));
+    println!(
+        "leakscan-coordinator listening on {}",
+        listener.local_addr()?
+    );
+    leakscan_coordinator::run(
+        config,
+        pool,
+        queue,
+        secrets,
+        listener,
+        Arc::new(CoordinatorState::default()),
+        shutdown,
+    )
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,396 @@
+//! The scan cluster end to end: the real `leakscan-gateway`,
+//! `leakscan-coordinator` and two `leakscan-worker` processes on loopback,
+//! a fresh PostgreSQL database and a fresh Redis key prefix, repositories
+//! generated under a repository root. Every assertion goes through the REST
+//! API except two checks on the database (no duplicate rows, a retried task).
+
+use std::{
+    path::{Path, PathBuf},
+    time::Duration,
+};
+
+use leakscan_store::{
+    secrets::MasterKey,
+    testing::{redis_url, unique_name, TestDatabase},
+};
+use leakscan_tests::{
+    address_in, branches, generate_repository, keys, leakscan_scan, wait_until, Api, Process,
+};
+use serde_json::{json, Value};
+
+const ADMIN: (&str, &str) = ("admin", "e2e-admin-password");
+
+struct Cluster {
+    api: Api,
+    coordinator_url: String,
+    env: Vec<(String, String)>,
+    dir: PathBuf,
+    workers: Vec<Process>,
+    _gateway: Process,
+    _coordinator: Process,
+}
+
+impl Cluster {
+    fn start(database_url: &str, redis: &str, root: &Path, dir: &Path) -> Cluster {
+        let env: Vec<(String, String)> = vec![
+            ("LEAKSCAN_DATABASE_URL".into(), database_url.into()),
+            ("LEAKSCAN_REDIS_URL".into(), redis.into()),
+            ("LEAKSCAN_MASTER_KEY".into(), MasterKey::generate().to_hex()),
+            ("LEAKSCAN_ADMIN_USER".into(), ADMIN.0.into()),
+            ("LEAKSCAN_ADMIN_PASSWORD".into(), ADMIN.1.into()),
+        ];
+        let env_refs: Vec<(&str, &str)> =
+            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        let (coordinator, line) = Process::start(
+            "coordinator",
+            "leakscan-coordinator",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--lease-ms",
+                "3000",
+                "--heartbeat-ms",
+                "500",
+                "--worker-parallelism",
+                "1",
+            ],
+            &env_refs,
+            dir.join("coordinator.log"),
+            "listening on",
+        );
+        let coordinator_url = format!("http://{}", address_in(&line));
+        let (gateway, line) = Process::start(
+            "gateway",
+            "leakscan-gateway",
+            &[
+                "--listen",
+                "127.0.0.1:0",
+                "--repos-root",
+                root.to_str().unwrap(),
+            ],
+            &env_refs,
+            dir.join("gateway.log"),
+            "listening on",
+        );
+        let api = Api::new(&address_in(&line), ADMIN.0, ADMIN.1);
+        let mut cluster = Cluster {
+            api,
+            coordinator_url,
+            env,
+            dir: dir.to_path_buf(),
+            workers: Vec::new(),
+            _gateway: gateway,
+            _coordinator: coordinator,
+        };
+        cluster.start_worker();
+        cluster.start_worker();
+        wait_until("readiness", Duration::from_secs(30), || {
+            (cluster.api.call("GET", "/health/ready", None).0 == 200).then_some(())
+        });
+        cluster
+    }
+
+    fn start_worker(&mut self) {
+        let index = self.workers.len();
+        let name = format!("worker{index}");
+        let mirrors = self.dir.join(format!("mirrors{index}"));
+        let env_refs: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .filter(|(k, _)| k == "LEAKSCAN_LOG")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let (worker, _) = Process::start(
+            &name,
+            "leakscan-worker",
+            &[
+                "--coordinator-url",
+                &self.coordinator_url,
+                "--name",
+                &name,
+                "--threads",
+                "1",
+                "--mirror-dir",
+                mirrors.to_str().unwrap(),
+            ],
+            &env_refs,
+            self.dir.join(format!("{name}.log")),
+            "connecting to",
+        );
+        self.workers.push(worker);
+    }
+
+    /// Polls a job until it ends; asserts its progress never goes down.
+    fn wait_for_job(&self, scan_key: &str, timeout: Duration) -> Value {
+        let mut last_progress = 0;
+        wait_until(&format!("job {scan_key}"), timeout, || {
+            let job = self.api.expect(
+                "GET",
+                &format!("/rest/security/latest/jobs/{scan_key}"),
+                None,
+                200,
+            );
+            let progress = job["progress"].as_i64().unwrap();
+            assert!(
+                progress >= last_progress,
+                "progress went from {last_progress} to {progress}: {job}"
+            );
+            assert!(progress <= 100, "{job}");
+            last_progress = progress;
+            let state = job["state"].as_str().unwrap().to_string();
+            (state != "queued" && state != "running").then_some(job)
+        })
+    }
+
+    fn branch_findings(&self, project: &str, slug: &str, branch: &str) -> Vec<Value> {
+        let status = self.api.expect(
+            "GET",
+            &format!("/rest/security/1.0/scan/{project}/repos/{slug}?branch={branch}"),
+            None,
+            200,
+        );
+        assert_eq!(status["scanned"], json!(true), "{status}");
+        assert_eq!(status["actual"], json!(true), "{status}");
+        assert_eq!(status["progress"], json!(100), "{status}");
+        status["invalidLines"].as_array().unwrap().clone()
+    }
+
+    /// Asserts every branch's findings equal `leakscan scan --branch`'s.
+    fn assert_findings_match(&self, project: &str, slug: &str, repository: &Path) -> usize {
+        let mut total = 0;
+        for branch in branches(repository) {
+            let reported = self.branch_findings(project, slug, &branch);
+            let got = keys(&reported);
+            assert_eq!(
+                got.len(),
+                reported.len(),
+                "duplicate findings on {project}/{slug} {branch}"
+            );
+            let expected = leakscan_scan(repository, &branch);
+            assert_eq!(got, expected, "{project}/{slug} branch {branch}");
+            total += got.len();
+        }
+        total
+    }
+
+    /// Waits until both branch tasks of the BIG project are running.
+    fn wait_until_running(&self, slugs: &[&str]) {
+        wait_until("both big scans running", Duration::from_secs(60), || {
+            slugs
+                .iter()
+                .all(|slug| {
+                    let status = self.api.expect(
+                        "GET",
+                        &format!("/rest/security/1.0/scan/BIG/repos/{slug}?branch=main"),
+                        None,
+                        200,
+                    );
+                    status["running"] == json!(true)
+                })
+                .then_some(())
+        });
+    }
+}
+
+/// Prints how long the test has run, to see where its time goes.
+fn phase(label: &str) {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let start = START.get_or_init(std::time::Instant::now);
+    eprintln!("[{:>6.1}s] {label}", start.elapsed().as_secs_f64());
+}
+
+fn count_lines(text: &str, needle: &str) -> usize {
+    text.lines().filter(|line| line.contains(needle)).count()
+}
+
+#[test]
+fn the_cluster_scans_survives_a_killed_worker_and_stops_when_cancelled() {
+    phase("start");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let database = runtime.block_on(TestDatabase::create()).unwrap();
+    let redis = format!("{}?prefix={}:", redis_url(), unique_name("e2e"));
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+
+    // 21 repositories of 3 branches under the root, one a personal project.
+    let mut repositories = Vec::new();
+    for index in 0..21u32 {
+        let project = match index {
+            0..=7 => "ALPHA",
+            8..=15 => "BETA",
+            16..=19 => "GAMMA",
+            _ => "~alice",
+        };
+        let slug = format!("service-{index}");
+        let path = root.join(project).join(format!("{slug}.git"));
+        generate_repository(&path, 40, "80k", 2, 4, index + 1);
+        assert_eq!(branches(&path).len(), 3);
+        repositories.push((project, slug, path));
+    }
+    let big: Vec<PathBuf> = (0..2)
+        .map(|index| {
+            let path = work.path().join(format!("big{index}.git"));
+            generate_repository(&path, 12_000, "60M", 0, 6, 100 + index);
+            path
+        })
+        .collect();
+
+    phase("repositories generated");
+    let mut cluster = Cluster::start(&database.url, &redis, &root, work.path());
+    let api = &cluster.api;
+    phase("cluster ready");
+
+    // A total rescan: progress only grows, and ends at 100.
+    let job = api.expect(
+        "PUT",
+        "/rest/security/latest/status/total_rescan?email=sec@example.com&email=ops@example.com",
+        None,
+        200,
+    );
+    let scan_key = job["scanKey"].as_str().unwrap().to_string();
+    assert_eq!(job["emails"], json!(["sec@example.com", "ops@example.com"]));
+    let done = cluster.wait_for_job(&scan_key, Duration::from_secs(300));
+    assert_eq!(done["state"], "done", "{done}");
+    assert_eq!(done["progress"], 100);
+    assert_eq!(done["tasksTotal"], 63);
+    assert!(done["blobsRead"].as_i64().unwrap() > 0, "{done}");
+
+    phase("total rescan done");
+    // Every branch holds exactly what `leakscan scan` reports.
+    let mut found = 0;
+    for (project, slug, path) in &repositories {
+        found += cluster.assert_findings_match(project, slug, path);
+    }
+    assert!(found >= 21, "only {found} findings");
+
+    phase("findings compared");
+    // A second total rescan with no new commits reads no blob.
+    let again = api.expect(
+        "PUT",
+        "/rest/security/latest/status/total_rescan",
+        None,
+        200,
+    );
+    let again = cluster.wait_for_job(again["scanKey"].as_str().unwrap(), Duration::from_secs(120));
+    assert_eq!(again["state"], "done", "{again}");
+    assert_eq!(again["blobsRead"], 0, "{again}");
+
+    phase("no-change rescan done");
+    // A fork (another repository with the same objects) reads no blob: every
+    // result comes from the coordinator's blob-result cache.
+    let (_, _, original) = &repositories[0];
+    api.expect(
+        "POST",
+        "/rest/api/latest/projects/ALPHA/repos",
+        Some(json!({"name": "service-0-fork", "cloneUrl": original.to_str().unwrap()})),
+        201,
+    );
+    let fork = api.expect(
+        "PUT",
+        "/rest/security/latest/status/projects/ALPHA/repos/service-0-fork",
+        None,
+        200,
+    );
+    let fork = cluster.wait_for_job(fork["scanKey"].as_str().unwrap(), Duration::from_secs(120));
+    assert_eq!(fork["state"], "done", "{fork}");
+    assert_eq!(fork["blobsRead"], 0, "{fork}");
+    cluster.assert_findings_match("ALPHA", "service-0-fork", original);
+    phase("fork scanned from the cache");
+    // Two big repositories registered through the API with a clone URL.
+    api.expect(
+        "POST",
+        "/rest/api/latest/projects",
+        Some(json!({"key": "BIG"})),
+        201,
+    );
+    for (index, path) in big.iter().enumerate() {
+        let registered = api.expect(
+            "POST",
+            "/rest/api/latest/projects/BIG/repos",
+            Some(json!({"name": format!("big{index}"), "cloneUrl": path.to_str().unwrap()})),
+            201,
+        );
+        assert_eq!(registered["branches"], json!(["main"]));
+    }
+    let slugs = ["big0", "big1"];
+
+    phase("big repositories registered");
+    // Cancelled while both workers scan: both stop within 5 seconds.
+    let running = api.expect(
+        "PUT",
+        "/rest/security/latest/status/projects/BIG",
+        None,
+        200,
+    );
+    cluster.wait_until_running(&slugs);
+    let stopped_before: usize = cluster
+        .workers
+        .iter()
+        .map(|worker| count_lines(&worker.log_text(), "scan task stopped"))
+        .sum();
+    let cancelled = api.expect("DELETE", "/rest/security/latest/status/running", None, 200);
+    assert_eq!(cancelled["cancelled"], 1);
+    wait_until("both workers to stop", Duration::from_secs(5), || {
+        let stopped: usize = cluster
+            .workers
+            .iter()
+            .map(|worker| count_lines(&worker.log_text(), "scan task stopped"))
+            .sum();
+        (stopped >= stopped_before + 2).then_some(())
+    });
+    let job = api.expect(
+        "GET",
+        &format!(
+            "/rest/security/latest/jobs/{}",
+            running["scanKey"].as_str().unwrap()
+        ),
+        None,
+        200,
+    );
+    assert_eq!(job["state"], "cancelled", "{job}");
+
+    phase("cancel done");
+    // A worker killed mid-scan: its task is leased again and the job
+    // completes with the same findings, none twice.
+    let rescan = api.expect(
+        "PUT",
+        "/rest/security/latest/status/projects/BIG",
+        None,
+        200,
+    );
+    let rescan_key = rescan["scanKey"].as_str().unwrap().to_string();
+    cluster.wait_until_running(&slugs);
+    cluster.workers[0].kill();
+    cluster.start_worker();
+    let done = cluster.wait_for_job(&rescan_key, Duration::from_secs(300));
+    assert_eq!(done["state"], "done", "{done}");
+    phase("kill scenario job done");
+    for (slug, path) in slugs.iter().zip(&big) {
+        let found = cluster.assert_findings_match("BIG", slug, path);
+        assert!(found > 0, "{slug}: no findings");
+    }
+    let (retried, duplicates): (i64, i64) = runtime.block_on(async {
+        let retried = sqlx::query_scalar(
+            "select count(*) from scan_tasks t join scan_jobs j on j.id = t.job_id
+             where j.scan_key = $1 and t.attempts > 1",
+        )
+        .bind(&rescan_key)
+        .fetch_one(&database.pool)
+        .await
+        .unwrap();
+        let duplicates = sqlx::query_scalar(
+            "select count(*) from (select 1 from findings
+             group by repository_id, commit, path, line, rule_id, fingerprint having count(*) > 1) d",
+        )
+        .fetch_one(&database.pool)
+        .await
+        .unwrap();
+        (retried, duplicates)
+    });
+    assert_eq!(retried, 1, "the killed worker's task was not leased again");
+    assert_eq!(duplicates, 0);
+
+    phase("all checked");
+    drop(cluster);
+    runtime.block_on(database.drop_database()).unwrap();
+}

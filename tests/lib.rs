@@ -1,0 +1,273 @@
+//! Helpers for the end-to-end tests: the real binaries as child processes
+//! (their logs kept in files), a small REST client, generated repositories
+//! and `leakscan scan` as the reference.
+//!
+//! The binaries are found next to the test executable's directory
+//! (`target/release/`), or in `LEAKSCAN_BIN_DIR`; `scripts/test.sh` builds
+//! them before the tests run.
+
+use std::{
+    collections::BTreeSet,
+    io::{BufRead, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use base64::Engine as _;
+use serde_json::Value;
+
+/// Where the leakscan binaries are.
+pub fn bin_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("LEAKSCAN_BIN_DIR") {
+        return PathBuf::from(dir);
+    }
+    let exe = std::env::current_exe().expect("the test executable's path");
+    // target/release/deps/cluster-HASH → target/release
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("the test executable sits in target/<profile>/deps")
+        .to_path_buf()
+}
+
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first (cargo build --release --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A child process of one of our binaries, killed when dropped.
+pub struct Process {
+    pub name: String,
+    child: Child,
+    pub log: PathBuf,
+}
+
+impl Process {
+    /// Starts `binary` with `args` and `env`, its stderr to `log`, and waits
+    /// (up to 60 s) for a stdout line containing `ready_marker`; returns the
+    /// process and that line.
+    pub fn start(
+        name: &str,
+        binary: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+        ready_marker: &str,
+    ) -> (Process, String) {
+        let log_file = std::fs::File::create(&log).expect("log file");
+        let mut child = Command::new(bin(binary))
+            .args(args)
+            .envs(env.iter().copied())
+            .env("LEAKSCAN_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|error| panic!("cannot start {binary}: {error}"));
+        let stdout = child.stdout.take().expect("piped stdout");
+        let (lines, received) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if lines.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let process = Process {
+            name: name.to_string(),
+            child,
+            log,
+        };
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match received.recv_timeout(left) {
+                Ok(line) if line.contains(ready_marker) => return (process, line),
+                Ok(_) => {}
+                Err(_) => panic!(
+                    "{name} did not print {ready_marker:?}; its log:\n{}",
+                    process.log_text()
+                ),
+            }
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGKILL: no chance to hand anything back.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The last whitespace-separated word of a line, without a URL scheme:
+/// the address in "… listening on http://127.0.0.1:PORT".
+pub fn address_in(line: &str) -> String {
+    let word = line.split_whitespace().last().unwrap_or_default();
+    word.trim_start_matches("http://").to_string()
+}
+
+/// A REST client authenticated as one user.
+pub struct Api {
+    pub base: String,
+    authorization: String,
+    agent: ureq::Agent,
+}
+
+impl Api {
+    pub fn new(address: &str, user: &str, password: &str) -> Api {
+        let credentials =
+            base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
+        Api {
+            base: format!("http://{address}"),
+            authorization: format!("Basic {credentials}"),
+            agent: ureq::AgentBuilder::new()
+                .timeout(Duration::from_secs(30))
+                .build(),
+        }
+    }
+
+    /// (status, JSON body or Null).
+    pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> (u16, Value) {
+        let request = self
+            .agent
+            .request(method, &format!("{}{path}", self.base))
+            .set("Authorization", &self.authorization);
+        let result = match body {
+            Some(body) => request.send_json(body),
+            None => request.call(),
+        };
+        let response = match result {
+            Ok(response) => response,
+            Err(ureq::Error::Status(_, response)) => response,
+            Err(error) => panic!("{method} {path}: {error}"),
+        };
+        let status = response.status();
+        let text = response.into_string().unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    }
+
+    /// The JSON of a call that must answer `expected`.
+    pub fn expect(&self, method: &str, path: &str, body: Option<Value>, expected: u16) -> Value {
+        let (status, json) = self.call(method, path, body);
+        assert_eq!(
+            status, expected,
+            "{method} {path} answered {status}: {json}"
+        );
+        json
+    }
+}
+
+/// Polls `check` every 50 ms until it gives a value or `timeout` passes.
+pub fn wait_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check() {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Makes a repository with `bench/gen_repo.py` (planted fake secrets on
+/// several branches).
+pub fn generate_repository(
+    out: &Path,
+    commits: u32,
+    target_bytes: &str,
+    branches: u32,
+    secrets: u32,
+    seed: u32,
+) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/gen_repo.py");
+    let status = Command::new("python3")
+        .arg(script)
+        .args(["--out", out.to_str().expect("UTF-8 path")])
+        .args(["--commits", &commits.to_string()])
+        .args(["--target-bytes", target_bytes])
+        .args(["--branches", &branches.to_string()])
+        .args(["--secrets", &secrets.to_string()])
+        .args(["--seed", &seed.to_string()])
+        .args(["--repack", "none", "--quiet", "--force"])
+        .stdout(Stdio::null())
+        .status()
+        .expect("python3 runs bench/gen_repo.py");
+    assert!(status.success(), "gen_repo.py failed for {}", out.display());
+}
+
+/// The branches of a repository.
+pub fn branches(repository: &Path) -> Vec<String> {
+    let output = Command::new("git")
+        .arg("-C")
+        .arg(repository)
+        .args(["for-each-ref", "refs/heads", "--format=%(refname:short)"])
+        .output()
+        .expect("git runs");
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// A finding reduced to what both sides report alike.
+pub type FindingKey = (String, String, String, Option<i64>);
+
+fn key_of(finding: &Value) -> FindingKey {
+    (
+        finding["rule"].as_str().unwrap_or_default().to_string(),
+        finding["commit"].as_str().unwrap_or_default().to_string(),
+        finding["path"].as_str().unwrap_or_default().to_string(),
+        finding["line"].as_i64(),
+    )
+}
+
+pub fn keys(findings: &[Value]) -> BTreeSet<FindingKey> {
+    findings.iter().map(key_of).collect()
+}
+
+/// What `leakscan scan --branch` reports for one branch.
+pub fn leakscan_scan(repository: &Path, branch: &str) -> BTreeSet<FindingKey> {
+    let output = Command::new(bin("leakscan"))
+        .arg("scan")
+        .arg(repository)
+        // The keyword prefilter starts in milliseconds (Vectorscan compiles for
+        // a second and a half) and finds the same (engine/tests/builtin_rules.rs).
+        .args([
+            "--branch",
+            branch,
+            "--format",
+            "json",
+            "--prefilter",
+            "keywords",
+        ])
+        .output()
+        .expect("leakscan runs");
+    assert!(
+        output.status.code() == Some(0) || output.status.code() == Some(1),
+        "leakscan scan failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
+    let findings = report["findings"]
+        .as_array()
+        .or_else(|| report.as_array())
+        .cloned()
+        .unwrap_or_default();
+    keys(&findings)
+}
