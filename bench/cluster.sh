@@ -4,19 +4,20 @@
 # repositories scanned one by one with `leakscan scan`, and the latency of
 # the status endpoint under load (wrk, if installed: apt install wrk).
 #
-#   bash bench/cluster.sh [--repos 200] [--commits 150] [--bytes 1MB] [--runs 3] [--root DIR]
+#   bash bench/cluster.sh [--repos 200] [--commits 150] [--bytes 1MB] [--runs 3] [--cli-runs 3] [--root DIR]
 #
 # --root reuses an existing instance (e.g. the demo's ~/.cache/leakscan-demo/root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/leakscan-target}"
-REPOS=200 COMMITS=150 BYTES=1MB RUNS=3 ROOT=""
+REPOS=200 COMMITS=150 BYTES=1MB RUNS=3 CLI_RUNS=3 ROOT=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --repos) REPOS=$2; shift 2 ;;
     --commits) COMMITS=$2; shift 2 ;;
     --bytes) BYTES=$2; shift 2 ;;
     --runs) RUNS=$2; shift 2 ;;
+    --cli-runs) CLI_RUNS=$2; shift 2 ;;
     --root) ROOT=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
@@ -35,11 +36,12 @@ if [ -z "$ROOT" ]; then
   ROOT="$BENCH_DIR/instance-r$REPOS-c$COMMITS-b$BYTES"
   if [ ! -f "$ROOT/.generated" ]; then
     echo "generating $REPOS repositories in $ROOT"
+    mkdir -p "$ROOT/../manifests-r$REPOS"
     for i in $(seq 1 "$REPOS"); do
       project="P$(( (i - 1) / 25 ))"
       python3 bench/gen_repo.py --out "$ROOT/$project/repo-$i.git" --commits "$COMMITS" --branches 2 \
         --target-bytes "$BYTES" --secrets 4 --seed "$i" --repack none --force --quiet \
-        --manifest "$ROOT/../manifests-r$REPOS/$project-$i.json" >/dev/null
+        --manifest "$ROOT/../manifests-r$REPOS/$project-$i.json" >/dev/null 2>&1
     done
     touch "$ROOT/.generated"
   fi
@@ -68,7 +70,7 @@ rescan() {
 }
 
 start_cluster() {
-  psql -q "$PG/postgres" -c "drop database if exists $DATABASE with (force)" -c "create database $DATABASE" >/dev/null
+  PGOPTIONS=--client-min-messages=warning psql -q "$PG/postgres" -c "drop database if exists $DATABASE with (force)" -c "create database $DATABASE" >/dev/null
   redis-cli --scan --pattern 'leakscan-bench:*' | xargs -r redis-cli del >/dev/null
   rm -rf "$BENCH_DIR/up-data"
   LEAKSCAN_DATABASE_URL="$PG/$DATABASE" LEAKSCAN_REDIS_URL="redis://127.0.0.1:6379?prefix=leakscan-bench:" \
@@ -110,7 +112,7 @@ done
 empty=$(mktemp -d); git init -q "$empty"
 startup=$( { /usr/bin/time -f %e "$LEAKSCAN" scan "$empty" >/dev/null; } 2>&1 | tail -n 1 )
 cli_runs=()
-for run in $(seq 1 "$RUNS"); do
+for run in $(seq 1 "$CLI_RUNS"); do
   start=$(now)
   for repo in $(find "$ROOT" -mindepth 2 -maxdepth 2 -type d | sort); do
     "$LEAKSCAN" scan "$repo" --format json >/dev/null || [ $? -eq 1 ]

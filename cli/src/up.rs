@@ -125,7 +125,11 @@ async fn up(args: UpArgs) -> Result<()> {
             coordinator_url: format!("http://{coordinator_address}"),
             name: format!("up-worker-{index}"),
             slots: 1,
-            mirror_dir: args.data_dir.join("mirrors"),
+            // Each worker its own mirrors, as on separate machines.
+            mirror_dir: args
+                .data_dir
+                .join("mirrors")
+                .join(format!("worker-{index}")),
             threads,
             lease_wait_ms: 10_000,
         };

@@ -37,7 +37,8 @@ LEAKSCAN="$CARGO_TARGET_DIR/release/leakscan"
 ROOT="$DEMO_DIR/root"
 if [ ! -f "$DEMO_DIR/.generated" ]; then
   echo "== generating the demo instance in $ROOT"
-  rm -rf "$ROOT"
+  rm -rf "$ROOT" "$DEMO_DIR/manifests"
+  mkdir -p "$DEMO_DIR/manifests"
   seed=1
   for spec in PAY:8 WEB:8 DATA:8 OPS:5 '~alice:2'; do
     project="${spec%%:*}"; count="${spec##*:}"
@@ -45,7 +46,8 @@ if [ ! -f "$DEMO_DIR/.generated" ]; then
       slug="$(echo "$project" | tr -d '~' | tr 'A-Z' 'a-z')-service-$i"
       python3 bench/gen_repo.py --out "$ROOT/$project/$slug.git" --commits 300 --branches 3 \
         --target-bytes 3MB --secrets 6 --seed "$seed" --repack none --force --quiet \
-        --manifest "$DEMO_DIR/manifests/$project-$slug.json" >/dev/null
+        --manifest "$DEMO_DIR/manifests/$project-$slug.json" >/dev/null 2>"$DEMO_DIR/gen.log" ||
+        { cat "$DEMO_DIR/gen.log" >&2; exit 1; }
       seed=$((seed + 1))
     done
     echo "   $project: $count repositories"
@@ -54,7 +56,7 @@ if [ ! -f "$DEMO_DIR/.generated" ]; then
 fi
 
 echo "== a fresh database ($DATABASE) and Redis prefix (leakscan-demo:)"
-psql -q "$PG/postgres" -c "drop database if exists $DATABASE with (force)" -c "create database $DATABASE" >/dev/null
+PGOPTIONS=--client-min-messages=warning psql -q "$PG/postgres" -c "drop database if exists $DATABASE with (force)" -c "create database $DATABASE" >/dev/null
 redis-cli -u redis://127.0.0.1:6379 --scan --pattern 'leakscan-demo:*' | xargs -r redis-cli -u redis://127.0.0.1:6379 del >/dev/null
 
 if curl -s -o /dev/null "$BASE/health/live"; then

@@ -533,10 +533,21 @@ async fn update_mirror(clone_url: &str, mirror: &Path) -> Result<(), TaskError> 
     tokio::fs::create_dir_all(parent)
         .await
         .map_err(|error| failed(format!("{}: {error}", parent.display())))?;
+    // Clone beside the mirror and rename it into place, so that another
+    // process sharing the directory never sees a half-made mirror and two
+    // clones never write into one directory.
+    let staging = parent.join(format!(
+        ".{}.clone-{}",
+        mirror
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        staging_suffix()
+    ));
     let output = tokio::process::Command::new("git")
         .args(["-c", "gc.auto=0", "clone", "--quiet", "--mirror", "--"])
         .arg(clone_url)
-        .arg(mirror)
+        .arg(&staging)
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ALLOW_PROTOCOL", "file:http:https")
         .stdin(std::process::Stdio::null())
@@ -544,13 +555,31 @@ async fn update_mirror(clone_url: &str, mirror: &Path) -> Result<(), TaskError> 
         .await
         .map_err(|error| failed(format!("cannot run git: {error}")))?;
     if !output.status.success() {
-        let _ = tokio::fs::remove_dir_all(mirror).await;
+        let _ = tokio::fs::remove_dir_all(&staging).await;
         return Err(failed(format!(
             "clone {clone_url}: {}",
             String::from_utf8_lossy(&output.stderr).trim()
         )));
     }
+    if let Err(error) = tokio::fs::rename(&staging, mirror).await {
+        let _ = tokio::fs::remove_dir_all(&staging).await;
+        // Someone else's clone got there first: use it.
+        if !mirror.join("HEAD").exists() {
+            return Err(failed(format!("{}: {error}", mirror.display())));
+        }
+    }
     Ok(())
+}
+
+/// A suffix unique to this process and call, for staging directories.
+fn staging_suffix() -> String {
+    use std::sync::atomic::AtomicU64;
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
 }
 
 async fn git_output(repository: &Path, args: &[&str]) -> Result<String, String> {

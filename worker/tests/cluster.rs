@@ -161,7 +161,10 @@ async fn a_total_rescan_stores_what_leakscan_scan_reports_and_a_rescan_reads_not
                     coordinator_url: coordinator_url.clone(),
                     name: format!("worker-{index}"),
                     slots: 2,
-                    mirror_dir: mirrors.path().join(format!("w{index}")),
+                    // Regression: both workers share one mirror directory, as
+                    // in `leakscan up`; concurrent clones of one repository
+                    // used to remove each other's half-made mirror.
+                    mirror_dir: mirrors.path().to_path_buf(),
                     threads: 1,
                     lease_wait_ms: 500,
                 },
