@@ -70,6 +70,9 @@ rescan() {
 }
 
 start_cluster() {
+  if curl -s -o /dev/null "$BASE/health/live"; then
+    echo "something already listens on $LISTEN" >&2; exit 1
+  fi
   PGOPTIONS=--client-min-messages=warning psql -q "$PG/postgres" -c "drop database if exists $DATABASE with (force)" -c "create database $DATABASE" >/dev/null
   redis-cli --scan --pattern 'leakscan-bench:*' | xargs -r redis-cli del >/dev/null
   rm -rf "$BENCH_DIR/up-data"
@@ -81,7 +84,9 @@ start_cluster() {
   for _ in $(seq 1 600); do curl -sf -o /dev/null "$BASE/health/ready" && return 0; sleep 0.1; done
   echo "leakscan up did not start" >&2; exit 1
 }
-stop_cluster() { kill "$UP_PID"; wait "$UP_PID" 2>/dev/null || true; }
+stop_cluster() { kill "$UP_PID"; wait "$UP_PID" 2>/dev/null || true; UP_PID=""; }
+UP_PID=""
+trap '[ -n "$UP_PID" ] && kill "$UP_PID" 2>/dev/null || true' EXIT
 
 for workers in 1 2; do
   totals=() nochange=()
@@ -110,6 +115,8 @@ done
 
 # The same repositories with `leakscan scan`, one after another, all cores.
 empty=$(mktemp -d); git init -q "$empty"
+echo x > "$empty/x"; git -C "$empty" add x
+git -C "$empty" -c user.name=bench -c user.email=bench@example.com commit -qm x
 startup=$( { /usr/bin/time -f %e "$LEAKSCAN" scan "$empty" >/dev/null; } 2>&1 | tail -n 1 )
 cli_runs=()
 for run in $(seq 1 "$CLI_RUNS"); do
@@ -120,5 +127,5 @@ for run in $(seq 1 "$CLI_RUNS"); do
   cli_runs+=("$(echo "$(now) - $start" | bc -l)")
 done
 cli=$(printf '%s\n' "${cli_runs[@]}" | median)
-echo "leakscan scan, one repository after another: median ${cli}s (start-up alone ${startup}s per run, x$REPO_COUNT)"
+echo "leakscan scan, one repository after another: median ${cli}s (start-up on a one-commit repository ${startup}s, paid once per repository: x$REPO_COUNT)"
 rm -rf "$empty"

@@ -674,6 +674,36 @@ async fn mass_scanning_permissions_and_the_scan_api() {
         )
         .await;
     assert_eq!(cancelled["state"], "cancelled");
+    // Live events of a job that has ended: one `end` event, then the stream closes.
+    let events = Request::builder()
+        .uri(format!("{security}/jobs/{branch_job}/events"))
+        .header(
+            "Authorization",
+            format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD
+                    .encode(format!("{}:{}", ADMIN.0, ADMIN.1))
+            ),
+        )
+        .body(Body::empty())
+        .unwrap();
+    let response = app(Arc::clone(&fixture.state))
+        .oneshot(events)
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    assert_eq!(response.headers()["content-type"], "text/event-stream");
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(text.starts_with("event: end\n"), "{text}");
+    let data: Value =
+        serde_json::from_str(text.lines().nth(1).unwrap().trim_start_matches("data: ")).unwrap();
+    assert_eq!(
+        (data["scanKey"].as_str(), data["state"].as_str()),
+        (Some(branch_job.as_str()), Some("cancelled"))
+    );
 
     // Cancelling everything queued.
     let cancelled = fixture
