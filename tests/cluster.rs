@@ -23,7 +23,6 @@ const ADMIN: (&str, &str) = ("admin", "e2e-admin-password");
 struct Cluster {
     api: Api,
     coordinator_url: String,
-    env: Vec<(String, String)>,
     dir: PathBuf,
     workers: Vec<Process>,
     _gateway: Process,
@@ -76,7 +75,6 @@ impl Cluster {
         let mut cluster = Cluster {
             api,
             coordinator_url,
-            env,
             dir: dir.to_path_buf(),
             workers: Vec::new(),
             _gateway: gateway,
@@ -94,12 +92,6 @@ impl Cluster {
         let index = self.workers.len();
         let name = format!("worker{index}");
         let mirrors = self.dir.join(format!("mirrors{index}"));
-        let env_refs: Vec<(&str, &str)> = self
-            .env
-            .iter()
-            .filter(|(k, _)| k == "LEAKSCAN_LOG")
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
         let (worker, _) = Process::start(
             &name,
             "leakscan-worker",
@@ -113,7 +105,8 @@ impl Cluster {
                 "--mirror-dir",
                 mirrors.to_str().unwrap(),
             ],
-            &env_refs,
+            // A worker holds no database credentials or keys.
+            &[],
             self.dir.join(format!("{name}.log")),
             "connecting to",
         );

@@ -264,10 +264,5 @@ pub fn leakscan_scan(repository: &Path, branch: &str) -> BTreeSet<FindingKey> {
         String::from_utf8_lossy(&output.stderr)
     );
     let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
-    let findings = report["findings"]
-        .as_array()
-        .or_else(|| report.as_array())
-        .cloned()
-        .unwrap_or_default();
-    keys(&findings)
+    keys(report.as_array().expect("a JSON array of findings"))
 }

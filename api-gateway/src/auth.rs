@@ -162,15 +162,11 @@ impl Caller {
     ) -> Result<Repository, ApiError> {
         catalog::validate_project_key(project_key)?;
         catalog::validate_slug(slug)?;
-        let access = users::repository_access(&state.pool, &self.0, project_key, slug).await?;
-        check_access(access, needed, || {
-            format!("Repository {project_key}/{slug}")
-        })?;
-        catalog::find_repository(&state.pool, project_key, slug)
-            .await?
-            .ok_or_else(|| {
-                ApiError::not_found(format!("Repository {project_key}/{slug} does not exist."))
-            })
+        let found = users::repository_access(&state.pool, &self.0, project_key, slug).await?;
+        let what = || format!("Repository {project_key}/{slug}");
+        let (repository, access) = found.unzip();
+        check_access(access, needed, what)?;
+        repository.ok_or_else(|| ApiError::not_found(format!("{} does not exist.", what())))
     }
 }
 

@@ -404,9 +404,13 @@ pub async fn scan_cancel(
 }
 
 /// Jobs a caller sees: all of them for administrators and security-granted
-/// users, their own otherwise.
+/// users (`None`), their own otherwise (their name).
+fn jobs_of(caller: &Caller) -> Option<&str> {
+    (!(caller.0.sys_admin || caller.0.security)).then_some(caller.0.name.as_str())
+}
+
 fn may_see(caller: &Caller, job: &Job) -> bool {
-    caller.0.sys_admin || caller.0.security || job.requested_by == caller.0.name
+    jobs_of(caller).is_none_or(|name| job.requested_by == name)
 }
 
 pub async fn list_jobs(
@@ -414,20 +418,8 @@ pub async fn list_jobs(
     caller: Caller,
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Page<JobView>>, ApiError> {
-    let page = jobs::list_jobs(
-        &state.pool,
-        paging.request(),
-        (!(caller.0.sys_admin || caller.0.security)).then_some(caller.0.name.as_str()),
-    )
-    .await?;
-    Ok(Json(Page {
-        size: page.size,
-        limit: page.limit,
-        is_last_page: page.is_last_page,
-        start: page.start,
-        next_page_start: page.next_page_start,
-        values: page.values.into_iter().map(JobView::from).collect(),
-    }))
+    let page = jobs::list_jobs(&state.pool, paging.request(), jobs_of(&caller)).await?;
+    Ok(Json(page.map(JobView::from)))
 }
 
 async fn visible_job(state: &AppState, caller: &Caller, scan_key: &str) -> Result<Job, ApiError> {

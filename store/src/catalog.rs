@@ -158,12 +158,21 @@ pub async fn list_projects(pool: &PgPool, page: PageRequest) -> Result<Page<Proj
     Ok(page.page(rows))
 }
 
+/// The columns of [`Repository`] over `repositories r join projects p`.
+macro_rules! repository_columns {
+    () => {
+        "r.id, p.key as project_key, r.slug, r.name, r.clone_url, r.hook_enabled, r.exempt, r.default_branch"
+    };
+}
+
 /// Selects [`Repository`] rows of project `$1`; callers append conditions.
 macro_rules! select_repositories {
     () => {
-        "select r.id, p.key as project_key, r.slug, r.name, r.clone_url, r.hook_enabled, r.exempt, r.default_branch
-         from repositories r join projects p on p.id = r.project_id
-         where p.key = $1 "
+        concat!(
+            "select ",
+            repository_columns!(),
+            " from repositories r join projects p on p.id = r.project_id where p.key = $1 "
+        )
     };
 }
 
@@ -260,17 +269,16 @@ pub async fn list_visible_repositories(
     project_key: &str,
     page: PageRequest,
 ) -> Result<Page<Repository>> {
-    let rows = sqlx::query_as::<_, Repository>(
-        "select r.id, p.key as project_key, r.slug, r.name, r.clone_url, r.hook_enabled, r.exempt, r.default_branch
-         from repositories r join projects p on p.id = r.project_id
-         where p.key = $3 and ($2 or p.owner_user_id = $1
-             or exists (select 1 from project_permissions pp where pp.user_id = $1 and pp.project_id = p.id)
-             or exists (select 1 from repository_permissions rp where rp.user_id = $1 and rp.repository_id = r.id))
-         order by r.slug offset $4 limit $5",
-    )
+    let rows = sqlx::query_as::<_, Repository>(concat!(
+        select_repositories!(),
+        "and ($3 or p.owner_user_id = $2
+             or exists (select 1 from project_permissions pp where pp.user_id = $2 and pp.project_id = p.id)
+             or exists (select 1 from repository_permissions rp where rp.user_id = $2 and rp.repository_id = r.id))
+         order by r.slug offset $4 limit $5"
+    ))
+    .bind(project_key)
     .bind(user.id)
     .bind(user.sys_admin)
-    .bind(project_key)
     .bind(i64::from(page.start))
     .bind(i64::from(page.limit) + 1)
     .fetch_all(pool)

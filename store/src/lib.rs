@@ -19,6 +19,8 @@
 //! Queries are checked at run time (no database is needed to build).
 
 pub mod blobs;
+// Its column macros are used by later modules.
+#[macro_use]
 pub mod catalog;
 pub mod findings;
 pub mod jobs;

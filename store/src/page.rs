@@ -59,6 +59,20 @@ pub struct Page<T> {
     pub values: Vec<T>,
 }
 
+impl<T> Page<T> {
+    /// The same page with each value converted.
+    pub fn map<U>(self, convert: impl FnMut(T) -> U) -> Page<U> {
+        Page {
+            size: self.size,
+            limit: self.limit,
+            is_last_page: self.is_last_page,
+            start: self.start,
+            next_page_start: self.next_page_start,
+            values: self.values.into_iter().map(convert).collect(),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

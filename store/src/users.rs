@@ -11,7 +11,7 @@ use argon2::{
 use serde::Serialize;
 use sqlx::{FromRow, PgPool};
 
-use crate::{Result, StoreError};
+use crate::{catalog::Repository, Result, StoreError};
 
 /// Database id of a user.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, sqlx::Type)]
@@ -168,16 +168,25 @@ pub async fn find_user(pool: &PgPool, name: &str) -> Result<Option<User>> {
     .await?)
 }
 
+/// A user row with the password hash.
+#[derive(FromRow)]
+struct UserWithHash {
+    #[sqlx(flatten)]
+    user: User,
+    password_hash: String,
+}
+
 /// The user and their password hash, for authentication.
 pub async fn user_with_hash(pool: &PgPool, name: &str) -> Result<Option<(User, String)>> {
-    let Some(user) = find_user(pool, name).await? else {
-        return Ok(None);
-    };
-    let hash: String = sqlx::query_scalar("select password_hash from users where id = $1")
-        .bind(user.id)
-        .fetch_one(pool)
-        .await?;
-    Ok(Some((user, hash)))
+    let row: Option<UserWithHash> = sqlx::query_as(concat!(
+        "select ",
+        user_columns!(),
+        ", u.password_hash from users u where u.name = $1"
+    ))
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    Ok(row.map(|row| (row.user, row.password_hash)))
 }
 
 /// Grants `SYS_ADMIN` or `SECURITY`.
@@ -301,31 +310,42 @@ pub async fn project_access(
     Ok(level.map(Access::from_level))
 }
 
-/// The user's access to a repository: `None` when it does not exist.
+/// A repository and the user's access to it.
+#[derive(FromRow)]
+struct RepositoryAccess {
+    #[sqlx(flatten)]
+    repository: Repository,
+    level: i32,
+}
+
+/// The repository and the user's access to it, in one query: `None` when
+/// it does not exist.
 pub async fn repository_access(
     pool: &PgPool,
     user: &User,
     project_key: &str,
     slug: &str,
-) -> Result<Option<Access>> {
-    let level: Option<i32> = sqlx::query_scalar(
-        "select greatest(
+) -> Result<Option<(Repository, Access)>> {
+    let row: Option<RepositoryAccess> = sqlx::query_as(concat!(
+        "select ",
+        repository_columns!(),
+        ", greatest(
              case when $4 then 3 else 0 end,
              case when p.owner_user_id = $1 then 3 else 0 end,
              coalesce((select case pp.permission when 'PROJECT_ADMIN' then 3 when 'PROJECT_WRITE' then 2 else 1 end
                        from project_permissions pp where pp.user_id = $1 and pp.project_id = p.id), 0),
              coalesce((select case rp.permission when 'REPO_ADMIN' then 3 when 'REPO_WRITE' then 2 else 1 end
-                       from repository_permissions rp where rp.user_id = $1 and rp.repository_id = r.id), 0))
+                       from repository_permissions rp where rp.user_id = $1 and rp.repository_id = r.id), 0)) as level
          from repositories r join projects p on p.id = r.project_id
-         where p.key = $2 and r.slug = $3",
-    )
+         where p.key = $2 and r.slug = $3"
+    ))
     .bind(user.id)
     .bind(project_key)
     .bind(slug)
     .bind(user.sys_admin)
     .fetch_optional(pool)
     .await?;
-    Ok(level.map(Access::from_level))
+    Ok(row.map(|row| (row.repository, Access::from_level(row.level))))
 }
 
 #[cfg(test)]
