@@ -387,3 +387,343 @@ fn the_cluster_scans_survives_a_killed_worker_and_stops_when_cancelled() {
     drop(cluster);
     runtime.block_on(database.drop_database()).unwrap();
 }
+
+/// Runs git in `dir` with a fixed identity.
+fn git(dir: &Path, args: &[&str]) {
+    let status = std::process::Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Dev Example")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "Dev Example")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .status()
+        .unwrap();
+    assert!(status.success(), "git {args:?}");
+}
+
+fn write_file(dir: &Path, path: &str, content: &str) {
+    let full = dir.join(path);
+    std::fs::create_dir_all(full.parent().unwrap()).unwrap();
+    std::fs::write(full, content).unwrap();
+}
+
+// Fake secrets of the right shape, made up for this test.
+const AWS_KEY: &str = "AKIAXR4TQ2MZWB7NJE5C";
+const VENDOR_KEY: &str = "AKIAPK3WV9HJQ2TX6RNB";
+const SLACK_TOKEN: &str = "xoxb-583920174635-820193847561-Rt5Kq8Wz2Yx4Vb7Nm3Lp9Hd6";
+const INTERNAL_TOKEN: &str = "itk_5c1e9a7f3b2d8e60";
+const FEATURE_TOKEN: &str = "ftk_0a9b8c7d6e5f4a3b";
+
+impl Cluster {
+    /// Rescans one branch and returns the finished job.
+    fn rescan_branch(&self, project: &str, slug: &str, branch: &str) -> Value {
+        let job = self.api.expect(
+            "PUT",
+            &format!("/rest/security/latest/status/projects/{project}/repos/{slug}/branches?name={branch}"),
+            None,
+            200,
+        );
+        let done = self.wait_for_job(job["scanKey"].as_str().unwrap(), Duration::from_secs(120));
+        assert_eq!(done["state"], "done", "{done}");
+        done
+    }
+
+    /// (rule, path, reviewed) of a branch's findings, sorted.
+    fn rule_paths(&self, project: &str, slug: &str, branch: &str, reviewed: bool) -> Vec<String> {
+        let status = self.api.expect(
+            "GET",
+            &format!(
+                "/rest/security/1.0/scan/{project}/repos/{slug}?branch={branch}&includeWhitelisted={reviewed}"
+            ),
+            None,
+            200,
+        );
+        let mut found: Vec<String> = status["invalidLines"]
+            .as_array()
+            .unwrap_or(&Vec::new())
+            .iter()
+            .map(|line| {
+                format!(
+                    "{} {}{}",
+                    line["rule"].as_str().unwrap(),
+                    line["path"].as_str().unwrap(),
+                    if line["reviewed"] == json!(true) {
+                        " (reviewed)"
+                    } else {
+                        ""
+                    }
+                )
+            })
+            .collect();
+        found.sort();
+        found
+    }
+}
+
+#[test]
+fn policy_changes_apply_to_the_next_scan() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let database = runtime.block_on(TestDatabase::create()).unwrap();
+    let redis = format!("{}?prefix={}:", redis_url(), unique_name("e2e-policy"));
+    let work = tempfile::tempdir().unwrap();
+    let root = work.path().join("root");
+
+    // POL/app: main with four secrets, `feature` with a config file that
+    // adds a custom rule; POL/skip: to be exempted.
+    let source = work.path().join("app-source");
+    std::fs::create_dir_all(&source).unwrap();
+    git(&source, &["init", "-q", "-b", "main"]);
+    write_file(
+        &source,
+        "config/aws.env",
+        &format!("aws_access_key_id = {AWS_KEY}\n"),
+    );
+    write_file(
+        &source,
+        "vendor/sdk/creds.env",
+        &format!("aws_access_key_id = {VENDOR_KEY}\n"),
+    );
+    write_file(&source, "notes.txt", &format!("slack: {SLACK_TOKEN}\n"));
+    write_file(
+        &source,
+        "src/internal.txt",
+        &format!("deploy with {INTERNAL_TOKEN} today\n"),
+    );
+    git(&source, &["add", "-A"]);
+    git(&source, &["commit", "-q", "-m", "secrets"]);
+    git(&source, &["checkout", "-q", "-b", "feature"]);
+    write_file(
+        &source,
+        "soteri-security.yml",
+        "custom_rules:\n  FEATURE_TOKEN: 'ftk_[0-9a-f]{16}'\n",
+    );
+    write_file(
+        &source,
+        "feature.txt",
+        &format!("feature = {FEATURE_TOKEN}\n"),
+    );
+    git(&source, &["add", "-A"]);
+    git(&source, &["commit", "-q", "-m", "feature config"]);
+    git(&source, &["checkout", "-q", "main"]);
+    let app = root.join("POL/app.git");
+    std::fs::create_dir_all(app.parent().unwrap()).unwrap();
+    git(
+        work.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            "--no-local",
+            source.to_str().unwrap(),
+            app.to_str().unwrap(),
+        ],
+    );
+    git(
+        work.path(),
+        &[
+            "clone",
+            "-q",
+            "--bare",
+            "--no-local",
+            source.to_str().unwrap(),
+            root.join("POL/skip.git").to_str().unwrap(),
+        ],
+    );
+
+    let cluster = Cluster::start(&database.url, &redis, &root, work.path());
+    let api = &cluster.api;
+
+    // An exempt repository is not scanned by a total rescan.
+    api.expect(
+        "PUT",
+        "/rest/api/latest/projects/POL/repos/skip/secret-scanning/exempt",
+        None,
+        204,
+    );
+    let job = api.expect(
+        "PUT",
+        "/rest/security/latest/status/total_rescan",
+        None,
+        200,
+    );
+    let done = cluster.wait_for_job(job["scanKey"].as_str().unwrap(), Duration::from_secs(120));
+    assert_eq!(
+        (done["state"].clone(), done["tasksTotal"].clone()),
+        (json!("done"), json!(2)),
+        "{done}"
+    );
+    let skipped = api.expect(
+        "GET",
+        "/rest/security/1.0/scan/POL/repos/skip?branch=main",
+        None,
+        200,
+    );
+    assert_eq!(skipped["scanned"], false, "{skipped}");
+    assert_eq!(
+        cluster.rule_paths("POL", "app", "main", false),
+        vec![
+            "AWS_ACCESS_KEY_ID config/aws.env",
+            "AWS_ACCESS_KEY_ID vendor/sdk/creds.env",
+            "SLACK_BOT_TOKEN notes.txt",
+        ]
+    );
+    assert!(cluster
+        .rule_paths("POL", "app", "feature", false)
+        .contains(&"FEATURE_TOKEN feature.txt".to_string()));
+    // rule_types: the feature branch's config rule, not main's.
+    let types = |branch: &str| {
+        api.expect(
+            "GET",
+            &format!("/rest/security/1.0/scan/POL/rule_types/app?branch={branch}"),
+            None,
+            200,
+        )
+        .to_string()
+    };
+    assert!(types("feature").contains("\"FEATURE_TOKEN\""));
+    assert!(!types("main").contains("\"FEATURE_TOKEN\""));
+
+    // A custom rule added through the API finds its secret in the next scan.
+    api.expect(
+        "POST",
+        "/rest/api/latest/secret-scanning/rules",
+        Some(json!({"name": "INTERNAL_TOKEN", "lineRegex": "(itk_[0-9a-f]{16})"})),
+        200,
+    );
+    let status = api.expect(
+        "GET",
+        "/rest/security/1.0/scan/POL/repos/app?branch=main",
+        None,
+        200,
+    );
+    assert_eq!(
+        status["actual"], false,
+        "the rule change outdates the scan: {status}"
+    );
+    cluster.rescan_branch("POL", "app", "main");
+    let with_custom = cluster.rule_paths("POL", "app", "main", false);
+    assert!(
+        with_custom.contains(&"INTERNAL_TOKEN src/internal.txt".to_string()),
+        "{with_custom:?}"
+    );
+    assert_eq!(with_custom.len(), 4);
+    assert_eq!(
+        api.expect(
+            "GET",
+            "/rest/security/1.0/scan/POL/repos/app?branch=main",
+            None,
+            200
+        )["actual"],
+        true
+    );
+
+    // A built-in rule switched off: its findings go, without reading a blob;
+    // switched on again, they come back.
+    api.expect(
+        "DELETE",
+        "/rest/security/1.0/hardcoded/AWS_CLIENT_ID",
+        None,
+        200,
+    );
+    let done = cluster.rescan_branch("POL", "app", "main");
+    assert_eq!(done["blobsRead"], 0, "{done}");
+    assert_eq!(
+        cluster.rule_paths("POL", "app", "main", false),
+        vec![
+            "INTERNAL_TOKEN src/internal.txt",
+            "SLACK_BOT_TOKEN notes.txt"
+        ]
+    );
+    api.expect(
+        "POST",
+        "/rest/security/1.0/hardcoded/AWS_CLIENT_ID",
+        None,
+        200,
+    );
+    let done = cluster.rescan_branch("POL", "app", "main");
+    assert_eq!(done["blobsRead"], 0, "{done}");
+    assert_eq!(cluster.rule_paths("POL", "app", "main", false), with_custom);
+
+    // An allowlist rule suppresses the vendored key (again from cached results).
+    api.expect(
+        "POST",
+        "/rest/api/latest/projects/POL/repos/app/secret-scanning/allowlist",
+        Some(json!({"name": "vendored", "pathRegex": "^vendor/"})),
+        200,
+    );
+    let done = cluster.rescan_branch("POL", "app", "main");
+    assert_eq!(done["blobsRead"], 0, "{done}");
+    assert_eq!(
+        cluster.rule_paths("POL", "app", "main", false),
+        vec![
+            "AWS_ACCESS_KEY_ID config/aws.env",
+            "INTERNAL_TOKEN src/internal.txt",
+            "SLACK_BOT_TOKEN notes.txt",
+        ]
+    );
+
+    // A reviewed secret stays hidden when it is committed again in another file.
+    let status = api.expect(
+        "GET",
+        "/rest/security/1.0/scan/POL/repos/app?branch=main",
+        None,
+        200,
+    );
+    let slack = status["invalidLines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|line| line["rule"] == "SLACK_BOT_TOKEN")
+        .unwrap()
+        .clone();
+    api.expect(
+        "POST",
+        "/rest/security/latest/reviewed/projects/POL/repos/app",
+        Some(json!({"findingId": slack["id"], "comment": "a test workspace"})),
+        201,
+    );
+    write_file(&source, "docs/copy.txt", &format!("again: {SLACK_TOKEN}\n"));
+    git(&source, &["add", "-A"]);
+    git(&source, &["commit", "-q", "-m", "copy"]);
+    git(&source, &["push", "-q", app.to_str().unwrap(), "main"]);
+    cluster.rescan_branch("POL", "app", "main");
+    assert_eq!(
+        cluster.rule_paths("POL", "app", "main", false),
+        vec![
+            "AWS_ACCESS_KEY_ID config/aws.env",
+            "INTERNAL_TOKEN src/internal.txt"
+        ]
+    );
+    assert_eq!(
+        cluster.rule_paths("POL", "app", "main", true),
+        vec![
+            "AWS_ACCESS_KEY_ID config/aws.env",
+            "INTERNAL_TOKEN src/internal.txt",
+            "SLACK_BOT_TOKEN docs/copy.txt (reviewed)",
+            "SLACK_BOT_TOKEN notes.txt (reviewed)",
+        ]
+    );
+
+    // Every change above is in the audit log.
+    let audit = api.expect("GET", "/rest/security/latest/audit?limit=100", None, 200);
+    let mut actions: Vec<&str> = audit["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|entry| entry["action"].as_str().unwrap())
+        .collect();
+    actions.reverse();
+    assert_eq!(
+        actions,
+        vec![
+            "exemption.added",
+            "rule.created",
+            "builtin.disabled",
+            "builtin.enabled",
+            "allowlist.created",
+            "review.created",
+        ]
+    );
+    runtime.block_on(database.drop_database()).unwrap();
+}

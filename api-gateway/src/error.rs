@@ -69,8 +69,15 @@ impl From<StoreError> for ApiError {
 }
 
 impl From<JsonRejection> for ApiError {
+    /// A body that is not JSON of the expected shape is a 400 with the
+    /// parser's message (a missing content type stays 415).
     fn from(rejection: JsonRejection) -> ApiError {
-        ApiError::new(rejection.status(), rejection.body_text())
+        let status = match rejection.status() {
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            StatusCode::PAYLOAD_TOO_LARGE => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, rejection.body_text())
     }
 }
 

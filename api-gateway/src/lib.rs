@@ -11,6 +11,8 @@
 pub mod auth;
 pub mod catalog;
 pub mod error;
+pub mod policy;
+pub mod reviews;
 pub mod scans;
 pub mod users;
 
@@ -40,6 +42,8 @@ pub struct GatewayConfig {
     pub repos_roots: Vec<PathBuf>,
     /// A prefix for every path, e.g. `/bitbucket` (empty: none).
     pub context_path: String,
+    /// The master key of stored secrets (needed to import reviews).
+    pub master_key: Option<leakscan_store::secrets::MasterKey>,
 }
 
 pub struct AppState {
@@ -49,6 +53,7 @@ pub struct AppState {
     pub credentials: auth::CredentialCache,
     /// Set once migrations ran (readiness).
     pub migrated: AtomicBool,
+    secrets: tokio::sync::OnceCell<Arc<leakscan_store::secrets::SecretBox>>,
 }
 
 impl AppState {
@@ -59,7 +64,30 @@ impl AppState {
             config,
             credentials: auth::CredentialCache::default(),
             migrated: AtomicBool::new(false),
+            secrets: tokio::sync::OnceCell::new(),
         }
+    }
+
+    /// The data keys, loaded on first use; without a master key, calls
+    /// that need one answer 503.
+    pub async fn secrets(
+        &self,
+    ) -> Result<Arc<leakscan_store::secrets::SecretBox>, error::ApiError> {
+        let master = self.config.master_key.clone().ok_or_else(|| {
+            error::ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "this gateway has no master key (--master-key or --master-key-file)",
+            )
+        })?;
+        self.secrets
+            .get_or_try_init(|| async {
+                leakscan_store::secrets::SecretBox::load(&self.pool, master)
+                    .await
+                    .map(Arc::new)
+            })
+            .await
+            .cloned()
+            .map_err(error::ApiError::from)
     }
 }
 
@@ -129,6 +157,69 @@ pub fn app(state: Arc<AppState>) -> Router {
                 .delete(scans::scan_cancel),
         )
         .route(&format!("{security}/dashboard"), get(scans::dashboard))
+        .route(
+            &format!("{security}/dashboard/projects/{{project}}"),
+            get(scans::project_dashboard),
+        )
+        .route(
+            &format!("{security}/dashboard/projects/{{project}}/repos/{{repo}}"),
+            get(scans::repository_dashboard),
+        )
+        .route("/rest/security/1.0/rules", get(policy::soteri_rules))
+        .route(
+            "/rest/security/1.0/hardcoded/{rule}",
+            post(policy::enable_builtin).delete(policy::disable_builtin),
+        )
+        .route(
+            "/rest/security/1.0/scan/{project}/rule_types/{repo}",
+            get(policy::rule_types),
+        )
+        .route(
+            "/rest/api/latest/projects/{project}/repos/{repo}/secret-scanning/exempt",
+            get(policy::repository_exemption)
+                .put(policy::exempt_repository)
+                .delete(policy::unexempt_repository),
+        )
+        .route(
+            "/rest/api/latest/projects/{project}/secret-scanning/exempt",
+            get(policy::list_exempt).post(policy::bulk_exempt),
+        )
+        .route(
+            "/rest/api/latest/secret-scanning/exempt",
+            get(policy::list_exempt).post(policy::bulk_exempt),
+        )
+        .route(&format!("{security}/audit"), get(policy::audit_log))
+        .merge(secret_scanning_routes::<false>("rules"))
+        .merge(secret_scanning_routes::<true>("allowlist"))
+        .route(
+            &format!("{security}/reviewed"),
+            get(reviews::list_all).post(reviews::create_global),
+        )
+        .route(
+            &format!("{security}/reviewed/import"),
+            post(reviews::import),
+        )
+        .route(
+            &format!("{security}/reviewed/{{id}}"),
+            axum::routing::delete(reviews::delete),
+        )
+        .route(
+            &format!("{security}/reviewed/projects/{{project}}"),
+            get(reviews::list_project),
+        )
+        .route(
+            &format!("{security}/reviewed/projects/{{project}}/repos/{{repo}}"),
+            get(reviews::list_repository).post(reviews::create_repository),
+        )
+        .route(&format!("{security}/export/reviewed"), get(reviews::export))
+        .route(
+            &format!("{security}/export/reviewed/projects/{{project}}"),
+            get(reviews::export),
+        )
+        .route(
+            &format!("{security}/export/reviewed/projects/{{project}}/repos/{{repo}}"),
+            get(reviews::export),
+        )
         .route(&format!("{security}/jobs"), get(scans::list_jobs))
         .route(
             &format!("{security}/jobs/{{scan_key}}"),
@@ -146,6 +237,30 @@ pub fn app(state: Arc<AppState>) -> Router {
     } else {
         Router::new().nest(context_path, api).fallback(not_found)
     }
+}
+
+/// Bitbucket Data Center's rule or allowlist routes at global, project and
+/// repository scope.
+fn secret_scanning_routes<const ALLOWLIST: bool>(noun: &str) -> Router<Arc<AppState>> {
+    let mut router = Router::new();
+    for scope in [
+        "/rest/api/latest",
+        "/rest/api/latest/projects/{project}",
+        "/rest/api/latest/projects/{project}/repos/{repo}",
+    ] {
+        router = router
+            .route(
+                &format!("{scope}/secret-scanning/{noun}"),
+                get(policy::list_rules::<ALLOWLIST>).post(policy::create_rule::<ALLOWLIST>),
+            )
+            .route(
+                &format!("{scope}/secret-scanning/{noun}/{{id}}"),
+                get(policy::get_rule::<ALLOWLIST>)
+                    .put(policy::update_rule::<ALLOWLIST>)
+                    .delete(policy::delete_rule::<ALLOWLIST>),
+            );
+    }
+    router
 }
 
 async fn not_found() -> error::ApiError {

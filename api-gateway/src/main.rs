@@ -48,6 +48,10 @@ struct Args {
     /// Database connections.
     #[arg(long, env = "LEAKSCAN_DB_POOL_SIZE", default_value_t = 16)]
     db_pool_size: u32,
+    /// The master key is needed to import reviews (calls that need it
+    /// answer 503 without).
+    #[command(flatten)]
+    master_key: leakscan_service::MasterKeyArgs,
 }
 
 #[tokio::main]
@@ -60,9 +64,11 @@ async fn main() -> anyhow::Result<()> {
     let queue = JobQueue::connect_url(&args.redis_url)
         .await
         .context("failed to connect to redis")?;
+    let master_key = args.master_key.load()?;
     let config = GatewayConfig {
         repos_roots: args.repos_roots,
         context_path: args.context_path,
+        master_key,
     };
     let admin = args.admin_user.zip(args.admin_password);
     let state = leakscan_gateway::prepare(pool, queue, config, admin).await?;

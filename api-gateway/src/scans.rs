@@ -16,7 +16,7 @@ use leakscan_store::{
     catalog::Repository,
     findings::{self, ReportedFinding},
     jobs::{self, Job, JobScope},
-    tasks,
+    policy, tasks,
     users::Access,
     Page,
 };
@@ -282,7 +282,7 @@ pub struct StatusQuery {
 }
 
 /// The branch a Soteri call means: `?branch=`, else the default branch.
-fn branch_of(repository: &Repository, branch: Option<&str>) -> Result<String, ApiError> {
+pub(crate) fn branch_of(repository: &Repository, branch: Option<&str>) -> Result<String, ApiError> {
     match branch.or(repository.default_branch.as_deref()) {
         Some(branch) => Ok(branch
             .strip_prefix("refs/heads/")
@@ -300,6 +300,7 @@ async fn branch_status(
     repository: &Repository,
     branch: &str,
     rule: Option<&str>,
+    include_reviewed: bool,
 ) -> Result<BranchStatus, ApiError> {
     let scan = jobs::branch_scan(&state.pool, repository.id, branch)
         .await?
@@ -310,8 +311,13 @@ async fn branch_status(
             ))
         })?;
     let scanned = scan.last_scanned_commit.is_some();
+    // Outdated also when the rules changed since (a new base policy).
+    let current_base = policy::base_digest(&policy::base_policy(&state.pool, repository.id).await?);
     let invalid_lines = if scanned {
-        Some(findings::reported_findings(&state.pool, repository.id, branch, rule).await?)
+        Some(
+            findings::reported_findings(&state.pool, repository.id, branch, rule, include_reviewed)
+                .await?,
+        )
     } else {
         None
     };
@@ -319,7 +325,8 @@ async fn branch_status(
         progress: scan.progress(),
         running: scan.task_state.as_deref() == Some("leased"),
         scheduled: scan.task_state.as_deref() == Some("queued"),
-        actual: scan.last_scanned_commit.as_deref() == Some(scan.head_commit.as_str()),
+        actual: scan.last_scanned_commit.as_deref() == Some(scan.head_commit.as_str())
+            && scan.last_scanned_base.as_deref() == Some(current_base.as_str()),
         scan_key: scan.scan_key,
         scanned,
         invalid_lines,
@@ -336,11 +343,15 @@ pub async fn scan_status(
         .repository(&state, &project_key, &slug, Access::Read)
         .await?;
     let branch = branch_of(&repository, query.branch.as_deref())?;
-    // Reviews (issue 4) are not recorded yet: nothing is hidden, so
-    // includeWhitelisted changes nothing today.
-    let _ = query.include_whitelisted;
     Ok(Json(
-        branch_status(&state, &repository, &branch, query.rule.as_deref()).await?,
+        branch_status(
+            &state,
+            &repository,
+            &branch,
+            query.rule.as_deref(),
+            query.include_whitelisted,
+        )
+        .await?,
     ))
 }
 
@@ -361,7 +372,7 @@ pub async fn scan_start(
     let branch = branch_of(&repository, query.branch.as_deref())?;
     let job = start_branch_job(&state, &caller, &repository, &branch, Vec::new()).await?;
     // The new job, until a coordinator expands it into the branch's task.
-    let mut status = branch_status(&state, &repository, &branch, None).await?;
+    let mut status = branch_status(&state, &repository, &branch, None, false).await?;
     status.scan_key = Some(job.scan_key);
     status.scheduled = true;
     status.running = false;
@@ -519,4 +530,181 @@ pub async fn dashboard(
         })
         .collect();
     Ok(Json(Dashboard { projects }))
+}
+
+/// A branch's status (DESIGN §3): `Not scanned`, `Outdated` (new commits
+/// or changed rules since its last scan), `Vulnerable` or `Secure`.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BranchDashboard {
+    name: String,
+    status: &'static str,
+    head_commit: String,
+    last_scanned_commit: Option<String>,
+    /// Findings not hidden by a review, as of the last scan.
+    findings: i64,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryDashboard {
+    project: String,
+    repository: String,
+    /// Vulnerable when a branch has findings; otherwise the worst of Not
+    /// scanned, Partially scanned, Outdated and Secure.
+    status: &'static str,
+    exempt: bool,
+    branches: Vec<BranchDashboard>,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectDashboard {
+    project: String,
+    status: &'static str,
+    repositories: Vec<RepositoryDashboard>,
+}
+
+fn branch_state(summary: &findings::BranchSummary, base: &str) -> &'static str {
+    match &summary.last_scanned_commit {
+        None => "Not scanned",
+        Some(scanned)
+            if scanned != &summary.head_commit
+                || summary.last_scanned_base.as_deref() != Some(base) =>
+        {
+            "Outdated"
+        }
+        Some(_) if summary.findings > 0 => "Vulnerable",
+        Some(_) => "Secure",
+    }
+}
+
+fn roll_up<'a>(statuses: impl Iterator<Item = &'a str> + Clone, vulnerable: bool) -> &'static str {
+    let total = statuses.clone().count();
+    let not_scanned = statuses.clone().filter(|s| *s == "Not scanned").count();
+    let partial = statuses.clone().any(|s| s == "Partially scanned");
+    if vulnerable {
+        "Vulnerable"
+    } else if total == 0 || not_scanned == total {
+        "Not scanned"
+    } else if not_scanned > 0 || partial {
+        "Partially scanned"
+    } else if statuses.clone().any(|s| s == "Outdated") {
+        "Outdated"
+    } else {
+        "Secure"
+    }
+}
+
+async fn repository_dashboards(
+    state: &AppState,
+    project_key: &str,
+    only: Option<&Repository>,
+) -> Result<Vec<RepositoryDashboard>, ApiError> {
+    let summaries =
+        findings::branch_summaries(&state.pool, project_key, only.map(|r| r.id)).await?;
+    let mut repositories: Vec<RepositoryDashboard> = Vec::new();
+    let mut base_of: HashMap<i64, String> = HashMap::new();
+    for summary in summaries {
+        let base = match base_of.get(&summary.repository_id.0) {
+            Some(base) => base.clone(),
+            None => {
+                let spec = policy::base_policy(&state.pool, summary.repository_id).await?;
+                let base = policy::base_digest(&spec);
+                base_of.insert(summary.repository_id.0, base.clone());
+                base
+            }
+        };
+        let branch = BranchDashboard {
+            status: branch_state(&summary, &base),
+            name: summary.branch,
+            head_commit: summary.head_commit,
+            last_scanned_commit: summary.last_scanned_commit,
+            findings: summary.findings,
+        };
+        match repositories.last_mut() {
+            Some(last) if last.repository == summary.slug => last.branches.push(branch),
+            _ => repositories.push(RepositoryDashboard {
+                project: project_key.to_string(),
+                repository: summary.slug,
+                status: "",
+                exempt: false,
+                branches: vec![branch],
+            }),
+        }
+    }
+    let exempt: Vec<String> = match only {
+        Some(repository) => [repository]
+            .into_iter()
+            .filter(|r| r.exempt)
+            .map(|r| r.slug.clone())
+            .collect(),
+        None => sqlx::query_scalar(
+            "select r.slug from repositories r join projects p on p.id = r.project_id
+             where p.key = $1 and r.exempt",
+        )
+        .bind(project_key)
+        .fetch_all(&state.pool)
+        .await
+        .map_err(leakscan_store::StoreError::from)?,
+    };
+    for repository in &mut repositories {
+        let vulnerable = repository.branches.iter().any(|b| b.findings > 0);
+        repository.status = roll_up(repository.branches.iter().map(|b| b.status), vulnerable);
+        repository.exempt = exempt.contains(&repository.repository);
+    }
+    Ok(repositories)
+}
+
+/// `GET /rest/security/latest/dashboard/projects/{p}`: each repository's
+/// status and branches (project read; hidden repositories are left out
+/// for callers who may not read them).
+pub async fn project_dashboard(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams(project_key): PathParams<String>,
+) -> Result<Json<ProjectDashboard>, ApiError> {
+    caller.project(&state, &project_key, Access::Read).await?;
+    let mut repositories = repository_dashboards(&state, &project_key, None).await?;
+    if !(caller.0.sys_admin || caller.0.security) {
+        let mut visible = Vec::with_capacity(repositories.len());
+        for repository in repositories {
+            let access = leakscan_store::users::repository_access(
+                &state.pool,
+                &caller.0,
+                &project_key,
+                &repository.repository,
+            )
+            .await?;
+            if access.is_some_and(|(_, access)| access >= Access::Read) {
+                visible.push(repository);
+            }
+        }
+        repositories = visible;
+    }
+    let vulnerable = repositories.iter().any(|r| r.status == "Vulnerable");
+    Ok(Json(ProjectDashboard {
+        status: roll_up(repositories.iter().map(|r| r.status), vulnerable),
+        project: project_key,
+        repositories,
+    }))
+}
+
+/// `GET /rest/security/latest/dashboard/projects/{p}/repos/{r}`
+pub async fn repository_dashboard(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((project_key, slug)): PathParams<(String, String)>,
+) -> Result<Json<RepositoryDashboard>, ApiError> {
+    let repository = caller
+        .repository(&state, &project_key, &slug, Access::Read)
+        .await?;
+    let mut dashboards = repository_dashboards(&state, &project_key, Some(&repository)).await?;
+    Ok(Json(dashboards.pop().unwrap_or(RepositoryDashboard {
+        project: project_key,
+        repository: slug,
+        status: "Not scanned",
+        exempt: repository.exempt,
+        branches: Vec::new(),
+    })))
 }

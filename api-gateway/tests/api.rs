@@ -1,6 +1,8 @@
-//! The REST API driven in memory (`app(state).oneshot`) against a fresh
-//! PostgreSQL database and Redis key prefix, over real git repositories
-//! under a repository root.
+//! The REST API driven in memory against a fresh PostgreSQL database and
+//! Redis key prefix, over real git repositories under a repository root:
+//! catalog, users, scans and jobs.
+
+mod common;
 
 use std::sync::Arc;
 
@@ -9,164 +11,12 @@ use axum::{
     http::{Request, StatusCode},
 };
 use base64::Engine as _;
-use leakscan_gateway::{app, prepare, AppState, GatewayConfig};
-use leakscan_store::{
-    queue::JobQueue,
-    testing::{redis_url, unique_name, TestDatabase},
-    users,
-};
+use common::{error_message, Fixture, ADMIN};
+use leakscan_gateway::app;
+use leakscan_store::users;
 use leakscan_testkit::GitRepo;
 use serde_json::{json, Value};
 use tower::ServiceExt as _;
-
-const ADMIN: (&str, &str) = ("admin", "admin-password");
-
-struct Fixture {
-    state: Arc<AppState>,
-    database: TestDatabase,
-    _root: tempfile::TempDir,
-    _repos: Vec<GitRepo>,
-}
-
-/// A repository with two branches, moved under `<root>/<project>/<dir>`.
-fn repository_under(root: &std::path::Path, project: &str, dir: &str, bare: bool) -> GitRepo {
-    let repo = GitRepo::new();
-    repo.write("README.md", "# demo\n");
-    repo.commit_all("init");
-    repo.checkout_new("dev");
-    repo.write("dev.txt", "dev\n");
-    repo.commit_all("dev work");
-    repo.checkout("main");
-    let target = root.join(project).join(dir);
-    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
-    let mut clone = std::process::Command::new("git");
-    clone.args(["clone", "--quiet"]);
-    if bare {
-        clone.arg("--bare");
-    }
-    let status = clone
-        .arg("--no-local")
-        .arg(repo.path())
-        .arg(&target)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    if !bare {
-        // A working clone has only main locally; make dev a local branch too.
-        let status = std::process::Command::new("git")
-            .arg("-C")
-            .arg(&target)
-            .args(["branch", "--quiet", "dev", "origin/dev"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-    }
-    repo
-}
-
-impl Fixture {
-    async fn new() -> Fixture {
-        let database = TestDatabase::create().await.unwrap();
-        let root = tempfile::tempdir().unwrap();
-        let repos = vec![
-            repository_under(root.path(), "PROJ", "api.git", true),
-            repository_under(root.path(), "PROJ", "web", false),
-            repository_under(root.path(), "OTHER", "tool.git", true),
-            repository_under(root.path(), "~alice", "notes.git", true),
-        ];
-        std::fs::create_dir_all(root.path().join("PROJ/not-a-repo")).unwrap();
-        let queue = JobQueue::connect(&redis_url(), &format!("{}:", unique_name("api")))
-            .await
-            .unwrap();
-        let config = GatewayConfig {
-            repos_roots: vec![root.path().to_path_buf()],
-            context_path: String::new(),
-        };
-        let state = prepare(
-            database.pool.clone(),
-            queue,
-            config,
-            Some((ADMIN.0.into(), ADMIN.1.into())),
-        )
-        .await
-        .unwrap();
-        Fixture {
-            state,
-            database,
-            _root: root,
-            _repos: repos,
-        }
-    }
-
-    async fn user(&self, name: &str) -> users::User {
-        users::create_user(&self.database.pool, name, name, "", &format!("{name}-pw"))
-            .await
-            .unwrap()
-    }
-
-    /// (status, JSON body) of a request as `user` (password `<user>-pw`,
-    /// the admin's own), or anonymous.
-    async fn call(
-        &self,
-        method: &str,
-        uri: &str,
-        user: Option<&str>,
-        body: Option<Value>,
-    ) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(user) = user {
-            let password = if user == ADMIN.0 {
-                ADMIN.1.to_string()
-            } else {
-                format!("{user}-pw")
-            };
-            let credentials =
-                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{password}"));
-            request = request.header("Authorization", format!("Basic {credentials}"));
-        }
-        let request = match body {
-            Some(body) => request
-                .header("Content-Type", "application/json")
-                .body(Body::from(body.to_string()))
-                .unwrap(),
-            None => request.body(Body::empty()).unwrap(),
-        };
-        let response = app(Arc::clone(&self.state)).oneshot(request).await.unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
-            .await
-            .unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    }
-
-    async fn expect(
-        &self,
-        method: &str,
-        uri: &str,
-        user: Option<&str>,
-        body: Option<Value>,
-        expected: u16,
-    ) -> Value {
-        let (status, json) = self.call(method, uri, user, body).await;
-        assert_eq!(
-            status.as_u16(),
-            expected,
-            "{method} {uri} as {user:?}: {json}"
-        );
-        json
-    }
-
-    async fn finish(self) {
-        self.database.drop_database().await.unwrap();
-    }
-}
-
-fn error_message(body: &Value) -> &str {
-    body["errors"][0]["message"].as_str().unwrap_or_default()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_and_authentication() {
@@ -301,7 +151,7 @@ async fn the_catalog_comes_from_the_roots_and_the_api() {
             json!({"name": "x", "cloneUrl": "/nonexistent/repo.git"}),
             400,
         ),
-        (json!({"name": "x"}), 422),
+        (json!({"name": "x"}), 400),
         (
             json!({"name": "../x", "slug": "../x", "cloneUrl": url}),
             400,

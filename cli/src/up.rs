@@ -84,6 +84,7 @@ async fn up(args: UpArgs) -> Result<()> {
     let config = GatewayConfig {
         repos_roots: args.repos_roots.clone(),
         context_path: String::new(),
+        master_key: Some(master.clone()),
     };
     let state = leakscan_gateway::prepare(
         pool.clone(),

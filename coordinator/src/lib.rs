@@ -33,7 +33,7 @@ use leakscan_proto::v1::{
 use leakscan_store::{
     blobs,
     findings::{self, NewFinding},
-    jobs,
+    jobs, policy,
     queue::JobQueue,
     secrets::SecretBox,
     tasks::{self, Parallelism, TaskId, TaskProgress},
@@ -371,6 +371,11 @@ impl Coordinator for CoordinatorService {
             .map_err(status)?;
             if let Some(leased) = leased {
                 info!(task_id = leased.task_id.0, worker = %request.worker_id, "scan task leased");
+                let spec = policy::base_policy(&self.pool, leased.repository_id)
+                    .await
+                    .map_err(status)?;
+                let policy_json = serde_json::to_string(&spec)
+                    .map_err(|error| Status::internal(format!("policy: {error}")))?;
                 return Ok(Response::new(LeaseTaskResponse {
                     task: Some(Task {
                         task_id: leased.task_id.0.to_string(),
@@ -383,7 +388,9 @@ impl Coordinator for CoordinatorService {
                         }),
                         branch: leased.branch,
                         last_scanned_commit: leased.last_scanned_commit.unwrap_or_default(),
-                        policy_json: String::new(),
+                        base_digest: policy::base_digest(&spec),
+                        policy_json,
+                        last_scanned_digest: leased.last_scanned_digest.unwrap_or_default(),
                         max_blob_size: self.config.max_blob_size,
                         lease_ms: self.config.lease_ms,
                         attempt: leased.attempts as u32,
@@ -445,10 +452,16 @@ impl Coordinator for CoordinatorService {
                 secret: finding.secret,
             })
             .collect();
-        let recorded =
-            findings::record_findings(&self.pool, &self.secrets, repository, &branch, &batch)
-                .await
-                .map_err(status)?;
+        let recorded = findings::record_findings(
+            &self.pool,
+            &self.secrets,
+            repository,
+            &branch,
+            task.0,
+            &batch,
+        )
+        .await
+        .map_err(status)?;
         Ok(Response::new(SendFindingsResponse { recorded }))
     }
 
@@ -458,16 +471,16 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<CompleteTaskResponse>, Status> {
         let request = request.into_inner();
         let task = parse_task_id(&request.task_id)?;
-        let blobs_read = task_progress(request.progress.as_ref()).blobs_read;
-        tasks::complete_task(
-            &self.pool,
-            task,
-            &request.lease_id,
-            &request.head_commit,
-            blobs_read,
-        )
-        .await
-        .map_err(status)?;
+        let completion = tasks::Completion {
+            blobs_read: task_progress(request.progress.as_ref()).blobs_read,
+            head_commit: request.head_commit,
+            policy_digest: request.policy_digest,
+            base_digest: request.base_digest,
+            full_scan: request.full_scan,
+        };
+        tasks::complete_task(&self.pool, task, &request.lease_id, &completion)
+            .await
+            .map_err(status)?;
         self.work_available.notify_waiters();
         Ok(Response::new(CompleteTaskResponse {}))
     }

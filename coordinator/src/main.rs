@@ -1,15 +1,11 @@
 //! `leakscan-coordinator`: leader-elected job expansion and task leasing.
 
-use std::{net::SocketAddr, path::PathBuf, sync::Arc, time::Duration};
+use std::{net::SocketAddr, sync::Arc, time::Duration};
 
 use anyhow::Context as _;
 use clap::Parser;
 use leakscan_coordinator::{CoordinatorConfig, CoordinatorState};
-use leakscan_store::{
-    queue::JobQueue,
-    secrets::{MasterKey, SecretBox},
-    tasks::Parallelism,
-};
+use leakscan_store::{queue::JobQueue, secrets::SecretBox, tasks::Parallelism};
 use tokio_util::sync::CancellationToken;
 
 /// leakscan's coordinator: expands scan jobs into branch tasks and leases
@@ -34,17 +30,8 @@ struct Args {
         default_value = "redis://127.0.0.1:6379"
     )]
     redis_url: String,
-    /// Master key (64 hex digits) that wraps the data keys of stored secrets.
-    #[arg(
-        long,
-        env = "LEAKSCAN_MASTER_KEY",
-        hide_env_values = true,
-        conflicts_with = "master_key_file"
-    )]
-    master_key: Option<String>,
-    /// File holding the master key (e.g. a mounted Kubernetes Secret).
-    #[arg(long, env = "LEAKSCAN_MASTER_KEY_FILE")]
-    master_key_file: Option<PathBuf>,
+    #[command(flatten)]
+    master_key: leakscan_service::MasterKeyArgs,
     /// Milliseconds a task lease lasts without a heartbeat.
     #[arg(long, env = "LEAKSCAN_LEASE_MS", default_value_t = 30_000)]
     lease_ms: u32,
@@ -73,12 +60,10 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     leakscan_service::init_logging();
     let args = Args::parse();
-    let master = match (&args.master_key, &args.master_key_file) {
-        (Some(hex), _) => MasterKey::from_hex(hex.trim())?,
-        (None, Some(path)) => MasterKey::from_file(path)?,
-        (None, None) => anyhow::bail!(
+    let Some(master) = args.master_key.load()? else {
+        anyhow::bail!(
             "a master key is required: --master-key / LEAKSCAN_MASTER_KEY or --master-key-file / LEAKSCAN_MASTER_KEY_FILE"
-        ),
+        );
     };
     let pool = leakscan_store::connect(&args.database_url, args.db_pool_size)
         .await

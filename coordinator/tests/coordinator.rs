@@ -125,6 +125,7 @@ async fn complete(client: &mut CoordinatorClient<Channel>, task: &Task, head: &s
                 blobs_read: 5,
                 ..Progress::default()
             }),
+            ..CompleteTaskRequest::default()
         })
         .await
         .unwrap();

@@ -1,5 +1,5 @@
-//! A blob-result cache shared beyond one scan: the matches of a blob under a
-//! ruleset, keyed by (ruleset digest, blob id). A blob whose result is known
+//! A blob-result cache shared beyond one scan: the raw matches of a blob
+//! under a detector, keyed by (detection digest, blob id). A blob whose result is known
 //! is not read again, whichever branch, fork or rescan meets it. The cluster
 //! keeps it behind the coordinator; [`MemoryBlobCache`] keeps it in memory.
 
@@ -23,13 +23,20 @@ impl fmt::Debug for BlobId {
     }
 }
 
-/// One match of a cached blob result.
+/// One raw match of a cached blob result (see
+/// [`crate::Scanner::scan_raw`]): enough to apply any policy's filters
+/// without reading the blob again.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CachedMatch {
     pub rule_id: String,
     /// 1-based line of the start of the secret.
     pub line: u32,
+    /// Byte range of the secret in the blob.
+    pub start: u64,
+    pub end: u64,
     pub secret: Secret,
+    /// The match's line, clipped (what allowlist line regexes see).
+    pub context: Vec<u8>,
 }
 
 /// Where a scan looks up and stores blob results. Failures are the

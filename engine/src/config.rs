@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::{
     error::ConfigError,
-    rules::{builtin_rules, find_builtin, Allowlist, CustomRule, Severity},
+    rules::{builtin_rules, find_builtin, AllowRule, CustomRule, Severity},
     ruleset::{compile_regex, Policy, CUSTOM_REGEX_SIZE_LIMIT},
 };
 
@@ -185,8 +185,8 @@ impl ScanConfig {
             }
         }
         let mut allowlist = base.allowlist.clone();
-        allowlist.paths.extend(self.allowlist_paths.iter().cloned());
-        allowlist.lines.extend(self.allowlist_lines.iter().cloned());
+        allowlist.extend(self.allowlist_paths.iter().map(AllowRule::path));
+        allowlist.extend(self.allowlist_lines.iter().map(AllowRule::line));
         Ok(Policy {
             builtins,
             custom,
@@ -215,8 +215,13 @@ impl Policy {
         Policy {
             builtins: builtin_rules().to_vec(),
             custom: Vec::new(),
-            allowlist: Allowlist::default(),
+            allowlist: Vec::new(),
         }
+    }
+
+    /// Stable digest of everything that decides what this policy reports.
+    pub fn digest(&self) -> String {
+        crate::ruleset::policy_digest(self)
     }
 
     /// The names of the rules this policy applies (built-in ids, then custom names).
@@ -250,7 +255,7 @@ mod tests {
             policy.rule_names(),
             vec!["AWS_ACCESS_KEY_ID", "RSA_PRIVATE_KEY", "INTERNAL_TOKEN"]
         );
-        assert_eq!(policy.allowlist.paths, vec!["^test/"]);
+        assert_eq!(policy.allowlist, vec![AllowRule::path("^test/")]);
     }
 
     #[test]

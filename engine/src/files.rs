@@ -191,7 +191,10 @@ fn scan_file(
         let mut seen = std::collections::HashSet::new();
         for found in scanner.scan(&data) {
             let rule = ruleset.rule(found.rule);
-            if rule.applies_to_path(path_bytes) && seen.insert((found.rule, found.secret.clone())) {
+            if rule.applies_to_path(path_bytes)
+                && !ruleset.match_allowed(path_bytes, &found.context)
+                && seen.insert((found.rule, found.secret.clone()))
+            {
                 findings.push(finding(
                     rule,
                     display,

@@ -302,6 +302,19 @@ pub fn scan_repository_with_cache(
     Ok(report)
 }
 
+/// The policy `branch` of the repository at `path` is scanned under: `base`
+/// with the branch's config file applied (an unreadable or invalid config
+/// file is ignored, as a scan ignores it). A missing branch gets `base`.
+pub fn effective_policy(path: &Path, branch: &str, base: &Policy) -> Result<Policy, EngineError> {
+    let repository =
+        open_repository(path)?.ok_or_else(|| git_error(path, "not a git repository"))?;
+    let refs = select_refs(&repository, path, &RefSelection::Branch(branch.to_string()))?;
+    match refs.first() {
+        Some(selected) => branch_policy(&repository, selected, base, &mut Vec::new()),
+        None => Ok(base.clone()),
+    }
+}
+
 fn commit_time(finding: &Finding) -> i64 {
     finding.commit.as_ref().map_or(0, |c| c.time)
 }
@@ -644,6 +657,7 @@ impl HistoryWalk<'_> {
                 let mut seen: HashSet<(crate::RuleIdx, &Secret)> = HashSet::new();
                 for found in new_matches.iter() {
                     if !self.ruleset.rule(found.rule).applies_to_path(path)
+                        || self.ruleset.match_allowed(path, &found.context)
                         || !seen.insert((found.rule, &found.secret))
                     {
                         continue;
@@ -711,9 +725,10 @@ impl HistoryWalk<'_> {
         warnings: &mut Vec<ScanWarning>,
     ) -> BlobResult {
         match outcome {
-            BlobOutcome::Scanned { bytes, matches } => {
+            BlobOutcome::Scanned { bytes, mut matches } => {
                 stats.blobs_scanned += 1;
                 stats.bytes_scanned += bytes;
+                self.ruleset.finish(&mut matches);
                 if matches.is_empty() {
                     BlobResult::Clean
                 } else {
@@ -751,7 +766,7 @@ impl HistoryWalk<'_> {
             .iter()
             .map(|&blob| blob_id(blob_ids[blob as usize]))
             .collect();
-        let known = self.cache.lookup(self.ruleset.digest(), &ids);
+        let known = self.cache.lookup(self.ruleset.detection_digest(), &ids);
         let rule_index: HashMap<&str, crate::RuleIdx> = self
             .ruleset
             .rules()
@@ -771,18 +786,20 @@ impl HistoryWalk<'_> {
             stats.blobs_from_cache += 1;
             ScanProgress::add(&self.progress.blobs_scanned, 1);
             ScanProgress::add(&self.progress.blobs_from_cache, 1);
-            let matches: Vec<BlobMatch> = cached
+            let mut matches: Vec<BlobMatch> = cached
                 .into_iter()
                 .filter_map(|m| {
                     Some(BlobMatch {
                         rule: *rule_index.get(m.rule_id.as_str())?,
                         line: m.line,
-                        start: 0,
-                        end: 0,
+                        start: usize::try_from(m.start).ok()?,
+                        end: usize::try_from(m.end).ok()?,
                         secret: m.secret,
+                        context: m.context.into_boxed_slice(),
                     })
                 })
                 .collect();
+            self.ruleset.finish(&mut matches);
             results[blob as usize] = if matches.is_empty() {
                 BlobResult::Clean
             } else {
@@ -806,7 +823,10 @@ impl HistoryWalk<'_> {
                         .map(|m| CachedMatch {
                             rule_id: self.ruleset.rule(m.rule).id.clone(),
                             line: m.line,
+                            start: m.start as u64,
+                            end: m.end as u64,
                             secret: m.secret.clone(),
+                            context: m.context.to_vec(),
                         })
                         .collect(),
                 )),
@@ -814,7 +834,7 @@ impl HistoryWalk<'_> {
             })
             .collect();
         if !results.is_empty() {
-            self.cache.store(self.ruleset.digest(), results);
+            self.cache.store(self.ruleset.detection_digest(), results);
         }
     }
 
@@ -895,7 +915,11 @@ impl HistoryWalk<'_> {
 }
 
 enum BlobOutcome {
-    Scanned { bytes: u64, matches: Vec<BlobMatch> },
+    /// Read and scanned: its raw matches ([`crate::Scanner::scan_raw`]).
+    Scanned {
+        bytes: u64,
+        matches: Vec<BlobMatch>,
+    },
     Binary,
     TooLarge,
     Unreadable(String),
@@ -921,7 +945,7 @@ fn read_and_scan_blob(
     }
     BlobOutcome::Scanned {
         bytes: data.len() as u64,
-        matches: scanner.scan(data).to_vec(),
+        matches: scanner.scan_raw(data).to_vec(),
     }
 }
 

@@ -43,8 +43,10 @@ pub use config::ScanConfig;
 pub use error::{ConfigError, EngineError, RuleError};
 pub use git::{GitScanRequest, RefSelection};
 pub use prefilter::PrefilterKind;
-pub use rules::{builtin_rules, Allowlist, CustomRule, RuleSpec, Severity};
-pub use ruleset::{BlobMatch, CompiledRule, Policy, RuleIdx, RuleSet, RuleSetCache, Scanner};
+pub use rules::{builtin_rules, AllowRule, CustomRule, RuleSpec, Severity};
+pub use ruleset::{
+    BlobMatch, CompiledRule, Policy, PolicySpec, RuleIdx, RuleSet, RuleSetCache, Scanner,
+};
 pub use scan::{
     CommitMeta, Finding, ScanOptions, ScanProgress, ScanReport, ScanStats, ScanWarning,
 };

@@ -213,9 +213,31 @@ impl CustomRule {
     }
 }
 
-/// An allowlist entry: a finding whose path (or line) matches is not reported.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Allowlist {
-    pub paths: Vec<String>,
-    pub lines: Vec<String>,
+/// An allowlist rule: a finding whose path matches `path_regex` and whose
+/// line matches `line_regex` is not reported (a missing regex matches
+/// everything; at least one is given).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct AllowRule {
+    #[serde(default)]
+    pub name: String,
+    #[serde(default)]
+    pub line_regex: Option<String>,
+    #[serde(default)]
+    pub path_regex: Option<String>,
+}
+
+impl AllowRule {
+    pub fn path(regex: impl Into<String>) -> Self {
+        AllowRule {
+            path_regex: Some(regex.into()),
+            ..AllowRule::default()
+        }
+    }
+
+    pub fn line(regex: impl Into<String>) -> Self {
+        AllowRule {
+            line_regex: Some(regex.into()),
+            ..AllowRule::default()
+        }
+    }
 }

@@ -1,15 +1,19 @@
 //! A compiled, immutable ruleset and the per-thread [`Scanner`] that runs it
 //! over bytes.
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use regex::bytes::{Regex, RegexBuilder, RegexSet, RegexSetBuilder};
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::{
     error::{EngineError, RuleError},
     prefilter::{Candidates, Prefilter, PrefilterInput, PrefilterKind, PrefilterScratch},
-    rules::{Allowlist, CustomRule, RuleSpec, Severity},
+    rules::{AllowRule, CustomRule, RuleSpec, Severity},
     secret::{shannon_entropy, Secret},
 };
 
@@ -172,16 +176,71 @@ pub struct Policy {
     /// The built-in rules to apply.
     pub builtins: Vec<RuleSpec>,
     pub custom: Vec<CustomRule>,
-    pub allowlist: Allowlist,
+    pub allowlist: Vec<AllowRule>,
 }
 
-/// Compiled rulesets by policy digest and prefilter, for processes that scan
-/// many times under the same few policies (a cluster worker): building the
-/// Vectorscan database costs more than a small repository's whole scan.
-/// Holds at most [`RuleSetCache::CAPACITY`] rulesets (emptied when full).
+/// A policy as the cluster stores and sends it: which built-in rules are
+/// off, the custom rules and the allowlist rules of every scope that applies
+/// (global, then project, then repository). [`PolicySpec::resolve`] turns it
+/// into a [`Policy`] over this build's built-in rules.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PolicySpec {
+    /// Built-in rule ids switched off instance-wide.
+    #[serde(default)]
+    pub disabled_builtins: Vec<String>,
+    /// Custom rules, broadest scope first; a later rule of the same name
+    /// replaces an earlier one.
+    #[serde(default)]
+    pub custom: Vec<CustomRule>,
+    #[serde(default)]
+    pub allowlist: Vec<AllowRule>,
+}
+
+impl PolicySpec {
+    /// The policy this spec describes. Unknown built-in names are ignored (a
+    /// rule removed from a newer build cannot be switched off).
+    pub fn resolve(&self) -> Result<Policy, RuleError> {
+        let builtins = crate::rules::builtin_rules()
+            .iter()
+            .filter(|spec| {
+                !self.disabled_builtins.iter().any(|name| {
+                    name.eq_ignore_ascii_case(&spec.id)
+                        || spec.aliases.iter().any(|a| a.eq_ignore_ascii_case(name))
+                })
+            })
+            .cloned()
+            .collect();
+        let mut custom: Vec<CustomRule> = Vec::with_capacity(self.custom.len());
+        for rule in &self.custom {
+            if crate::rules::find_builtin(&rule.name).is_some() {
+                return Err(RuleError::Duplicate(rule.name.clone()));
+            }
+            match custom
+                .iter_mut()
+                .find(|existing| existing.name == rule.name)
+            {
+                Some(existing) => *existing = rule.clone(),
+                None => custom.push(rule.clone()),
+            }
+        }
+        Ok(Policy {
+            builtins,
+            custom,
+            allowlist: self.allowlist.clone(),
+        })
+    }
+}
+
+/// Compiled detectors by detection digest and prefilter, and the rulesets
+/// made from them, for processes that scan many times under a few policies
+/// (a cluster worker): building the Vectorscan database costs more than a
+/// small repository's whole scan, and policies that differ only in which
+/// rules are on or in their allowlists share one detector. Holds at most
+/// [`RuleSetCache::CAPACITY`] of each (emptied when full).
 #[derive(Debug, Default)]
 pub struct RuleSetCache {
-    entries: std::sync::Mutex<std::collections::HashMap<(String, PrefilterKind), Arc<RuleSet>>>,
+    detectors: Mutex<HashMap<(String, PrefilterKind), Arc<Detector>>>,
+    rulesets: Mutex<HashMap<(String, PrefilterKind), Arc<RuleSet>>>,
 }
 
 impl RuleSetCache {
@@ -194,51 +253,156 @@ impl RuleSetCache {
         prefilter_kind: PrefilterKind,
     ) -> Result<Arc<RuleSet>, EngineError> {
         let key = (policy_digest(policy), prefilter_kind);
-        if let Some(ruleset) = self.lock().get(&key) {
+        if let Some(ruleset) = lock(&self.rulesets).get(&key) {
             return Ok(Arc::clone(ruleset));
         }
-        // Built outside the lock: two threads may both build; one wins.
-        let ruleset = RuleSet::build_with(policy, prefilter_kind)?;
-        let mut entries = self.lock();
-        if entries.len() >= Self::CAPACITY {
-            entries.clear();
-        }
-        entries.insert(key, Arc::clone(&ruleset));
+        let detection = detection_rules(policy);
+        let detector_key = (detection_digest(&detection), prefilter_kind);
+        let cached = lock(&self.detectors).get(&detector_key).cloned();
+        let detector = match cached {
+            Some(detector) => detector,
+            None => {
+                // Built outside the lock: two threads may both build; one wins.
+                let detector = Arc::new(Detector::build(&detection, prefilter_kind)?);
+                insert_bounded(&self.detectors, detector_key, Arc::clone(&detector));
+                detector
+            }
+        };
+        let ruleset = Arc::new(RuleSet::with_detector(policy, detector)?);
+        insert_bounded(&self.rulesets, key, Arc::clone(&ruleset));
         Ok(ruleset)
     }
+}
 
-    fn lock(
-        &self,
-    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<(String, PrefilterKind), Arc<RuleSet>>>
-    {
-        self.entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn insert_bounded<K: std::hash::Hash + Eq, V>(map: &Mutex<HashMap<K, V>>, key: K, value: V) {
+    let mut entries = lock(map);
+    if entries.len() >= RuleSetCache::CAPACITY {
+        entries.clear();
     }
+    entries.insert(key, value);
+}
+
+/// The rules a policy runs over bytes: every built-in rule of this build
+/// (switched-off ones are filtered afterwards, so switching one on or off
+/// needs no new reads), any extra rule specs of the policy, and its custom
+/// rules.
+enum DetectionRule<'p> {
+    Spec(&'p RuleSpec),
+    Custom(&'p CustomRule),
+}
+
+fn detection_rules(policy: &Policy) -> Vec<DetectionRule<'_>> {
+    let catalog = crate::rules::builtin_rules();
+    let mut rules: Vec<DetectionRule<'_>> = catalog.iter().map(DetectionRule::Spec).collect();
+    rules.extend(
+        policy
+            .builtins
+            .iter()
+            .filter(|spec| !catalog.iter().any(|known| known.id == spec.id))
+            .map(DetectionRule::Spec),
+    );
+    rules.extend(policy.custom.iter().map(DetectionRule::Custom));
+    rules
+}
+
+/// The compiled rules and prefilter: what runs over bytes. Its digest keys
+/// the blob-result cache.
+struct Detector {
+    rules: Vec<CompiledRule>,
+    /// Indices of rules with a line regex, in order; the prefilter speaks of
+    /// positions in this list.
+    line_rules: Vec<u32>,
+    prefilter: Prefilter,
+    prefilter_kind: PrefilterKind,
+    /// Positions in `line_rules` the prefilter cannot rule out.
+    unfiltered: Vec<u32>,
+    digest: String,
+}
+
+impl std::fmt::Debug for Detector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Detector")
+            .field("rules", &self.rules.len())
+            .field("digest", &self.digest)
+            .finish()
+    }
+}
+
+impl Detector {
+    fn build(
+        detection: &[DetectionRule<'_>],
+        prefilter_kind: PrefilterKind,
+    ) -> Result<Detector, EngineError> {
+        let mut rules: Vec<CompiledRule> = Vec::with_capacity(detection.len());
+        for rule in detection {
+            let compiled = match rule {
+                DetectionRule::Spec(spec) => CompiledRule::from_spec(spec)?,
+                DetectionRule::Custom(custom) => CompiledRule::from_custom(custom)?,
+            };
+            if rules.iter().any(|existing| existing.id == compiled.id) {
+                return Err(RuleError::Duplicate(compiled.id).into());
+            }
+            rules.push(compiled);
+        }
+        let line_rules: Vec<u32> = (0..rules.len() as u32)
+            .filter(|&index| !rules[index as usize].is_path_only())
+            .collect();
+        let inputs: Vec<PrefilterInput<'_>> = line_rules
+            .iter()
+            .map(|&index| {
+                let rule = &rules[index as usize];
+                PrefilterInput {
+                    pattern: rule.line_pattern.as_deref().unwrap_or_default(),
+                    keywords: &rule.keywords,
+                }
+            })
+            .collect();
+        let (prefilter, unfiltered) = Prefilter::build(prefilter_kind, &inputs)?;
+        Ok(Detector {
+            rules,
+            line_rules,
+            prefilter,
+            prefilter_kind,
+            unfiltered,
+            digest: detection_digest(detection),
+        })
+    }
+}
+
+/// One compiled allowlist rule.
+#[derive(Debug)]
+struct CompiledAllow {
+    line: Option<Regex>,
+    path: Option<Regex>,
 }
 
 /// A compiled policy: shared by every thread of a scan (wrap it in an `Arc`),
 /// each of which makes its own [`Scanner`].
 pub struct RuleSet {
-    rules: Vec<CompiledRule>,
-    /// Indices of rules with a line regex, in order; the prefilter speaks of
-    /// positions in this list.
-    line_rules: Vec<u32>,
+    detector: Arc<Detector>,
+    /// Per detector rule: whether the policy applies it.
+    enabled: Vec<bool>,
     path_only_rules: Vec<u32>,
-    prefilter: Prefilter,
-    prefilter_kind: PrefilterKind,
-    /// Positions in `line_rules` the prefilter cannot rule out.
-    unfiltered: Vec<u32>,
+    /// Allowlist rules with only a path regex, as one set.
     allow_paths: Option<RegexSet>,
+    /// Allowlist rules with only a line regex, as one set.
     allow_lines: Option<RegexSet>,
+    /// Allowlist rules with both.
+    allow_both: Vec<CompiledAllow>,
     digest: String,
 }
 
 impl std::fmt::Debug for RuleSet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RuleSet")
-            .field("rules", &self.rules.len())
-            .field("prefilter", &self.prefilter_kind.name())
+            .field("rules", &self.detector.rules.len())
+            .field("prefilter", &self.detector.prefilter_kind.name())
             .field("digest", &self.digest)
             .finish()
     }
@@ -253,58 +417,89 @@ impl RuleSet {
         policy: &Policy,
         prefilter_kind: PrefilterKind,
     ) -> Result<Arc<RuleSet>, EngineError> {
-        let mut rules = Vec::with_capacity(policy.builtins.len() + policy.custom.len());
-        for spec in &policy.builtins {
-            rules.push(CompiledRule::from_spec(spec)?);
-        }
-        for custom in &policy.custom {
-            if rules
-                .iter()
-                .any(|rule: &CompiledRule| rule.id == custom.name)
-            {
-                return Err(RuleError::Duplicate(custom.name.clone()).into());
-            }
-            rules.push(CompiledRule::from_custom(custom)?);
-        }
-        let line_rules: Vec<u32> = (0..rules.len() as u32)
-            .filter(|&index| !rules[index as usize].is_path_only())
-            .collect();
-        let path_only_rules = (0..rules.len() as u32)
-            .filter(|&index| rules[index as usize].is_path_only())
-            .collect();
-        let inputs: Vec<PrefilterInput<'_>> = line_rules
+        let detector = Detector::build(&detection_rules(policy), prefilter_kind)?;
+        Ok(Arc::new(RuleSet::with_detector(
+            policy,
+            Arc::new(detector),
+        )?))
+    }
+
+    fn with_detector(policy: &Policy, detector: Arc<Detector>) -> Result<RuleSet, EngineError> {
+        let enabled: Vec<bool> = detector
+            .rules
             .iter()
-            .map(|&index| {
-                let rule = &rules[index as usize];
-                PrefilterInput {
-                    pattern: rule.line_pattern.as_deref().unwrap_or_default(),
-                    keywords: &rule.keywords,
+            .map(|rule| {
+                if rule.builtin {
+                    policy.builtins.iter().any(|spec| spec.id == rule.id)
+                } else {
+                    policy.custom.iter().any(|custom| custom.name == rule.id)
                 }
             })
             .collect();
-        let (prefilter, unfiltered) = Prefilter::build(prefilter_kind, &inputs)?;
-        let allow_paths = compile_set("allowlist path", &policy.allowlist.paths)?;
-        let allow_lines = compile_set("allowlist line", &policy.allowlist.lines)?;
-        let digest = policy_digest(policy);
-        Ok(Arc::new(RuleSet {
-            rules,
-            line_rules,
+        let path_only_rules = (0..detector.rules.len() as u32)
+            .filter(|&index| {
+                enabled[index as usize] && detector.rules[index as usize].is_path_only()
+            })
+            .collect();
+        let mut paths = Vec::new();
+        let mut lines = Vec::new();
+        let mut allow_both = Vec::new();
+        for allow in &policy.allowlist {
+            let name = if allow.name.is_empty() {
+                "allowlist"
+            } else {
+                allow.name.as_str()
+            };
+            match (&allow.line_regex, &allow.path_regex) {
+                (None, None) => {
+                    return Err(RuleError::Invalid {
+                        origin: "allowlist".into(),
+                        rule: name.to_string(),
+                        message: "an allowlist rule needs a line regex, a path regex or both"
+                            .into(),
+                    }
+                    .into())
+                }
+                (None, Some(path)) => paths.push(path.clone()),
+                (Some(line), None) => lines.push(line.clone()),
+                (Some(line), Some(path)) => allow_both.push(CompiledAllow {
+                    line: Some(compile_regex(name, "line", line, CUSTOM_REGEX_SIZE_LIMIT)?),
+                    path: Some(compile_regex(name, "path", path, CUSTOM_REGEX_SIZE_LIMIT)?),
+                }),
+            }
+        }
+        Ok(RuleSet {
+            enabled,
             path_only_rules,
-            prefilter,
-            prefilter_kind,
-            unfiltered,
-            allow_paths,
-            allow_lines,
-            digest,
-        }))
+            allow_paths: compile_set("allowlist path", &paths)?,
+            allow_lines: compile_set("allowlist line", &lines)?,
+            allow_both,
+            digest: policy_digest(policy),
+            detector,
+        })
     }
 
+    /// Every rule the scanner runs, including those this policy filters out.
     pub fn rules(&self) -> &[CompiledRule] {
-        &self.rules
+        &self.detector.rules
+    }
+
+    /// The rules this policy reports.
+    pub fn enabled_rules(&self) -> impl Iterator<Item = &CompiledRule> + '_ {
+        self.detector
+            .rules
+            .iter()
+            .zip(&self.enabled)
+            .filter(|(_, &on)| on)
+            .map(|(rule, _)| rule)
     }
 
     pub fn rule(&self, index: RuleIdx) -> &CompiledRule {
-        &self.rules[index.0 as usize]
+        &self.detector.rules[index.0 as usize]
+    }
+
+    pub fn is_enabled(&self, index: RuleIdx) -> bool {
+        self.enabled[index.0 as usize]
     }
 
     pub fn path_only_rules(&self) -> impl Iterator<Item = RuleIdx> + '_ {
@@ -314,10 +509,12 @@ impl RuleSet {
     /// Ids of the line rules the prefilter cannot rule out (they run over
     /// every blob).
     pub fn unfiltered_rules(&self) -> Vec<&str> {
-        self.unfiltered
+        let detector = &self.detector;
+        detector
+            .unfiltered
             .iter()
             .map(|&position| {
-                self.rules[self.line_rules[position as usize] as usize]
+                detector.rules[detector.line_rules[position as usize] as usize]
                     .id
                     .as_str()
             })
@@ -325,27 +522,60 @@ impl RuleSet {
     }
 
     pub fn prefilter_name(&self) -> &'static str {
-        self.prefilter_kind.name()
+        self.detector.prefilter_kind.name()
     }
 
-    /// Stable digest of everything that decides what this ruleset reports
-    /// (a result cache is keyed by it).
+    /// Stable digest of everything that decides what this ruleset reports.
     pub fn digest(&self) -> &str {
         &self.digest
     }
 
-    /// Whether a finding at `path` is allowlisted.
+    /// Stable digest of what the scanner runs over bytes; a blob's raw
+    /// matches ([`Scanner::scan_raw`]) depend on nothing else, so the
+    /// blob-result cache is keyed by it.
+    pub fn detection_digest(&self) -> &str {
+        &self.detector.digest
+    }
+
+    /// Whether every finding at `path` is allowlisted (a path-only rule).
     pub fn path_allowed(&self, path: &[u8]) -> bool {
         self.allow_paths
             .as_ref()
             .is_some_and(|set| set.is_match(path))
     }
 
+    /// Whether a match with `context` (its line) at `path` is allowlisted by
+    /// a rule with both a path and a line regex.
+    pub fn match_allowed(&self, path: &[u8], context: &[u8]) -> bool {
+        self.allow_both.iter().any(|allow| {
+            allow.path.as_ref().is_none_or(|regex| regex.is_match(path))
+                && allow
+                    .line
+                    .as_ref()
+                    .is_none_or(|regex| regex.is_match(context))
+        })
+    }
+
+    /// Turns a blob's raw matches into what this policy reports: rules it
+    /// does not apply and allowlisted lines go, a generic match yields to a
+    /// specific one, and the rest is sorted by (start, rule).
+    pub fn finish(&self, matches: &mut Vec<BlobMatch>) {
+        matches.retain(|m| {
+            self.enabled[m.rule.0 as usize]
+                && !self
+                    .allow_lines
+                    .as_ref()
+                    .is_some_and(|set| set.is_match(&m.context))
+        });
+        drop_generic_overlaps(self, matches);
+        matches.sort_by_key(|m| (m.start, m.line, m.rule));
+    }
+
     pub fn scanner(&self) -> Result<Scanner<'_>, EngineError> {
         Ok(Scanner {
             ruleset: self,
-            scratch: self.prefilter.scratch()?,
-            candidates: Candidates::new(self.line_rules.len()),
+            scratch: self.detector.prefilter.scratch()?,
+            candidates: Candidates::new(self.detector.line_rules.len()),
             matches: Vec::new(),
         })
     }
@@ -370,42 +600,81 @@ fn compile_set(what: &'static str, patterns: &[String]) -> Result<Option<RegexSe
         })
 }
 
-pub(crate) fn policy_digest(policy: &Policy) -> String {
-    let mut hasher = Sha256::new();
-    hasher.update(b"leakscan-ruleset-v1\0");
-    hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
-    let mut feed = |parts: &[&[u8]]| {
-        for part in parts {
-            hasher.update((part.len() as u64).to_le_bytes());
-            hasher.update(part);
-        }
-    };
-    for spec in &policy.builtins {
-        let entropy = spec.min_entropy.map(|e| e.to_string()).unwrap_or_default();
-        feed(&[
+/// Length-prefixed parts into a hasher.
+fn feed(hasher: &mut Sha256, parts: &[&[u8]]) {
+    for part in parts {
+        hasher.update((part.len() as u64).to_le_bytes());
+        hasher.update(part);
+    }
+}
+
+fn feed_spec(hasher: &mut Sha256, spec: &RuleSpec) {
+    let entropy = spec.min_entropy.map(|e| e.to_string()).unwrap_or_default();
+    feed(
+        hasher,
+        &[
             b"builtin",
             spec.id.as_bytes(),
             spec.pattern.as_bytes(),
             entropy.as_bytes(),
-        ]);
-        for word in &spec.stopwords {
-            feed(&[b"stopword", word.as_bytes()]);
-        }
+            spec.severity.as_str().as_bytes(),
+            if spec.generic {
+                b"generic"
+            } else {
+                b"specific"
+            },
+        ],
+    );
+    for word in &spec.stopwords {
+        feed(hasher, &[b"stopword", word.as_bytes()]);
     }
-    for custom in &policy.custom {
-        feed(&[
+}
+
+fn feed_custom(hasher: &mut Sha256, custom: &CustomRule) {
+    feed(
+        hasher,
+        &[
             b"custom",
             custom.name.as_bytes(),
             custom.line_regex.as_deref().unwrap_or("\0").as_bytes(),
             custom.path_regex.as_deref().unwrap_or("\0").as_bytes(),
             custom.severity.as_str().as_bytes(),
-        ]);
+        ],
+    );
+}
+
+fn detection_digest(detection: &[DetectionRule<'_>]) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"leakscan-detector-v2\0");
+    hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+    for rule in detection {
+        match rule {
+            DetectionRule::Spec(spec) => feed_spec(&mut hasher, spec),
+            DetectionRule::Custom(custom) => feed_custom(&mut hasher, custom),
+        }
     }
-    for path in &policy.allowlist.paths {
-        feed(&[b"allow-path", path.as_bytes()]);
+    hex::encode(hasher.finalize())
+}
+
+pub(crate) fn policy_digest(policy: &Policy) -> String {
+    let mut hasher = Sha256::new();
+    hasher.update(b"leakscan-ruleset-v2\0");
+    hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+    for spec in &policy.builtins {
+        feed_spec(&mut hasher, spec);
     }
-    for line in &policy.allowlist.lines {
-        feed(&[b"allow-line", line.as_bytes()]);
+    for custom in &policy.custom {
+        feed_custom(&mut hasher, custom);
+    }
+    for allow in &policy.allowlist {
+        feed(
+            &mut hasher,
+            &[
+                b"allow",
+                allow.line_regex.as_deref().unwrap_or("\0").as_bytes(),
+                allow.path_regex.as_deref().unwrap_or("\0").as_bytes(),
+            ],
+        );
     }
     hex::encode(hasher.finalize())
 }
@@ -416,11 +685,17 @@ pub struct BlobMatch {
     pub rule: RuleIdx,
     /// 1-based line of the start of the secret.
     pub line: u32,
-    /// Byte range of the secret in the blob.
+    /// Byte range of the secret in the blob (0..0 for a cached match).
     pub start: usize,
     pub end: usize,
     pub secret: Secret,
+    /// The line(s) of the match, at most [`CONTEXT_BYTES`] either side of
+    /// the secret: what allowlist line regexes are matched against.
+    pub context: Box<[u8]>,
 }
+
+/// Bytes of a match's line kept either side of the secret.
+pub const CONTEXT_BYTES: usize = 256;
 
 /// Per-thread scanner: owns the scratch space, borrows the ruleset.
 pub struct Scanner<'r> {
@@ -435,25 +710,36 @@ impl Scanner<'_> {
         self.ruleset
     }
 
-    /// Runs every line rule over `data`; returns the matches in (start, rule)
-    /// order. Path conditions are applied later, by whoever knows the path.
+    /// What the policy reports in `data`: [`Scanner::scan_raw`] then
+    /// [`RuleSet::finish`]. Path conditions are applied later, by whoever
+    /// knows the path.
     pub fn scan(&mut self, data: &[u8]) -> &[BlobMatch] {
+        self.scan_raw(data);
+        self.ruleset.finish(&mut self.matches);
+        &self.matches
+    }
+
+    /// Every match of every rule the detector runs, before the policy's
+    /// filters (rules switched off, allowlisted lines, generic overlaps);
+    /// only lines marked with the allowlist pragma are left out. Depends on
+    /// the detector alone, so it is what the blob-result cache keeps.
+    pub fn scan_raw(&mut self, data: &[u8]) -> &[BlobMatch] {
         self.matches.clear();
-        let ruleset = self.ruleset;
-        if ruleset.line_rules.is_empty() {
+        let detector = &*self.ruleset.detector;
+        if detector.line_rules.is_empty() {
             return &self.matches;
         }
         self.candidates.clear();
-        ruleset
+        detector
             .prefilter
             .candidates(&mut self.scratch, data, &mut self.candidates);
         let mut positions: Vec<u32> = self.candidates.list.clone();
-        positions.extend_from_slice(&ruleset.unfiltered);
+        positions.extend_from_slice(&detector.unfiltered);
         positions.sort_unstable();
         positions.dedup();
         for position in positions {
-            let rule_index = ruleset.line_rules[position as usize];
-            let rule = &ruleset.rules[rule_index as usize];
+            let rule_index = detector.line_rules[position as usize];
+            let rule = &detector.rules[rule_index as usize];
             let Some(regex) = &rule.line_regex else {
                 continue;
             };
@@ -466,7 +752,7 @@ impl Scanner<'_> {
                     continue;
                 }
                 let whole = captures.get(0).expect("group 0 always matches");
-                if line_is_allowed(ruleset, data, whole.start(), whole.end()) {
+                if has_pragma(data, whole.start(), whole.end()) {
                     continue;
                 }
                 self.matches.push(BlobMatch {
@@ -475,10 +761,16 @@ impl Scanner<'_> {
                     start: secret.start(),
                     end: secret.end(),
                     secret: Secret::new(secret_bytes),
+                    context: match_context(
+                        data,
+                        whole.start(),
+                        whole.end(),
+                        secret.start(),
+                        secret.end(),
+                    ),
                 });
             }
         }
-        drop_generic_overlaps(ruleset, &mut self.matches);
         self.matches.sort_by_key(|m| (m.start, m.rule));
         &self.matches
     }
@@ -523,25 +815,38 @@ fn line_bounds(data: &[u8], start: usize, end: usize) -> (usize, usize) {
     (line_start, line_end)
 }
 
-/// The pragma or an allowlist line regex on the first or last line of the match.
-fn line_is_allowed(ruleset: &RuleSet, data: &[u8], start: usize, end: usize) -> bool {
+/// The allowlist pragma on the first or last line of the match.
+fn has_pragma(data: &[u8], start: usize, end: usize) -> bool {
     let (first_start, first_end) = line_bounds(data, start, start);
-    let check = |line: &[u8]| {
-        memchr::memmem::find(line, PRAGMA_ALLOWLIST).is_some()
-            || ruleset
-                .allow_lines
-                .as_ref()
-                .is_some_and(|set| set.is_match(line))
-    };
-    if check(&data[first_start..first_end]) {
+    let marked = |line: &[u8]| memchr::memmem::find(line, PRAGMA_ALLOWLIST).is_some();
+    if marked(&data[first_start..first_end]) {
         return true;
     }
     let last_byte = end.saturating_sub(1).max(start);
     if last_byte >= first_end {
         let (last_start, last_end) = line_bounds(data, last_byte, last_byte);
-        return check(&data[last_start..last_end]);
+        return marked(&data[last_start..last_end]);
     }
     false
+}
+
+/// The lines of a match (from the start of its first line to the end of its
+/// last), clipped to [`CONTEXT_BYTES`] either side of the secret.
+fn match_context(
+    data: &[u8],
+    whole_start: usize,
+    whole_end: usize,
+    secret_start: usize,
+    secret_end: usize,
+) -> Box<[u8]> {
+    let (line_start, _) = line_bounds(data, whole_start, whole_start);
+    let last_byte = whole_end.saturating_sub(1).max(whole_start);
+    let (_, line_end) = line_bounds(data, last_byte, last_byte);
+    let from = line_start.max(secret_start.saturating_sub(CONTEXT_BYTES));
+    let to = line_end
+        .min(secret_end.saturating_add(CONTEXT_BYTES))
+        .max(from);
+    data[from..to].into()
 }
 
 fn line_number(data: &[u8], offset: usize) -> u32 {
@@ -572,7 +877,16 @@ mod ruleset_cache_tests {
         fewer.builtins.truncate(3);
         let other = cache.get_or_build(&fewer, PrefilterKind::Keywords).unwrap();
         assert!(!Arc::ptr_eq(&first, &other));
-        assert_eq!(other.rules().len(), 3);
+        assert_eq!(other.enabled_rules().count(), 3);
         assert_ne!(other.digest(), first.digest());
+        // Fewer rules switched on: the same detector, so the same cached
+        // blob results serve both.
+        assert!(Arc::ptr_eq(&first.detector, &other.detector));
+        assert_eq!(other.detection_digest(), first.detection_digest());
+        let mut more = builtin.clone();
+        more.custom
+            .push(CustomRule::line("EXTRA", "extra_[0-9]{8}"));
+        let extra = cache.get_or_build(&more, PrefilterKind::Keywords).unwrap();
+        assert_ne!(extra.detection_digest(), first.detection_digest());
     }
 }

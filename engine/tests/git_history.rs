@@ -639,3 +639,72 @@ fn a_shared_blob_cache_spares_rescans_and_forks_every_read() {
         .collect();
     assert_eq!(rules, vec!["AWS_ACCESS_KEY_ID", "CORP_TICKET"]);
 }
+
+#[test]
+fn policy_filters_apply_to_cached_results_without_reading_again() {
+    use leakscan_engine::{git::scan_repository_with_cache, AllowRule, MemoryBlobCache};
+    let repo = GitRepo::new();
+    repo.write("config/a.env", aws_line(AWS_KEY));
+    repo.write("vendor/b.env", aws_line(AWS_KEY_2));
+    repo.write(
+        "c.env",
+        format!("aws_access_key_id = {AWS_KEY_2} # test fixture\n"),
+    );
+    repo.commit_all("init");
+    let cache = MemoryBlobCache::default();
+    let scan_cached = |policy: &Policy| {
+        let report = scan_repository_with_cache(
+            repo.path(),
+            policy,
+            &GitScanRequest::default(),
+            &ScanOptions::default(),
+            &ScanProgress::default(),
+            &cache,
+        )
+        .unwrap();
+        let paths: Vec<String> = report.findings.iter().map(|f| f.path.clone()).collect();
+        (report.stats.blobs_scanned, paths)
+    };
+    let base = Policy::builtin_default();
+    assert_eq!(
+        scan_cached(&base),
+        (
+            3,
+            vec!["c.env".into(), "config/a.env".into(), "vendor/b.env".into()]
+        )
+    );
+    // Each of these policies' results is known from the cached raw matches:
+    // nothing is read, and each reports what a fresh scan reports.
+    let mut without_aws = base.clone();
+    without_aws
+        .builtins
+        .retain(|spec| spec.id != "AWS_ACCESS_KEY_ID");
+    let path_allowed = Policy {
+        allowlist: vec![AllowRule::path("^vendor/")],
+        ..base.clone()
+    };
+    let line_allowed = Policy {
+        allowlist: vec![AllowRule::line("test fixture")],
+        ..base.clone()
+    };
+    let both = Policy {
+        allowlist: vec![AllowRule {
+            name: "fixture in c.env only".into(),
+            line_regex: Some(AWS_KEY_2.into()),
+            path_regex: Some(r"^c\.env$".into()),
+        }],
+        ..base.clone()
+    };
+    for (policy, expected) in [
+        (&without_aws, vec![]),
+        (&path_allowed, vec!["c.env", "config/a.env"]),
+        (&line_allowed, vec!["config/a.env", "vendor/b.env"]),
+        (&both, vec!["config/a.env", "vendor/b.env"]),
+    ] {
+        let expected: Vec<String> = expected.into_iter().map(String::from).collect();
+        assert_eq!(scan_cached(policy), (0, expected.clone()));
+        let fresh = scan_with(&repo, policy, &GitScanRequest::default(), 1).unwrap();
+        let fresh: Vec<String> = fresh.findings.iter().map(|f| f.path.clone()).collect();
+        assert_eq!(fresh, expected, "a fresh scan agrees");
+    }
+}

@@ -4,8 +4,39 @@
 //!   `LEAKSCAN_LOG` (default `info`), as JSON when `LEAKSCAN_LOG_FORMAT=json`.
 //! - [`cancel_on_signal`]: turns SIGINT/SIGTERM into a cancelled
 //!   [`CancellationToken`], the root of each binary's graceful shutdown.
+//! - [`MasterKeyArgs`]: the `--master-key` / `--master-key-file` flags.
 
+use std::path::PathBuf;
+
+use leakscan_store::secrets::MasterKey;
 use tokio_util::sync::CancellationToken;
+
+/// The master key of stored secrets, as every binary that needs it takes it.
+#[derive(Debug, Clone, clap::Args)]
+pub struct MasterKeyArgs {
+    /// Master key (64 hex digits) that wraps the data keys of stored secrets.
+    #[arg(
+        long,
+        env = "LEAKSCAN_MASTER_KEY",
+        hide_env_values = true,
+        conflicts_with = "master_key_file"
+    )]
+    pub master_key: Option<String>,
+    /// File holding the master key (e.g. a mounted Kubernetes Secret).
+    #[arg(long, env = "LEAKSCAN_MASTER_KEY_FILE")]
+    pub master_key_file: Option<PathBuf>,
+}
+
+impl MasterKeyArgs {
+    /// The key given, if any; a malformed key or unreadable file is an error.
+    pub fn load(&self) -> Result<Option<MasterKey>, leakscan_store::StoreError> {
+        match (&self.master_key, &self.master_key_file) {
+            (Some(hex), _) => MasterKey::from_hex(hex.trim()).map(Some),
+            (None, Some(path)) => MasterKey::from_file(path).map(Some),
+            (None, None) => Ok(None),
+        }
+    }
+}
 
 /// Sets up the global log subscriber once (later calls do nothing).
 pub fn init_logging() {

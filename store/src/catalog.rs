@@ -78,6 +78,16 @@ pub fn validate_slug(slug: &str) -> Result<()> {
     }
 }
 
+/// The project with this key.
+pub async fn find_project(pool: &PgPool, key: &str) -> Result<Option<Project>> {
+    Ok(
+        sqlx::query_as::<_, Project>("select id, key, name from projects where key = $1")
+            .bind(key)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
 /// Creates the project if it is new; returns it either way.
 pub async fn upsert_project(pool: &PgPool, key: &str, name: &str) -> Result<Project> {
     validate_project_key(key)?;

@@ -37,13 +37,15 @@ impl std::fmt::Debug for NewFinding {
     }
 }
 
-/// Records a batch for `branch` of `repository`; returns how many findings
-/// were new. Recording the same batch again changes nothing.
+/// Records a batch that scan task `task` found on `branch` of `repository`;
+/// returns how many findings were new. Recording the same batch again
+/// changes nothing.
 pub async fn record_findings(
     pool: &PgPool,
     secrets: &SecretBox,
     repository: RepoId,
     branch: &str,
+    task: i64,
     findings: &[NewFinding],
 ) -> Result<u64> {
     let mut transaction = pool.begin().await?;
@@ -53,8 +55,8 @@ pub async fn record_findings(
         let (key_id, ciphertext) = secrets.encrypt(&finding.secret);
         let id: Option<i64> = sqlx::query_scalar(
             "insert into findings (repository_id, rule_id, rule_name, severity, commit, path, line, author,
-                 author_email, commit_date, fingerprint, redacted, secret_key_id, secret_ciphertext)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                 author_email, commit_date, fingerprint, redacted, secret_key_id, secret_ciphertext, secret_hash)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
              on conflict (repository_id, commit, path, rule_id, fingerprint) do nothing
              returning id",
         )
@@ -72,6 +74,7 @@ pub async fn record_findings(
         .bind(redact(&finding.secret))
         .bind(key_id)
         .bind(&ciphertext)
+        .bind(secrets.secret_hash(&finding.secret))
         .fetch_optional(&mut *transaction)
         .await?;
         let id = match id {
@@ -93,14 +96,51 @@ pub async fn record_findings(
                 .await?
             }
         };
-        sqlx::query("insert into finding_branches (finding_id, branch) values ($1, $2) on conflict do nothing")
-            .bind(id)
-            .bind(branch)
-            .execute(&mut *transaction)
-            .await?;
+        sqlx::query(
+            "insert into finding_branches (finding_id, branch, task_id) values ($1, $2, $3)
+             on conflict (finding_id, branch) do update set task_id = excluded.task_id",
+        )
+        .bind(id)
+        .bind(branch)
+        .bind(task)
+        .execute(&mut *transaction)
+        .await?;
     }
     transaction.commit().await?;
     Ok(inserted)
+}
+
+/// After a full scan of `branch` by `task`: the branch keeps only the
+/// findings that task reported (a rule switched off, an allowlist added or a
+/// review of a rule that changed takes the others away); findings left on no
+/// branch are deleted. Returns how many links went.
+pub async fn keep_only_task_findings(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    repository: RepoId,
+    branch: &str,
+    task: i64,
+) -> Result<u64> {
+    let removed = sqlx::query(
+        "delete from finding_branches fb using findings f
+         where fb.finding_id = f.id and f.repository_id = $1 and fb.branch = $2
+           and fb.task_id is distinct from $3",
+    )
+    .bind(repository)
+    .bind(branch)
+    .bind(task)
+    .execute(&mut **transaction)
+    .await?
+    .rows_affected();
+    if removed > 0 {
+        sqlx::query(
+            "delete from findings f where f.repository_id = $1
+             and not exists (select 1 from finding_branches fb where fb.finding_id = f.id)",
+        )
+        .bind(repository)
+        .execute(&mut **transaction)
+        .await?;
+    }
+    Ok(removed)
 }
 
 /// A stored finding with its secret decrypted (for exports that may show it).
@@ -149,7 +189,7 @@ pub async fn reveal_secret(pool: &PgPool, secrets: &SecretBox, finding: i64) -> 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, sqlx::FromRow)]
 #[serde(rename_all = "camelCase")]
 pub struct ReportedFinding {
-    #[serde(skip)]
+    /// What a review names (`findingId`).
     pub id: i64,
     pub rule: String,
     pub rule_name: String,
@@ -170,27 +210,34 @@ pub struct ReportedFinding {
 }
 
 /// The findings of `branch` of `repository` as the API reports them,
-/// optionally only those of one rule.
+/// optionally only those of one rule; reviewed ones only when asked for.
 pub async fn reported_findings(
     pool: &PgPool,
     repository: RepoId,
     branch: &str,
     rule: Option<&str>,
+    include_reviewed: bool,
 ) -> Result<Vec<ReportedFinding>> {
     Ok(sqlx::query_as::<_, ReportedFinding>(
-        "select f.id, f.rule_id as rule, f.rule_name, f.severity, p.key as project, r.slug as repository,
-                b.branch, f.commit, f.path, f.line, f.author, f.author_email, f.commit_date, f.scan_date,
-                f.redacted as secret, f.fingerprint, false as reviewed
-         from findings f
-         join finding_branches b on b.finding_id = f.id
-         join repositories r on r.id = f.repository_id
-         join projects p on p.id = r.project_id
-         where f.repository_id = $1 and b.branch = $2 and ($3::text is null or f.rule_id = $3 or f.rule_name = $3)
-         order by f.commit_date nulls first, f.path, f.line, f.rule_id",
+        "select * from (
+             select f.id, f.rule_id as rule, f.rule_name, f.severity, p.key as project, r.slug as repository,
+                    b.branch, f.commit, f.path, f.line, f.author, f.author_email, f.commit_date, f.scan_date,
+                    f.redacted as secret, f.fingerprint,
+                    exists (select 1 from reviews v where v.secret_hash = f.secret_hash
+                            and (v.repository_id is null or v.repository_id = f.repository_id)) as reviewed
+             from findings f
+             join finding_branches b on b.finding_id = f.id
+             join repositories r on r.id = f.repository_id
+             join projects p on p.id = r.project_id
+             where f.repository_id = $1 and b.branch = $2 and ($3::text is null or f.rule_id = $3 or f.rule_name = $3)
+         ) reported
+         where $4 or not reviewed
+         order by commit_date nulls first, path, line, rule",
     )
     .bind(repository)
     .bind(branch)
     .bind(rule)
+    .bind(include_reviewed)
     .fetch_all(pool)
     .await?)
 }
@@ -220,6 +267,44 @@ pub async fn project_summaries(pool: &PgPool) -> Result<Vec<ProjectSummary>> {
                  where r.project_id = p.id) as findings
          from projects p order by p.key",
     )
+    .fetch_all(pool)
+    .await?)
+}
+
+/// One branch's scan state, for dashboards.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct BranchSummary {
+    pub repository_id: RepoId,
+    pub slug: String,
+    pub branch: String,
+    pub head_commit: String,
+    pub last_scanned_commit: Option<String>,
+    pub last_scanned_base: Option<String>,
+    /// Findings not hidden by a review.
+    pub findings: i64,
+}
+
+/// Every branch of a project's repositories (or of one repository), by
+/// repository slug and branch name.
+pub async fn branch_summaries(
+    pool: &PgPool,
+    project_key: &str,
+    repository: Option<RepoId>,
+) -> Result<Vec<BranchSummary>> {
+    Ok(sqlx::query_as::<_, BranchSummary>(
+        "select r.id as repository_id, r.slug, b.name as branch, b.head_commit, b.last_scanned_commit,
+                b.last_scanned_base,
+                (select count(*) from findings f join finding_branches fb on fb.finding_id = f.id
+                 where f.repository_id = r.id and fb.branch = b.name
+                   and not exists (select 1 from reviews v where v.secret_hash = f.secret_hash
+                                   and (v.repository_id is null or v.repository_id = r.id))) as findings
+         from repositories r join projects p on p.id = r.project_id
+         join branches b on b.repository_id = r.id
+         where p.key = $1 and ($2::bigint is null or r.id = $2)
+         order by r.slug, b.name",
+    )
+    .bind(project_key)
+    .bind(repository)
     .fetch_all(pool)
     .await?)
 }

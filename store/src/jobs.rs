@@ -295,6 +295,8 @@ pub async fn failed_tasks(pool: &PgPool, job: JobId, limit: i64) -> Result<Vec<F
 pub struct BranchScan {
     pub head_commit: String,
     pub last_scanned_commit: Option<String>,
+    /// Base policy digest of the last scan.
+    pub last_scanned_base: Option<String>,
     /// The latest task for this branch, in any job.
     pub scan_key: Option<String>,
     pub task_state: Option<String>,
@@ -331,7 +333,7 @@ pub async fn branch_scan(
     branch: &str,
 ) -> Result<Option<BranchScan>> {
     Ok(sqlx::query_as::<_, BranchScan>(
-        "select b.head_commit, b.last_scanned_commit, t.scan_key, t.state as task_state,
+        "select b.head_commit, b.last_scanned_commit, b.last_scanned_base, t.scan_key, t.state as task_state,
                 t.commits_total, t.commits_done
          from branches b
          left join lateral (

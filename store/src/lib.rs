@@ -14,10 +14,15 @@
 //!   job's tasks are in PostgreSQL.
 //! - [`users`]: users (argon2id password hashes) and their permissions.
 //! - [`blobs`]: the blob-result cache every worker shares.
+//! - [`policy`]: custom and allowlist rules per scope, built-in switches,
+//!   exemptions, and the base policy a repository is scanned under;
+//!   [`reviews`]: secrets marked false positives; [`audit`]: who changed
+//!   what, written in the same transaction as the change.
 //! - [`testing`]: a fresh database per test.
 //!
 //! Queries are checked at run time (no database is needed to build).
 
+pub mod audit;
 pub mod blobs;
 // Its column macros are used by later modules.
 #[macro_use]
@@ -25,7 +30,9 @@ pub mod catalog;
 pub mod findings;
 pub mod jobs;
 pub mod page;
+pub mod policy;
 pub mod queue;
+pub mod reviews;
 pub mod secrets;
 pub mod tasks;
 pub mod testing;

@@ -199,6 +199,13 @@ impl SecretBox {
         hex::encode(mac.finalize().into_bytes())
     }
 
+    /// Keyed hash of the secret alone, hex: what reviews match, whatever
+    /// rule found the secret. (Rule ids are never empty, so this cannot
+    /// equal a fingerprint.)
+    pub fn secret_hash(&self, secret: &[u8]) -> String {
+        self.fingerprint("", secret)
+    }
+
     /// The key the fingerprints are made with, for components that compute
     /// them themselves (the engine's `Secret::fingerprint` gives the same).
     pub fn fingerprint_key(&self) -> &[u8; 32] {

@@ -34,6 +34,7 @@ pub struct LeasedTask {
     pub clone_url: String,
     pub branch: String,
     pub last_scanned_commit: Option<String>,
+    pub last_scanned_digest: Option<String>,
     pub attempts: i32,
     pub lease_expires_at: DateTime<Utc>,
 }
@@ -116,7 +117,7 @@ pub async fn lease_next_task(
              returning t.*
          )
          select l.id as task_id, l.lease_id, l.job_id, j.scan_key, l.repository_id, p.key as project_key,
-                r.slug, r.clone_url, l.branch, b.last_scanned_commit, l.attempts, l.lease_expires_at
+                r.slug, r.clone_url, l.branch, b.last_scanned_commit, b.last_scanned_digest, l.attempts, l.lease_expires_at
          from leased l
          join scan_jobs j on j.id = l.job_id
          join repositories r on r.id = l.repository_id
@@ -191,15 +192,30 @@ pub async fn leased_task_target(
         .ok_or_else(|| lease_lost(task))
 }
 
+/// What a completed branch scan covered.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Completion {
+    pub head_commit: String,
+    pub blobs_read: i64,
+    /// Digest of the effective policy (base and config file) scanned under.
+    pub policy_digest: String,
+    /// Digest of the base policy the task was leased with.
+    pub base_digest: String,
+    /// The whole history was scanned: the branch keeps exactly the findings
+    /// this task reported.
+    pub full_scan: bool,
+}
+
 /// Marks a task done, records what its branch scan covered, and finishes
 /// the job when it was the last one.
 pub async fn complete_task(
     pool: &PgPool,
     task: TaskId,
     lease_id: &str,
-    head_commit: &str,
-    blobs_read: i64,
+    completion: &Completion,
 ) -> Result<()> {
+    let head_commit = completion.head_commit.as_str();
+    let blobs_read = completion.blobs_read;
     let mut transaction = pool.begin().await?;
     let row: Option<(JobId, RepoId, String)> = sqlx::query_as(
         "update scan_tasks set state = 'done', finished_at = now(), head_commit = $3, blobs_read = $4,
@@ -214,13 +230,20 @@ pub async fn complete_task(
     .fetch_optional(&mut *transaction)
     .await?;
     let (job, repository, branch) = row.ok_or_else(|| lease_lost(task))?;
+    if completion.full_scan {
+        crate::findings::keep_only_task_findings(&mut transaction, repository, &branch, task.0)
+            .await?;
+    }
     sqlx::query(
-        "update branches set last_scanned_commit = $3, head_commit = $3, last_scanned_at = now()
+        "update branches set last_scanned_commit = $3, head_commit = $3, last_scanned_at = now(),
+             last_scanned_digest = $4, last_scanned_base = $5
          where repository_id = $1 and name = $2",
     )
     .bind(repository)
     .bind(&branch)
     .bind(head_commit)
+    .bind(&completion.policy_digest)
+    .bind(&completion.base_digest)
     .execute(&mut *transaction)
     .await?;
     settle_job(&mut transaction, job).await?;

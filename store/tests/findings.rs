@@ -42,21 +42,21 @@ async fn batches_are_idempotent_and_secrets_are_only_stored_encrypted() {
         finding("AWS_ACCESS_KEY_ID", "keys/aws.env", None, OTHER_SECRET),
     ];
     assert_eq!(
-        findings::record_findings(pool, &secrets, repository, "main", &batch)
+        findings::record_findings(pool, &secrets, repository, "main", 1, &batch)
             .await
             .unwrap(),
         2
     );
     // A retried batch (a worker that crashed after sending) adds nothing.
     assert_eq!(
-        findings::record_findings(pool, &secrets, repository, "main", &batch)
+        findings::record_findings(pool, &secrets, repository, "main", 1, &batch)
             .await
             .unwrap(),
         0
     );
     // The same commit seen on another branch: same findings, one more branch.
     assert_eq!(
-        findings::record_findings(pool, &secrets, repository, "dev", &batch)
+        findings::record_findings(pool, &secrets, repository, "dev", 1, &batch)
             .await
             .unwrap(),
         0

@@ -103,12 +103,12 @@ async fn completing_every_task_finishes_the_job_and_records_the_scanned_commit()
             .await
             .is_err()
     );
-    tasks::complete_task(pool, first.task_id, &first.lease_id, "head0", 7)
+    tasks::complete_task(pool, first.task_id, &first.lease_id, &done_at("head0", 7))
         .await
         .unwrap();
     // Completing twice (a retried RPC) is refused: the lease is gone.
     assert!(
-        tasks::complete_task(pool, first.task_id, &first.lease_id, "head0", 7)
+        tasks::complete_task(pool, first.task_id, &first.lease_id, &done_at("head0", 7))
             .await
             .is_err()
     );
@@ -126,7 +126,7 @@ async fn completing_every_task_finishes_the_job_and_records_the_scanned_commit()
         .await
         .unwrap()
         .unwrap();
-    tasks::complete_task(pool, second.task_id, &second.lease_id, "head1", 3)
+    tasks::complete_task(pool, second.task_id, &second.lease_id, &done_at("head1", 3))
         .await
         .unwrap();
     let done = jobs::job(pool, job.id).await.unwrap();
@@ -272,4 +272,12 @@ async fn cancelling_running_jobs_tells_workers_and_stops_leasing() {
         "cancelled"
     );
     database.drop_database().await.unwrap();
+}
+
+fn done_at(head: &str, blobs_read: i64) -> tasks::Completion {
+    tasks::Completion {
+        head_commit: head.into(),
+        blobs_read,
+        ..tasks::Completion::default()
+    }
 }

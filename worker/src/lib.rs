@@ -12,8 +12,9 @@ use std::{
 };
 
 use leakscan_engine::{
-    git::scan_repository_with_cache, BlobCache, BlobId, CachedMatch, EngineError, GitScanRequest,
-    Policy, RefSelection, RuleSetCache, ScanOptions, ScanProgress, Secret,
+    git::{effective_policy, scan_repository_with_cache},
+    BlobCache, BlobId, CachedMatch, EngineError, GitScanRequest, Policy, PolicySpec, RefSelection,
+    RuleSetCache, ScanOptions, ScanProgress, Secret,
 };
 use leakscan_proto::v1::{
     coordinator_client::CoordinatorClient, BlobMatch, BlobResult, CompleteTaskRequest,
@@ -162,7 +163,7 @@ impl Slot {
             }
         };
         let result = match outcome {
-            Ok((head, findings)) => self.finish(&task, head, findings, &progress).await,
+            Ok(scanned) => self.finish(&task, scanned, &progress).await,
             Err(TaskError::Cancelled) => {
                 info!(task_id = %task.task_id, "scan task stopped");
                 // Hand the task back unless the job was cancelled (then the
@@ -204,10 +205,10 @@ impl Slot {
     async fn finish(
         &mut self,
         task: &Task,
-        head: String,
-        findings: Vec<Finding>,
+        scanned: Scanned,
         progress: &ScanProgress,
     ) -> Result<(), tonic::Status> {
+        let findings = scanned.findings;
         for batch in findings.chunks(FINDINGS_BATCH) {
             let request = SendFindingsRequest {
                 task_id: task.task_id.clone(),
@@ -224,8 +225,11 @@ impl Slot {
         let request = CompleteTaskRequest {
             task_id: task.task_id.clone(),
             lease_id: task.lease_id.clone(),
-            head_commit: head,
+            head_commit: scanned.head,
             progress: Some(progress_of(progress)),
+            policy_digest: scanned.policy_digest,
+            base_digest: task.base_digest.clone(),
+            full_scan: scanned.full_scan,
         };
         let completed = self
             .with_retries("complete task", |mut client| {
@@ -266,12 +270,9 @@ impl Slot {
         .map(|_| ())
     }
 
-    /// Mirrors, scans, and returns the branch head scanned and the findings.
-    async fn scan(
-        &self,
-        task: &Task,
-        progress: Arc<ScanProgress>,
-    ) -> Result<(String, Vec<Finding>), TaskError> {
+    /// Mirrors and scans: the whole history when the branch's effective
+    /// policy changed since its last scan, only new commits otherwise.
+    async fn scan(&self, task: &Task, progress: Arc<ScanProgress>) -> Result<Scanned, TaskError> {
         let repository = task.repository.clone().ok_or_else(|| TaskError::Failed {
             message: "task without a repository".into(),
             retryable: false,
@@ -303,12 +304,44 @@ impl Slot {
             retryable: false,
         })?;
         drop(updating);
-        if head == task.last_scanned_commit {
-            return Ok((head, Vec::new()));
+        let base = if task.policy_json.is_empty() {
+            Policy::builtin_default()
+        } else {
+            serde_json::from_str::<PolicySpec>(&task.policy_json)
+                .map_err(|error| error.to_string())
+                .and_then(|spec| spec.resolve().map_err(|error| error.to_string()))
+                .map_err(|message| TaskError::Failed {
+                    message: format!("the task's policy is invalid: {message}"),
+                    retryable: false,
+                })?
+        };
+        let effective = {
+            let (mirror, branch, base) = (mirror.clone(), task.branch.clone(), base.clone());
+            tokio::task::spawn_blocking(move || effective_policy(&mirror, &branch, &base))
+                .await
+                .map_err(|error| TaskError::Failed {
+                    message: format!("config thread: {error}"),
+                    retryable: true,
+                })?
+                .map_err(|error| TaskError::Failed {
+                    message: error.to_string(),
+                    retryable: false,
+                })?
+        };
+        let policy_digest = effective.digest();
+        let incremental =
+            !task.last_scanned_commit.is_empty() && task.last_scanned_digest == policy_digest;
+        if incremental && head == task.last_scanned_commit {
+            return Ok(Scanned {
+                head,
+                findings: Vec::new(),
+                policy_digest,
+                full_scan: false,
+            });
         }
         let request = GitScanRequest {
             refs: RefSelection::Branch(task.branch.clone()),
-            since: (!task.last_scanned_commit.is_empty()).then(|| task.last_scanned_commit.clone()),
+            since: incremental.then(|| task.last_scanned_commit.clone()),
             allow_shallow: false,
         };
         let options = ScanOptions {
@@ -317,14 +350,6 @@ impl Slot {
             rulesets: Some(Arc::clone(&self.rulesets)),
             ..ScanOptions::default()
         };
-        let policy = if task.policy_json.is_empty() {
-            Policy::builtin_default()
-        } else {
-            return Err(TaskError::Failed {
-                message: "this worker does not read custom policies yet".into(),
-                retryable: false,
-            });
-        };
         let cache = RemoteBlobCache {
             client: self.client.clone(),
             task_id: task.task_id.clone(),
@@ -332,7 +357,7 @@ impl Slot {
             runtime: tokio::runtime::Handle::current(),
         };
         let report = tokio::task::spawn_blocking(move || {
-            scan_repository_with_cache(&mirror, &policy, &request, &options, &progress, &cache)
+            scan_repository_with_cache(&mirror, &base, &request, &options, &progress, &cache)
         })
         .await
         .map_err(|error| TaskError::Failed {
@@ -373,8 +398,24 @@ impl Slot {
                 }
             })
             .collect();
-        Ok((head, findings))
+        Ok(Scanned {
+            head,
+            findings,
+            policy_digest,
+            full_scan: !incremental,
+        })
     }
+}
+
+/// What a scan task found.
+struct Scanned {
+    /// The branch head scanned.
+    head: String,
+    findings: Vec<Finding>,
+    /// Digest of the effective policy scanned under.
+    policy_digest: String,
+    /// The whole history was scanned (not only commits since the last scan).
+    full_scan: bool,
 }
 
 enum TaskError {
@@ -440,7 +481,10 @@ impl BlobCache for RemoteBlobCache {
                                 .map(|m| CachedMatch {
                                     rule_id: m.rule_id,
                                     line: m.line,
+                                    start: m.start,
+                                    end: m.end,
                                     secret: Secret::new(&m.secret),
+                                    context: m.context,
                                 })
                                 .collect()
                         })
@@ -475,7 +519,10 @@ impl BlobCache for RemoteBlobCache {
                             .map(|m| BlobMatch {
                                 rule_id: m.rule_id.clone(),
                                 line: m.line,
+                                start: m.start,
+                                end: m.end,
                                 secret: m.secret.expose().to_vec(),
+                                context: m.context.clone(),
                             })
                             .collect(),
                     })

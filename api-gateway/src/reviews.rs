@@ -1,0 +1,380 @@
+//! Reviews: marking a secret a false positive for one repository or for the
+//! whole instance, listing and unmarking reviews, importing global reviews
+//! from CSV and exporting reviews as CSV.
+
+use std::sync::Arc;
+
+use axum::{
+    extract::State,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    Json,
+};
+use leakscan_store::{
+    reviews::{self, Review, ReviewFilter, ReviewTarget},
+    secrets::redact,
+    users::Access,
+    Page,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    auth::Caller,
+    catalog::Paging,
+    error::{ApiError, JsonBody, PathParams, QueryParams},
+    AppState,
+};
+
+/// Longest review comment.
+const MAX_COMMENT_CHARS: usize = 2000;
+/// Most rows one CSV import may carry.
+pub const MAX_IMPORT_ROWS: usize = 10_000;
+
+/// What to mark reviewed: a finding by id or by fingerprint.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ReviewBody {
+    finding_id: Option<i64>,
+    fingerprint: Option<String>,
+    #[serde(default)]
+    comment: String,
+}
+
+fn review_target(body: &ReviewBody) -> Result<ReviewTarget, ApiError> {
+    if body.comment.chars().count() > MAX_COMMENT_CHARS {
+        return Err(ApiError::bad_request(format!(
+            "a comment has at most {MAX_COMMENT_CHARS} characters"
+        )));
+    }
+    match (body.finding_id, &body.fingerprint) {
+        (Some(id), None) if id > 0 => Ok(ReviewTarget::Finding(id)),
+        (None, Some(fingerprint))
+            if fingerprint.len() == 64 && fingerprint.bytes().all(|b| b.is_ascii_hexdigit()) =>
+        {
+            Ok(ReviewTarget::Fingerprint(fingerprint.to_ascii_lowercase()))
+        }
+        (None, Some(fingerprint)) => Err(ApiError::bad_request(format!(
+            "invalid fingerprint {fingerprint:?}: expected 64 hex digits"
+        ))),
+        _ => Err(ApiError::bad_request(
+            "give exactly one of findingId (a positive number) and fingerprint",
+        )),
+    }
+}
+
+/// `GET /rest/security/latest/reviewed`: every review (security grant).
+pub async fn list_all(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    QueryParams(paging): QueryParams<Paging>,
+) -> Result<Json<Page<Review>>, ApiError> {
+    caller.require_security()?;
+    Ok(Json(
+        reviews::list_reviews(&state.pool, ReviewFilter::All, paging.request()).await?,
+    ))
+}
+
+/// `GET /rest/security/latest/reviewed/projects/{p}`: the reviews of the
+/// project's repositories.
+pub async fn list_project(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams(project_key): PathParams<String>,
+    QueryParams(paging): QueryParams<Paging>,
+) -> Result<Json<Page<Review>>, ApiError> {
+    caller.project(&state, &project_key, Access::Read).await?;
+    Ok(Json(
+        reviews::list_reviews(
+            &state.pool,
+            ReviewFilter::Project(&project_key),
+            paging.request(),
+        )
+        .await?,
+    ))
+}
+
+/// `GET /rest/security/latest/reviewed/projects/{p}/repos/{r}`
+pub async fn list_repository(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((project_key, slug)): PathParams<(String, String)>,
+    QueryParams(paging): QueryParams<Paging>,
+) -> Result<Json<Page<Review>>, ApiError> {
+    let repository = caller
+        .repository(&state, &project_key, &slug, Access::Read)
+        .await?;
+    Ok(Json(
+        reviews::list_reviews(
+            &state.pool,
+            ReviewFilter::Repository(repository.id),
+            paging.request(),
+        )
+        .await?,
+    ))
+}
+
+/// `POST /rest/security/latest/reviewed`: a global review (security grant).
+pub async fn create_global(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    JsonBody(body): JsonBody<ReviewBody>,
+) -> Result<(StatusCode, Json<Review>), ApiError> {
+    caller.require_security()?;
+    let target = review_target(&body)?;
+    let review =
+        reviews::create_review(&state.pool, &caller.0.name, None, &target, &body.comment).await?;
+    Ok((StatusCode::CREATED, Json(review)))
+}
+
+/// `POST /rest/security/latest/reviewed/projects/{p}/repos/{r}`: a review
+/// for one repository (repository write).
+pub async fn create_repository(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((project_key, slug)): PathParams<(String, String)>,
+    JsonBody(body): JsonBody<ReviewBody>,
+) -> Result<(StatusCode, Json<Review>), ApiError> {
+    let repository = caller
+        .repository(&state, &project_key, &slug, Access::Write)
+        .await?;
+    let target = review_target(&body)?;
+    let review = reviews::create_review(
+        &state.pool,
+        &caller.0.name,
+        Some(repository.id),
+        &target,
+        &body.comment,
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(review)))
+}
+
+/// `DELETE /rest/security/latest/reviewed/{id}`: a global review needs the
+/// security grant, a repository's review write on that repository.
+pub async fn delete(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams(id): PathParams<i64>,
+) -> Result<StatusCode, ApiError> {
+    let review = reviews::get_review(&state.pool, id).await;
+    let review = match review {
+        Ok(review) => review,
+        Err(leakscan_store::StoreError::NotFound(_)) => {
+            return Err(ApiError::not_found(format!("Review {id} does not exist.")))
+        }
+        Err(other) => return Err(other.into()),
+    };
+    match (&review.project, &review.repository) {
+        (Some(project), Some(slug)) => {
+            caller
+                .repository(&state, project, slug, Access::Write)
+                .await?;
+        }
+        _ => caller.require_security()?,
+    }
+    reviews::delete_review(&state.pool, &caller.0.name, id).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Debug, Serialize)]
+pub struct Imported {
+    imported: usize,
+    /// Rows whose secret was already reviewed globally.
+    skipped: usize,
+}
+
+/// `POST /rest/security/latest/reviewed/import`: global reviews from CSV
+/// (a header row naming a `secret` column, optionally `comment` and
+/// `rule`). All rows or none.
+pub async fn import(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    body: axum::body::Bytes,
+) -> Result<Json<Imported>, ApiError> {
+    caller.require_security()?;
+    let rows = parse_review_csv(&body)?;
+    let secrets = state.secrets().await?;
+    let entries: Vec<(String, String, String, String)> = rows
+        .into_iter()
+        .map(|row| {
+            (
+                secrets.secret_hash(row.secret.as_bytes()),
+                row.rule,
+                redact(row.secret.as_bytes()),
+                row.comment,
+            )
+        })
+        .collect();
+    let created =
+        reviews::insert_reviews(&state.pool, &caller.0.name, None, &entries, true).await?;
+    Ok(Json(Imported {
+        imported: created.len(),
+        skipped: entries.len() - created.len(),
+    }))
+}
+
+/// One row of a review import. Its `secret` never appears in an error.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportRow {
+    pub secret: String,
+    pub comment: String,
+    pub rule: String,
+}
+
+/// Parses a review import: UTF-8 CSV with a header row naming a `secret`
+/// column (any case), optionally `comment` and `rule`; at most
+/// [`MAX_IMPORT_ROWS`] rows.
+pub fn parse_review_csv(body: &[u8]) -> Result<Vec<ImportRow>, ApiError> {
+    let text = std::str::from_utf8(body)
+        .map_err(|error| ApiError::bad_request(format!("the CSV is not UTF-8: {error}")))?;
+    let mut reader = csv::ReaderBuilder::new()
+        .has_headers(true)
+        .flexible(false)
+        .from_reader(text.trim_start_matches('\u{feff}').as_bytes());
+    let headers = reader
+        .headers()
+        .map_err(|error| {
+            ApiError::bad_request(format!("invalid CSV header: {}", csv_error(&error)))
+        })?
+        .clone();
+    let column = |name: &str| {
+        headers
+            .iter()
+            .position(|header| header.trim().eq_ignore_ascii_case(name))
+    };
+    let secret_column = column("secret")
+        .ok_or_else(|| ApiError::bad_request("the CSV header needs a \"secret\" column"))?;
+    let (comment_column, rule_column) = (column("comment"), column("rule"));
+    let mut rows = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let line = index + 2;
+        let record = record.map_err(|error| {
+            ApiError::bad_request(format!("invalid CSV at row {line}: {}", csv_error(&error)))
+        })?;
+        if rows.len() == MAX_IMPORT_ROWS {
+            return Err(ApiError::bad_request(format!(
+                "at most {MAX_IMPORT_ROWS} rows per import"
+            )));
+        }
+        let cell = |column: Option<usize>| {
+            column
+                .and_then(|c| record.get(c))
+                .unwrap_or_default()
+                .to_string()
+        };
+        let secret = cell(Some(secret_column));
+        if secret.is_empty() {
+            return Err(ApiError::bad_request(format!(
+                "row {line} has an empty secret"
+            )));
+        }
+        let comment = cell(comment_column);
+        if comment.chars().count() > MAX_COMMENT_CHARS {
+            return Err(ApiError::bad_request(format!(
+                "row {line}: a comment has at most {MAX_COMMENT_CHARS} characters"
+            )));
+        }
+        rows.push(ImportRow {
+            secret,
+            comment,
+            rule: cell(rule_column),
+        });
+    }
+    Ok(rows)
+}
+
+/// A CSV error without the record's content (it may hold a secret).
+fn csv_error(error: &csv::Error) -> String {
+    match error.kind() {
+        csv::ErrorKind::UnequalLengths {
+            expected_len, len, ..
+        } => format!("expected {expected_len} fields, found {len}"),
+        csv::ErrorKind::Utf8 { .. } => "not UTF-8".into(),
+        _ => "malformed CSV".into(),
+    }
+}
+
+/// Neutralises a cell that a spreadsheet would run as a formula.
+pub fn csv_cell(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("'{text}").into()
+    } else {
+        text.into()
+    }
+}
+
+/// `GET /rest/security/latest/export/reviewed[/projects/{p}[/repos/{r}]]`:
+/// reviews as CSV (who, when, scope, rule, the redacted string).
+pub async fn export(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams(path): PathParams<std::collections::HashMap<String, String>>,
+) -> Result<Response, ApiError> {
+    let (project, slug) = (path.get("project"), path.get("repo"));
+    let repository;
+    let filter = match (project, slug) {
+        (Some(project), Some(slug)) => {
+            repository = caller
+                .repository(&state, project, slug, Access::Read)
+                .await?;
+            ReviewFilter::Repository(repository.id)
+        }
+        (Some(project), None) => {
+            caller.project(&state, project, Access::Read).await?;
+            ReviewFilter::Project(project)
+        }
+        _ => {
+            caller.require_security()?;
+            ReviewFilter::All
+        }
+    };
+    let rows = reviews::all_reviews(&state.pool, filter).await?;
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let write = |writer: &mut csv::Writer<Vec<u8>>, cells: &[&str]| {
+        writer
+            .write_record(cells.iter().map(|cell| csv_cell(cell).into_owned()))
+            .map_err(|_| ApiError::internal())
+    };
+    write(
+        &mut writer,
+        &[
+            "id",
+            "scope",
+            "project",
+            "repository",
+            "rule",
+            "secret",
+            "comment",
+            "reviewedBy",
+            "reviewedDate",
+        ],
+    )?;
+    for review in &rows {
+        write(
+            &mut writer,
+            &[
+                &review.id.to_string(),
+                &review.scope,
+                review.project.as_deref().unwrap_or_default(),
+                review.repository.as_deref().unwrap_or_default(),
+                &review.rule,
+                &review.secret,
+                &review.comment,
+                &review.reviewed_by,
+                &review.reviewed_date.to_rfc3339(),
+            ],
+        )?;
+    }
+    let body = writer.into_inner().map_err(|_| ApiError::internal())?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"reviewed.csv\"",
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}
