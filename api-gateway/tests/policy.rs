@@ -1011,6 +1011,25 @@ async fn reviews_hide_a_secret_everywhere_in_their_scope() {
         .await;
     assert!(secrets_of(&other).is_empty(), "{other}");
 
+    // Anonymous callers get 401 everywhere.
+    for (method, uri) in [
+        ("GET", global.to_string()),
+        ("POST", global.to_string()),
+        ("GET", reviews.to_string()),
+        ("POST", reviews.to_string()),
+        (
+            "GET",
+            "/rest/security/latest/reviewed/projects/PROJ".to_string(),
+        ),
+        ("DELETE", format!("{global}/{}", review["id"])),
+        ("POST", format!("{global}/import")),
+        ("GET", "/rest/security/latest/export/reviewed".to_string()),
+    ] {
+        fixture
+            .expect(method, &uri, None, Some(json!({"findingId": 1})), 401)
+            .await;
+    }
+
     // Lists.
     fixture.expect("GET", global, Some("bob"), None, 403).await;
     let all = fixture

@@ -379,7 +379,9 @@ pub async fn set_builtin_enabled(
 /// project and repository scopes, broadest first.
 pub async fn base_policy(pool: &PgPool, repository: RepoId) -> Result<PolicySpec> {
     let disabled_builtins = disabled_builtins(pool).await?;
-    let rows: Vec<(String, String, Option<String>, Option<String>, String)> = sqlx::query_as(
+    // kind, name, line regex, path regex, severity
+    type PolicyRow = (String, String, Option<String>, Option<String>, String);
+    let rows: Vec<PolicyRow> = sqlx::query_as(
         "select s.kind, s.name, s.line_regex, s.path_regex, s.severity
          from secret_rules s, repositories r
          where r.id = $1
