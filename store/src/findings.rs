@@ -53,12 +53,14 @@ pub async fn record_findings(
     for finding in findings {
         let fingerprint = secrets.fingerprint(&finding.rule_id, &finding.secret);
         let (key_id, ciphertext) = secrets.encrypt(&finding.secret);
-        let id: Option<i64> = sqlx::query_scalar(
+        // A row stored before reviews existed gets its secret hash here.
+        let (id, new): (i64, bool) = sqlx::query_as(
             "insert into findings (repository_id, rule_id, rule_name, severity, commit, path, line, author,
                  author_email, commit_date, fingerprint, redacted, secret_key_id, secret_ciphertext, secret_hash)
              values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
-             on conflict (repository_id, commit, path, rule_id, fingerprint) do nothing
-             returning id",
+             on conflict (repository_id, commit, path, rule_id, fingerprint)
+             do update set secret_hash = coalesce(findings.secret_hash, excluded.secret_hash)
+             returning id, (xmax = 0) as new",
         )
         .bind(repository)
         .bind(&finding.rule_id)
@@ -75,27 +77,11 @@ pub async fn record_findings(
         .bind(key_id)
         .bind(&ciphertext)
         .bind(secrets.secret_hash(&finding.secret))
-        .fetch_optional(&mut *transaction)
+        .fetch_one(&mut *transaction)
         .await?;
-        let id = match id {
-            Some(id) => {
-                inserted += 1;
-                id
-            }
-            None => {
-                sqlx::query_scalar(
-                    "select id from findings
-                     where repository_id = $1 and commit = $2 and path = $3 and rule_id = $4 and fingerprint = $5",
-                )
-                .bind(repository)
-                .bind(&finding.commit)
-                .bind(&finding.path)
-                .bind(&finding.rule_id)
-                .bind(&fingerprint)
-                .fetch_one(&mut *transaction)
-                .await?
-            }
-        };
+        if new {
+            inserted += 1;
+        }
         sqlx::query(
             "insert into finding_branches (finding_id, branch, task_id) values ($1, $2, $3)
              on conflict (finding_id, branch) do update set task_id = excluded.task_id",

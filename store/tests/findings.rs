@@ -54,6 +54,30 @@ async fn batches_are_idempotent_and_secrets_are_only_stored_encrypted() {
             .unwrap(),
         0
     );
+    // A row stored before reviews existed (no secret hash) gets it when
+    // found again, and is still not new.
+    sqlx::query("update findings set secret_hash = null")
+        .execute(pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        findings::record_findings(pool, &secrets, repository, "main", 2, &batch)
+            .await
+            .unwrap(),
+        0
+    );
+    let hashes: Vec<Option<String>> =
+        sqlx::query_scalar("select secret_hash from findings order by id")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        hashes,
+        vec![
+            Some(secrets.secret_hash(SECRET.as_bytes())),
+            Some(secrets.secret_hash(OTHER_SECRET.as_bytes()))
+        ]
+    );
     // The same commit seen on another branch: same findings, one more branch.
     assert_eq!(
         findings::record_findings(pool, &secrets, repository, "dev", 1, &batch)
@@ -125,5 +149,73 @@ async fn batches_are_idempotent_and_secrets_are_only_stored_encrypted() {
         .err()
         .expect("wrong master key refused");
     assert!(wrong.to_string().contains("cannot decrypt"), "{wrong}");
+    database.drop_database().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_scan_leaves_a_branch_exactly_its_findings() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    catalog::upsert_project(pool, "P", "P").await.unwrap();
+    let repository = catalog::upsert_repository(pool, "P", "r", "/r")
+        .await
+        .unwrap()
+        .id;
+    let secrets = SecretBox::load(pool, MasterKey::generate()).await.unwrap();
+    let batch = vec![
+        finding("GITHUB_PAT_CLASSIC", "ci/deploy.sh", Some(3), SECRET),
+        finding("AWS_ACCESS_KEY_ID", "keys/aws.env", None, OTHER_SECRET),
+    ];
+    for branch in ["main", "dev"] {
+        findings::record_findings(pool, &secrets, repository, branch, 1, &batch)
+            .await
+            .unwrap();
+    }
+    // Task 2 rescans main in full under a policy that drops the AWS rule.
+    findings::record_findings(pool, &secrets, repository, "main", 2, &batch[..1])
+        .await
+        .unwrap();
+    let mut transaction = pool.begin().await.unwrap();
+    let removed = findings::keep_only_task_findings(&mut transaction, repository, "main", 2)
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+    assert_eq!(removed, 1);
+    let rules = |list: Vec<findings::StoredFinding>| -> Vec<String> {
+        list.into_iter().map(|f| f.rule_id).collect()
+    };
+    assert_eq!(
+        rules(
+            findings::branch_findings(pool, repository, "main")
+                .await
+                .unwrap()
+        ),
+        vec!["GITHUB_PAT_CLASSIC"]
+    );
+    // dev still has both: the AWS finding stays while a branch holds it.
+    assert_eq!(
+        findings::branch_findings(pool, repository, "dev")
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from findings")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(count().await, 2);
+    // Once dev is rescanned the same way, the AWS finding is on no branch: gone.
+    findings::record_findings(pool, &secrets, repository, "dev", 3, &batch[..1])
+        .await
+        .unwrap();
+    let mut transaction = pool.begin().await.unwrap();
+    findings::keep_only_task_findings(&mut transaction, repository, "dev", 3)
+        .await
+        .unwrap();
+    transaction.commit().await.unwrap();
+    assert_eq!(count().await, 1);
     database.drop_database().await.unwrap();
 }
