@@ -3,14 +3,16 @@
 # up`, for 1 and 2 workers (median of RUNS), the no-change rescan, the same
 # repositories scanned one by one with `leakscan scan`, and the latency of
 # the status endpoint under load (wrk, if installed: apt install wrk).
+# With --policy, instead: total rescans (2 workers) after each kind of
+# policy change, to show what the blob-result cache spares.
 #
-#   bash bench/cluster.sh [--repos 200] [--commits 150] [--bytes 1MB] [--runs 3] [--cli-runs 3] [--root DIR]
+#   bash bench/cluster.sh [--repos 200] [--commits 150] [--bytes 1MB] [--runs 3] [--cli-runs 3] [--root DIR] [--policy]
 #
 # --root reuses an existing instance (e.g. the demo's ~/.cache/leakscan-demo/root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/leakscan-target}"
-REPOS=200 COMMITS=150 BYTES=1MB RUNS=3 CLI_RUNS=3 ROOT=""
+REPOS=200 COMMITS=150 BYTES=1MB RUNS=3 CLI_RUNS=3 ROOT="" POLICY=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --repos) REPOS=$2; shift 2 ;;
@@ -19,6 +21,7 @@ while [ $# -gt 0 ]; do
     --runs) RUNS=$2; shift 2 ;;
     --cli-runs) CLI_RUNS=$2; shift 2 ;;
     --root) ROOT=$2; shift 2 ;;
+    --policy) POLICY=1; shift ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -87,6 +90,36 @@ start_cluster() {
 stop_cluster() { kill "$UP_PID"; wait "$UP_PID" 2>/dev/null || true; UP_PID=""; }
 UP_PID=""
 trap '[ -n "$UP_PID" ] && kill "$UP_PID" 2>/dev/null || true' EXIT
+
+# Total rescans after policy changes, each timed; prints one line per step.
+policy_changes() {
+  local step seconds blobs
+  start_cluster 2
+  read -r seconds blobs < <(rescan); echo "first total rescan: ${seconds}s, blobs read $blobs"
+  for step in "no change::" \
+      "built-in rule switched off:DELETE:/rest/security/1.0/hardcoded/AWS_CLIENT_ID" \
+      "built-in rule switched on:POST:/rest/security/1.0/hardcoded/AWS_CLIENT_ID" \
+      "global allowlist rule added:POST:/rest/api/latest/secret-scanning/allowlist" \
+      "global custom rule added:POST:/rest/api/latest/secret-scanning/rules"; do
+    IFS=: read -r label method path <<<"$step"
+    case "$path" in
+      */allowlist) curl -sf -u "$AUTH" -X POST -H 'Content-Type: application/json' \
+        -d '{"name":"tests","pathRegex":"^tests?/"}' "$BASE$path" >/dev/null ;;
+      */rules) curl -sf -u "$AUTH" -X POST -H 'Content-Type: application/json' \
+        -d '{"name":"INTERNAL_TOKEN","lineRegex":"(itk_[0-9a-f]{16})"}' "$BASE$path" >/dev/null ;;
+      "") ;;
+      *) curl -sf -u "$AUTH" -X "$method" "$BASE$path" >/dev/null ;;
+    esac
+    read -r seconds blobs < <(rescan)
+    echo "$label: total rescan ${seconds}s, blobs read $blobs"
+  done
+  stop_cluster
+}
+
+if [ -n "$POLICY" ]; then
+  for run in $(seq 1 "$RUNS"); do echo "run $run"; policy_changes; done
+  exit 0
+fi
 
 for workers in 1 2; do
   totals=() nochange=()
