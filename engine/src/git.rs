@@ -809,8 +809,9 @@ impl HistoryWalk<'_> {
         unknown
     }
 
-    /// Stores the results of the blobs this scan read (not those it skipped:
-    /// the size limit is not part of the ruleset digest).
+    /// Stores the results of the blobs this scan read, binary ones as clean
+    /// (not those it skipped for their size: the size limit is not part of
+    /// the digest).
     fn store_results(&self, blob_ids: &[Oid], scanned_blobs: &[u32], outcomes: &[BlobOutcome]) {
         let results: Vec<(BlobId, Vec<CachedMatch>)> = scanned_blobs
             .iter()
@@ -830,7 +831,9 @@ impl HistoryWalk<'_> {
                         })
                         .collect(),
                 )),
-                _ => None,
+                // Binary whatever the rules and the size limit: no findings.
+                BlobOutcome::Binary => Some((blob_id(blob_ids[blob as usize]), Vec::new())),
+                BlobOutcome::TooLarge | BlobOutcome::Unreadable(_) => None,
             })
             .collect();
         if !results.is_empty() {

@@ -67,9 +67,13 @@ pub async fn store(
             }
         }
     }
+    // Rows go in blob-id order: two workers storing overlapping sets then
+    // take their row locks in the same order and cannot deadlock.
     sqlx::query(
         "insert into blob_results (ruleset_digest, blob_id, secret_key_id, sealed_matches)
-         select $1, * from unnest($2::bytea[], $3::integer[], $4::bytea[])
+         select $1, blob, key_id, sealed
+         from unnest($2::bytea[], $3::integer[], $4::bytea[]) as rows (blob, key_id, sealed)
+         order by blob
          on conflict (ruleset_digest, blob_id) do nothing",
     )
     .bind(ruleset_digest)

@@ -241,3 +241,41 @@ async fn the_job_stream_delivers_acknowledges_and_hands_over_stale_entries() {
         .await
         .unwrap();
 }
+
+/// Two coordinators storing overlapping blob results at once, in opposite
+/// orders (two workers scanning branches of one repository): both succeed
+/// and every result is stored once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_blob_result_stores_do_not_deadlock() {
+    use leakscan_store::{
+        blobs,
+        secrets::{MasterKey, SecretBox},
+    };
+    let database = TestDatabase::create().await.unwrap();
+    let pool = database.pool.clone();
+    let secrets = std::sync::Arc::new(SecretBox::load(&pool, MasterKey::generate()).await.unwrap());
+    for round in 0..5u8 {
+        let forward: Vec<(Vec<u8>, Option<Vec<u8>>)> = (0..3000u32)
+            .map(|i| {
+                let mut id = vec![round; 20];
+                id[..4].copy_from_slice(&i.to_be_bytes());
+                (id, (i % 7 == 0).then(|| b"match".to_vec()))
+            })
+            .collect();
+        let mut backward = forward.clone();
+        backward.reverse();
+        let stores = [forward, backward].map(|results| {
+            let (pool, secrets) = (pool.clone(), std::sync::Arc::clone(&secrets));
+            tokio::spawn(async move { blobs::store(&pool, &secrets, "digest", &results).await })
+        });
+        for store in stores {
+            store.await.unwrap().unwrap();
+        }
+    }
+    let stored: i64 = sqlx::query_scalar("select count(*) from blob_results")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 5 * 3000);
+    database.drop_database().await.unwrap();
+}
