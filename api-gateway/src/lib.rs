@@ -11,6 +11,7 @@
 pub mod auth;
 pub mod catalog;
 pub mod error;
+pub mod exports;
 pub mod policy;
 pub mod reviews;
 pub mod scans;
@@ -166,6 +167,18 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(scans::repository_dashboard),
         )
         .route("/rest/security/1.0/rules", get(policy::soteri_rules))
+        .route(
+            "/rest/security/1.0/export-report/{project}/repos/{repo}",
+            get(exports::repository_report),
+        )
+        .route(
+            &format!("{security}/export-report/projects/{{project}}"),
+            get(exports::project_report),
+        )
+        .route(
+            &format!("{security}/export-report/projects/{{project}}/repos/{{repo}}"),
+            get(exports::project_report),
+        )
         .route(
             "/rest/security/1.0/hardcoded/{rule}",
             post(policy::enable_builtin).delete(policy::disable_builtin),

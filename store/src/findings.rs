@@ -294,3 +294,61 @@ pub async fn branch_summaries(
     .fetch_all(pool)
     .await?)
 }
+
+/// Which findings an export holds. A finding on several branches is one
+/// row per branch (only `branch`'s when given).
+#[derive(Debug, Clone, Default)]
+pub struct ExportFilter {
+    pub project_key: String,
+    pub repository: Option<RepoId>,
+    pub branch: Option<String>,
+    /// A rule id or name.
+    pub rule: Option<String>,
+    pub include_reviewed: bool,
+    /// Commit date at or after.
+    pub start: Option<DateTime<Utc>>,
+    /// Commit date before.
+    pub end: Option<DateTime<Utc>>,
+    /// Only repositories this user may read (`None`: all).
+    pub viewer: Option<crate::users::UserId>,
+}
+
+/// The findings of an export, streamed from the database in (repository,
+/// branch, commit date, path, line) order: memory stays constant whatever
+/// their number.
+pub fn export_findings<'a>(
+    pool: &'a PgPool,
+    filter: &'a ExportFilter,
+) -> futures::stream::BoxStream<'a, Result<ReportedFinding, sqlx::Error>> {
+    sqlx::query_as::<_, ReportedFinding>(
+        "select * from (
+             select f.id, f.rule_id as rule, f.rule_name, f.severity, p.key as project, r.slug as repository,
+                    b.branch, f.commit, f.path, f.line, f.author, f.author_email, f.commit_date, f.scan_date,
+                    f.redacted as secret, f.fingerprint,
+                    exists (select 1 from reviews v where v.secret_hash = f.secret_hash
+                            and (v.repository_id is null or v.repository_id = f.repository_id)) as reviewed
+             from findings f
+             join finding_branches b on b.finding_id = f.id
+             join repositories r on r.id = f.repository_id
+             join projects p on p.id = r.project_id
+             where p.key = $1 and ($2::bigint is null or r.id = $2) and ($3::text is null or b.branch = $3)
+               and ($4::text is null or f.rule_id = $4 or f.rule_name = $4)
+               and ($5::timestamptz is null or f.commit_date >= $5)
+               and ($6::timestamptz is null or f.commit_date < $6)
+               and ($7::bigint is null or p.owner_user_id = $7
+                    or exists (select 1 from project_permissions pp where pp.user_id = $7 and pp.project_id = p.id)
+                    or exists (select 1 from repository_permissions rp where rp.user_id = $7 and rp.repository_id = r.id))
+         ) exported
+         where $8 or not reviewed
+         order by repository, branch, commit_date nulls first, path, line, rule, id",
+    )
+    .bind(&filter.project_key)
+    .bind(filter.repository)
+    .bind(filter.branch.as_deref())
+    .bind(filter.rule.as_deref())
+    .bind(filter.start)
+    .bind(filter.end)
+    .bind(filter.viewer.map(|user| user.0))
+    .bind(filter.include_reviewed)
+    .fetch(pool)
+}

@@ -1,0 +1,274 @@
+//! Findings exports as CSV (DESIGN §4 columns, in order, with a header
+//! row): streamed from the database through a small channel, so an export
+//! of any size holds a few chunks in memory. Secrets appear redacted; cells
+//! a spreadsheet would run as formulas are neutralised.
+
+use std::sync::Arc;
+
+use axum::{
+    body::{Body, Bytes},
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+};
+use chrono::{DateTime, NaiveDate, Utc};
+use futures::StreamExt as _;
+use leakscan_store::{
+    findings::{self, ExportFilter, ReportedFinding},
+    users::Access,
+};
+use serde::Deserialize;
+use tokio::sync::mpsc;
+
+use crate::{
+    auth::Caller,
+    error::{ApiError, PathParams, QueryParams},
+    reviews::csv_cell,
+    AppState,
+};
+
+/// The CSV columns (DESIGN §4), in order.
+pub const COLUMNS: [&str; 16] = [
+    "rule",
+    "ruleName",
+    "severity",
+    "project",
+    "repository",
+    "branch",
+    "commit",
+    "path",
+    "line",
+    "author",
+    "authorEmail",
+    "commitDate",
+    "scanDate",
+    "secret",
+    "fingerprint",
+    "reviewed",
+];
+
+/// Bytes gathered before a chunk is sent.
+const CHUNK_BYTES: usize = 64 * 1024;
+/// Chunks in flight between the database reader and the client.
+const CHUNKS_IN_FLIGHT: usize = 4;
+
+fn row(finding: &ReportedFinding) -> [String; 16] {
+    [
+        finding.rule.clone(),
+        finding.rule_name.clone(),
+        finding.severity.clone(),
+        finding.project.clone(),
+        finding.repository.clone(),
+        finding.branch.clone(),
+        finding.commit.clone(),
+        finding.path.clone(),
+        finding
+            .line
+            .map(|line| line.to_string())
+            .unwrap_or_default(),
+        finding.author.clone(),
+        finding.author_email.clone(),
+        finding
+            .commit_date
+            .map(|date| date.to_rfc3339())
+            .unwrap_or_default(),
+        finding.scan_date.to_rfc3339(),
+        finding.secret.clone(),
+        finding.fingerprint.clone(),
+        finding.reviewed.to_string(),
+    ]
+}
+
+fn write_record(writer: &mut csv::Writer<Vec<u8>>, cells: &[String]) -> Result<(), csv::Error> {
+    writer.write_record(cells.iter().map(|cell| csv_cell(cell).into_owned()))
+}
+
+/// Streams the export of `filter` as a CSV download named `file_name`.
+fn csv_response(state: Arc<AppState>, filter: ExportFilter, file_name: String) -> Response {
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
+    tokio::spawn(async move {
+        let mut writer = csv::Writer::from_writer(Vec::with_capacity(CHUNK_BYTES));
+        let header: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
+        if write_record(&mut writer, &header).is_err() {
+            return;
+        }
+        let mut rows = findings::export_findings(&state.pool, &filter);
+        loop {
+            let next = rows.next().await;
+            let done = next.is_none();
+            match next {
+                Some(Ok(finding)) => {
+                    if let Err(error) = write_record(&mut writer, &row(&finding)) {
+                        tracing::error!(%error, "export: cannot write a row");
+                        return;
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::error!(%error, "export: the database stopped the stream");
+                    let _ = sender
+                        .send(Err(std::io::Error::other("export failed")))
+                        .await;
+                    return;
+                }
+                None => {}
+            }
+            if done || writer.get_ref().len() >= CHUNK_BYTES {
+                let full = std::mem::replace(
+                    &mut writer,
+                    csv::Writer::from_writer(Vec::with_capacity(CHUNK_BYTES)),
+                );
+                let Ok(chunk) = full.into_inner() else {
+                    return;
+                };
+                // The client went away: stop reading.
+                if !chunk.is_empty() && sender.send(Ok(Bytes::from(chunk))).await.is_err() {
+                    return;
+                }
+            }
+            if done {
+                return;
+            }
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    (
+        [
+            (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{file_name}\""),
+            ),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RepositoryExportQuery {
+    branch: Option<String>,
+    #[serde(default)]
+    include_whitelisted: bool,
+    rule_type: Option<String>,
+}
+
+/// `GET /rest/security/1.0/export-report/{project}/repos/{repo}`
+/// `?branch&includeWhitelisted&ruleType` (repository read).
+pub async fn repository_report(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((project_key, slug)): PathParams<(String, String)>,
+    QueryParams(query): QueryParams<RepositoryExportQuery>,
+) -> Result<Response, ApiError> {
+    let repository = caller
+        .repository(&state, &project_key, &slug, Access::Read)
+        .await?;
+    let filter = ExportFilter {
+        project_key: project_key.clone(),
+        repository: Some(repository.id),
+        branch: query.branch.filter(|b| !b.is_empty()),
+        rule: query.rule_type.filter(|r| !r.is_empty()),
+        include_reviewed: query.include_whitelisted,
+        ..ExportFilter::default()
+    };
+    Ok(csv_response(
+        state,
+        filter,
+        format!("{}-{}.csv", file_part(&project_key), file_part(&slug)),
+    ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ProjectExportQuery {
+    branch: Option<String>,
+    start_date: Option<String>,
+    end_date: Option<String>,
+    #[serde(default)]
+    include_whitelisted: bool,
+}
+
+/// An ISO 8601 date (`2026-01-31`, midnight UTC) or date-time with offset.
+pub fn parse_date(field: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
+    if let Ok(moment) = DateTime::parse_from_rfc3339(text) {
+        return Ok(moment.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|date| date.and_hms_opt(0, 0, 0))
+        .map(|moment| moment.and_utc())
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{field} {text:?} is not an ISO 8601 date (2026-01-31) or date-time (2026-01-31T12:00:00Z)"
+            ))
+        })
+}
+
+/// `GET /rest/security/latest/export-report/projects/{p}[/repos/{r}]`
+/// `?branch&startDate&endDate`: findings whose commit date is in
+/// [startDate, endDate), of the repositories the caller may read.
+pub async fn project_report(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams(path): PathParams<std::collections::HashMap<String, String>>,
+    QueryParams(query): QueryParams<ProjectExportQuery>,
+) -> Result<Response, ApiError> {
+    let project_key = path.get("project").cloned().unwrap_or_default();
+    let start = query
+        .start_date
+        .as_deref()
+        .map(|text| parse_date("startDate", text))
+        .transpose()?;
+    let end = query
+        .end_date
+        .as_deref()
+        .map(|text| parse_date("endDate", text))
+        .transpose()?;
+    if let (Some(start), Some(end)) = (start, end) {
+        if start > end {
+            return Err(ApiError::bad_request("startDate is after endDate"));
+        }
+    }
+    let (repository, file_name) = match path.get("repo") {
+        Some(slug) => {
+            let repository = caller
+                .repository(&state, &project_key, slug, Access::Read)
+                .await?;
+            (
+                Some(repository.id),
+                format!("{}-{}.csv", file_part(&project_key), file_part(slug)),
+            )
+        }
+        None => {
+            caller.project(&state, &project_key, Access::Read).await?;
+            (None, format!("{}.csv", file_part(&project_key)))
+        }
+    };
+    let sees_all = caller.0.sys_admin || caller.0.security;
+    let filter = ExportFilter {
+        project_key,
+        repository,
+        branch: query.branch.filter(|b| !b.is_empty()),
+        include_reviewed: query.include_whitelisted,
+        start,
+        end,
+        viewer: (!sees_all).then_some(caller.0.id),
+        ..ExportFilter::default()
+    };
+    Ok(csv_response(state, filter, file_name))
+}
+
+/// A project key or slug as part of a file name (they are validated, but a
+/// header value must never carry a quote).
+fn file_part(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '~') {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
