@@ -272,3 +272,168 @@ fn file_part(text: &str) -> String {
         })
         .collect()
 }
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceExportQuery {
+    #[serde(default)]
+    confirm_expensive_operation: bool,
+    #[serde(default)]
+    include_whitelisted: bool,
+}
+
+/// What the database reader hands the zip writer thread.
+enum ZipPart {
+    /// Starts the entry of one repository.
+    Entry(String),
+    Bytes(Vec<u8>),
+}
+
+/// A `Write` that sends 64 KiB chunks to the response body (blocking: it
+/// runs on its own thread).
+struct ChannelWriter {
+    buffer: Vec<u8>,
+    sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
+}
+
+impl ChannelWriter {
+    fn send(&mut self) -> std::io::Result<()> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
+        self.sender
+            .blocking_send(Ok(Bytes::from(chunk)))
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
+    }
+}
+
+impl std::io::Write for ChannelWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(data);
+        if self.buffer.len() >= CHUNK_BYTES {
+            self.send()?;
+        }
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.send()
+    }
+}
+
+/// `GET /rest/security/latest/export-report?confirmExpensiveOperation=true`:
+/// a zip with one CSV per repository (`PROJECT/slug.csv`), for system
+/// administrators and the security grant. Streamed: rows go from the
+/// database through the compressor to the client a chunk at a time.
+pub async fn instance_report(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    QueryParams(query): QueryParams<InstanceExportQuery>,
+) -> Result<Response, ApiError> {
+    caller.require_security()?;
+    if !query.confirm_expensive_operation {
+        return Err(ApiError::bad_request(
+            "exporting every repository is expensive: add ?confirmExpensiveOperation=true",
+        ));
+    }
+    let repositories: Vec<(String, i64, String)> = sqlx::query_as(
+        "select p.key, r.id, r.slug from repositories r join projects p on p.id = r.project_id
+         order by p.key, r.slug",
+    )
+    .fetch_all(&state.pool)
+    .await
+    .map_err(leakscan_store::StoreError::from)?;
+    let (parts, mut part_receiver) = mpsc::channel::<ZipPart>(CHUNKS_IN_FLIGHT);
+    let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
+    // The database reader: one entry per repository, its rows as CSV.
+    let reader_state = Arc::clone(&state);
+    let include_reviewed = query.include_whitelisted;
+    tokio::spawn(async move {
+        for (project_key, id, slug) in repositories {
+            if parts
+                .send(ZipPart::Entry(format!("{project_key}/{slug}.csv")))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            let filter = ExportFilter {
+                project_key,
+                repository: Some(leakscan_store::catalog::RepoId(id)),
+                include_reviewed,
+                ..ExportFilter::default()
+            };
+            let mut writer = csv::Writer::from_writer(Vec::with_capacity(CHUNK_BYTES));
+            let header: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
+            let _ = write_record(&mut writer, &header);
+            let mut rows = findings::export_findings(&reader_state.pool, &filter);
+            while let Some(next) = rows.next().await {
+                let Ok(finding) = next else {
+                    tracing::error!("export: the database stopped the stream");
+                    return;
+                };
+                if write_record(&mut writer, &row(&finding)).is_err() {
+                    return;
+                }
+                if writer.get_ref().len() >= CHUNK_BYTES {
+                    let full = std::mem::replace(
+                        &mut writer,
+                        csv::Writer::from_writer(Vec::with_capacity(CHUNK_BYTES)),
+                    );
+                    let Ok(chunk) = full.into_inner() else { return };
+                    if parts.send(ZipPart::Bytes(chunk)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            let Ok(chunk) = writer.into_inner() else {
+                return;
+            };
+            if parts.send(ZipPart::Bytes(chunk)).await.is_err() {
+                return;
+            }
+        }
+    });
+    // The compressor, on a blocking thread: parts in, zip bytes out.
+    tokio::task::spawn_blocking(move || {
+        use std::io::Write as _;
+        let output = ChannelWriter {
+            buffer: Vec::with_capacity(CHUNK_BYTES),
+            sender: sender.clone(),
+        };
+        let mut zip = zip::ZipWriter::new_stream(output);
+        let options = zip::write::SimpleFileOptions::default()
+            .compression_method(zip::CompressionMethod::Deflated);
+        let written: Result<(), String> = (|| {
+            while let Some(part) = part_receiver.blocking_recv() {
+                match part {
+                    ZipPart::Entry(name) => zip
+                        .start_file(name, options)
+                        .map_err(|error| error.to_string())?,
+                    ZipPart::Bytes(bytes) => {
+                        zip.write_all(&bytes).map_err(|error| error.to_string())?
+                    }
+                }
+            }
+            let mut output = zip.finish().map_err(|error| error.to_string())?;
+            output.flush().map_err(|error| error.to_string())
+        })();
+        if let Err(error) = written {
+            tracing::warn!(%error, "export: the zip stream ended early");
+            let _ = sender.blocking_send(Err(std::io::Error::other("export failed")));
+        }
+    });
+    let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/zip"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"leakscan-findings.zip\"",
+            ),
+        ],
+        body,
+    )
+        .into_response())
+}

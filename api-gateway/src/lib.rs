@@ -172,6 +172,10 @@ pub fn app(state: Arc<AppState>) -> Router {
             get(exports::repository_report),
         )
         .route(
+            &format!("{security}/export-report"),
+            get(exports::instance_report),
+        )
+        .route(
             &format!("{security}/export-report/projects/{{project}}"),
             get(exports::project_report),
         )

@@ -286,6 +286,56 @@ async fn csv_exports_filter_quote_and_neutralise() {
         assert_eq!(status, 400, "{bad}");
     }
 
+    // The whole instance as a zip of one CSV per repository.
+    let zip_uri = "/rest/security/latest/export-report?confirmExpensiveOperation=true";
+    let (status, content_type, body) = fixture
+        .call_raw("GET", zip_uri, ADMIN_USER, "text/plain", Vec::new())
+        .await;
+    assert_eq!(
+        (status.as_u16(), content_type.as_str()),
+        (200, "application/zip")
+    );
+    let mut archive = zip::ZipArchive::new(std::io::Cursor::new(body)).unwrap();
+    let mut names: Vec<String> = archive
+        .file_names()
+        .map(|name| name.unwrap().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        vec![
+            "OTHER/tool.csv",
+            "PROJ/api.csv",
+            "PROJ/web.csv",
+            "~alice/notes.csv"
+        ]
+    );
+    let mut api_csv = String::new();
+    std::io::Read::read_to_string(&mut archive.by_name("PROJ/api.csv").unwrap(), &mut api_csv)
+        .unwrap();
+    let api_rows: Vec<&str> = api_csv.lines().collect();
+    assert_eq!(api_rows[0].split(',').count(), 16);
+    assert_eq!(api_rows.len(), 1 + 3, "{api_csv}");
+    assert!(api_csv.contains("'=cmd|"), "{api_csv}");
+    let mut web_csv = String::new();
+    std::io::Read::read_to_string(&mut archive.by_name("PROJ/web.csv").unwrap(), &mut web_csv)
+        .unwrap();
+    assert_eq!(
+        web_csv.lines().count(),
+        1,
+        "the reviewed secret is left out"
+    );
+    let (status, _, _) = fixture
+        .call_raw(
+            "GET",
+            "/rest/security/latest/export-report",
+            ADMIN_USER,
+            "text/plain",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status, 400);
+
     // Permissions: 401, hidden 404, and a repository reader sees only that repository.
     fixture.user("bob").await;
     assert_eq!(export(&fixture, project, None).await.0, 401);
