@@ -25,8 +25,8 @@ struct Cluster {
     coordinator_url: String,
     dir: PathBuf,
     workers: Vec<Process>,
-    _gateway: Process,
-    _coordinator: Process,
+    gateway: Process,
+    coordinator: Process,
 }
 
 impl Cluster {
@@ -77,8 +77,8 @@ impl Cluster {
             coordinator_url,
             dir: dir.to_path_buf(),
             workers: Vec::new(),
-            _gateway: gateway,
-            _coordinator: coordinator,
+            gateway,
+            coordinator,
         };
         cluster.start_worker();
         cluster.start_worker();
@@ -732,5 +732,21 @@ fn policy_changes_apply_to_the_next_scan() {
             "review.created",
         ]
     );
+
+    // No log line of any process shows a planted secret.
+    let mut logs = vec![cluster.gateway.log_text(), cluster.coordinator.log_text()];
+    logs.extend(cluster.workers.iter().map(Process::log_text));
+    assert!(logs.iter().any(|log| log.contains("scan task done")));
+    for log in &logs {
+        for secret in [
+            AWS_KEY,
+            VENDOR_KEY,
+            SLACK_TOKEN,
+            INTERNAL_TOKEN,
+            FEATURE_TOKEN,
+        ] {
+            assert!(!log.contains(secret), "a log shows a secret");
+        }
+    }
     runtime.block_on(database.drop_database()).unwrap();
 }
