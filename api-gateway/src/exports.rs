@@ -28,24 +28,7 @@ use crate::{
 };
 
 /// The CSV columns (DESIGN §4), in order.
-pub const COLUMNS: [&str; 16] = [
-    "rule",
-    "ruleName",
-    "severity",
-    "project",
-    "repository",
-    "branch",
-    "commit",
-    "path",
-    "line",
-    "author",
-    "authorEmail",
-    "commitDate",
-    "scanDate",
-    "secret",
-    "fingerprint",
-    "reviewed",
-];
+pub const COLUMNS: [&str; 16] = leakscan_engine::scan::FINDING_COLUMNS;
 
 /// Bytes gathered before a chunk is sent.
 const CHUNK_BYTES: usize = 64 * 1024;

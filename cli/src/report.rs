@@ -31,24 +31,7 @@ pub struct FindingRecord {
 }
 
 /// The CSV header, DESIGN §4's column order.
-pub const CSV_COLUMNS: [&str; 16] = [
-    "rule",
-    "ruleName",
-    "severity",
-    "project",
-    "repository",
-    "branch",
-    "commit",
-    "path",
-    "line",
-    "author",
-    "authorEmail",
-    "commitDate",
-    "scanDate",
-    "secret",
-    "fingerprint",
-    "reviewed",
-];
+pub const CSV_COLUMNS: [&str; 16] = leakscan_engine::scan::FINDING_COLUMNS;
 
 impl FindingRecord {
     pub fn new(

@@ -123,6 +123,27 @@ pub struct CommitMeta {
     pub offset_minutes: i32,
 }
 
+/// A finding's fields as every output names them (JSON fields, CSV columns
+/// in this order; DESIGN §4).
+pub const FINDING_COLUMNS: [&str; 16] = [
+    "rule",
+    "ruleName",
+    "severity",
+    "project",
+    "repository",
+    "branch",
+    "commit",
+    "path",
+    "line",
+    "author",
+    "authorEmail",
+    "commitDate",
+    "scanDate",
+    "secret",
+    "fingerprint",
+    "reviewed",
+];
+
 /// One reported secret.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {
