@@ -148,7 +148,7 @@ pub async fn repository_report(
         .repository(&state, &project_key, &slug, Access::Read)
         .await?;
     let filter = ExportFilter {
-        project_key: project_key.clone(),
+        project_key: Some(project_key.clone()),
         repository: Some(repository.id),
         branch: query.branch.filter(|b| !b.is_empty()),
         rule: query.rule_type.filter(|r| !r.is_empty()),
@@ -230,7 +230,7 @@ pub async fn project_report(
     };
     let sees_all = caller.0.sys_admin || caller.0.security;
     let filter = ExportFilter {
-        project_key,
+        project_key: Some(project_key),
         repository,
         branch: query.branch.filter(|b| !b.is_empty()),
         include_reviewed: query.include_whitelisted,
@@ -342,7 +342,7 @@ pub async fn instance_report(
                 return;
             }
             let filter = ExportFilter {
-                project_key,
+                project_key: Some(project_key),
                 repository: Some(leakscan_store::catalog::RepoId(id)),
                 include_reviewed,
                 ..ExportFilter::default()

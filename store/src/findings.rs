@@ -204,28 +204,15 @@ pub async fn reported_findings(
     rule: Option<&str>,
     include_reviewed: bool,
 ) -> Result<Vec<ReportedFinding>> {
-    Ok(sqlx::query_as::<_, ReportedFinding>(
-        "select * from (
-             select f.id, f.rule_id as rule, f.rule_name, f.severity, p.key as project, r.slug as repository,
-                    b.branch, f.commit, f.path, f.line, f.author, f.author_email, f.commit_date, f.scan_date,
-                    f.redacted as secret, f.fingerprint,
-                    exists (select 1 from reviews v where v.secret_hash = f.secret_hash
-                            and (v.repository_id is null or v.repository_id = f.repository_id)) as reviewed
-             from findings f
-             join finding_branches b on b.finding_id = f.id
-             join repositories r on r.id = f.repository_id
-             join projects p on p.id = r.project_id
-             where f.repository_id = $1 and b.branch = $2 and ($3::text is null or f.rule_id = $3 or f.rule_name = $3)
-         ) reported
-         where $4 or not reviewed
-         order by commit_date nulls first, path, line, rule",
-    )
-    .bind(repository)
-    .bind(branch)
-    .bind(rule)
-    .bind(include_reviewed)
-    .fetch_all(pool)
-    .await?)
+    use futures::TryStreamExt as _;
+    let filter = ExportFilter {
+        repository: Some(repository),
+        branch: Some(branch.to_string()),
+        rule: rule.map(str::to_string),
+        include_reviewed,
+        ..ExportFilter::default()
+    };
+    Ok(export_findings(pool, &filter).try_collect().await?)
 }
 
 /// One project's scan state, for dashboards.
@@ -299,7 +286,8 @@ pub async fn branch_summaries(
 /// row per branch (only `branch`'s when given).
 #[derive(Debug, Clone, Default)]
 pub struct ExportFilter {
-    pub project_key: String,
+    /// Only this project's repositories (`None`: any project).
+    pub project_key: Option<String>,
     pub repository: Option<RepoId>,
     pub branch: Option<String>,
     /// A rule id or name.
@@ -331,7 +319,7 @@ pub fn export_findings<'a>(
              join finding_branches b on b.finding_id = f.id
              join repositories r on r.id = f.repository_id
              join projects p on p.id = r.project_id
-             where p.key = $1 and ($2::bigint is null or r.id = $2) and ($3::text is null or b.branch = $3)
+             where ($1::text is null or p.key = $1) and ($2::bigint is null or r.id = $2) and ($3::text is null or b.branch = $3)
                and ($4::text is null or f.rule_id = $4 or f.rule_name = $4)
                and ($5::timestamptz is null or f.commit_date >= $5)
                and ($6::timestamptz is null or f.commit_date < $6)
