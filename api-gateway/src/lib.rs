@@ -12,6 +12,8 @@ pub mod auth;
 pub mod catalog;
 pub mod error;
 pub mod exports;
+pub mod insights;
+pub mod keys;
 pub mod policy;
 pub mod reviews;
 pub mod scans;
@@ -208,6 +210,12 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route(&format!("{security}/audit"), get(policy::audit_log))
         .merge(secret_scanning_routes::<false>("rules"))
         .merge(secret_scanning_routes::<true>("allowlist"))
+        .merge(insights::routes())
+        .route("/rest/secrets/1.0/keys/rotate", post(keys::rotate))
+        .route(
+            "/rest/secrets/1.0/keys/inactive",
+            get(keys::inactive).delete(keys::delete_inactive),
+        )
         .route(
             &format!("{security}/reviewed"),
             get(reviews::list_all).post(reviews::create_global),

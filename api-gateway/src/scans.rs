@@ -83,7 +83,7 @@ impl From<Job> for JobView {
 }
 
 /// Query parameters that may repeat (`email=a&email=b`).
-fn query_values(query: &Option<String>) -> HashMap<String, Vec<String>> {
+pub(crate) fn query_values(query: &Option<String>) -> HashMap<String, Vec<String>> {
     let mut values: HashMap<String, Vec<String>> = HashMap::new();
     for (key, value) in form_urlencoded::parse(query.as_deref().unwrap_or("").as_bytes()) {
         values

@@ -50,6 +50,8 @@ pub async fn store(
     ruleset_digest: &str,
     results: &[(Vec<u8>, Option<Vec<u8>>)],
 ) -> Result<()> {
+    let mut transaction = pool.begin().await?;
+    let key = secrets.active_key(&mut transaction).await?;
     let mut ids = Vec::with_capacity(results.len());
     let mut key_ids = Vec::with_capacity(results.len());
     let mut sealed = Vec::with_capacity(results.len());
@@ -57,9 +59,8 @@ pub async fn store(
         ids.push(blob_id.clone());
         match payload {
             Some(payload) => {
-                let (key_id, ciphertext) = secrets.encrypt(payload);
-                key_ids.push(Some(key_id));
-                sealed.push(Some(ciphertext));
+                key_ids.push(Some(key.id()));
+                sealed.push(Some(key.seal(payload)));
             }
             None => {
                 key_ids.push(None);
@@ -80,7 +81,8 @@ pub async fn store(
     .bind(&ids)
     .bind(&key_ids)
     .bind(&sealed)
-    .execute(pool)
+    .execute(&mut *transaction)
     .await?;
+    transaction.commit().await?;
     Ok(())
 }

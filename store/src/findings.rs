@@ -49,10 +49,11 @@ pub async fn record_findings(
     findings: &[NewFinding],
 ) -> Result<u64> {
     let mut transaction = pool.begin().await?;
+    let key = secrets.active_key(&mut transaction).await?;
     let mut inserted = 0;
     for finding in findings {
         let fingerprint = secrets.fingerprint(&finding.rule_id, &finding.secret);
-        let (key_id, ciphertext) = secrets.encrypt(&finding.secret);
+        let ciphertext = key.seal(&finding.secret);
         // A row stored before reviews existed gets its secret hash here.
         let (id, new): (i64, bool) = sqlx::query_as(
             "insert into findings (repository_id, rule_id, rule_name, severity, commit, path, line, author,
@@ -74,7 +75,7 @@ pub async fn record_findings(
         .bind(finding.commit_date)
         .bind(&fingerprint)
         .bind(redact(&finding.secret))
-        .bind(key_id)
+        .bind(key.id())
         .bind(&ciphertext)
         .bind(secrets.secret_hash(&finding.secret))
         .fetch_one(&mut *transaction)

@@ -28,7 +28,9 @@ pub mod blobs;
 #[macro_use]
 pub mod catalog;
 pub mod findings;
+pub mod insights;
 pub mod jobs;
+pub mod keys;
 pub mod page;
 pub mod policy;
 pub mod queue;

@@ -10,7 +10,7 @@ use aes_gcm::{aead::Aead, Aes256Gcm, KeyInit, Nonce};
 use hmac::{Hmac, Mac};
 use rand::Rng;
 use sha2::Sha256;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool, Postgres, Transaction};
 
 use crate::{Result, StoreError};
 
@@ -113,19 +113,50 @@ fn open(key: &[u8; 32], sealed: &[u8], what: &str) -> Result<Vec<u8>> {
         })
 }
 
+/// A data key, unwrapped: what [`SecretBox::active_key`] gives a writer.
+/// `Debug` never shows the key.
+#[derive(Clone)]
+pub struct DataKey {
+    id: i32,
+    key: [u8; 32],
+}
+
+impl DataKey {
+    /// The id every ciphertext sealed with this key records.
+    pub fn id(&self) -> i32 {
+        self.id
+    }
+
+    /// Nonce (12 bytes) followed by the AES-256-GCM ciphertext.
+    pub fn seal(&self, plaintext: &[u8]) -> Vec<u8> {
+        seal(&self.key, plaintext)
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DataKey({})", self.id)
+    }
+}
+
 /// Encrypts, decrypts and fingerprints secrets. Cheap to share (`Arc`).
+///
+/// It caches no active key: a writer asks [`SecretBox::active_key`] inside
+/// its transaction, which also holds the key row against a rotation until
+/// the writer commits. So once a rotation has switched keys, no write under
+/// the old key can still be in flight, and its re-encryption pass misses
+/// nothing, whichever process rotated.
 pub struct SecretBox {
     master: MasterKey,
     fingerprint_key: [u8; 32],
-    active: (i32, [u8; 32]),
     /// Unwrapped data keys by id.
     keys: Mutex<HashMap<i32, [u8; 32]>>,
 }
 
 impl SecretBox {
-    /// Loads the active data key, making the first one if there is none.
-    /// A master key that does not open the stored keys is an error here,
-    /// before anything is written under it.
+    /// Checks the active data key opens under `master`, making the first
+    /// one if there is none. A master key that does not open the stored
+    /// keys is an error here, before anything is written under it.
     pub async fn load(pool: &PgPool, master: MasterKey) -> Result<SecretBox> {
         let active: Option<(i32, Vec<u8>)> =
             sqlx::query_as("select id, wrapped_key from secret_keys where state = 'active'")
@@ -152,41 +183,91 @@ impl SecretBox {
         Ok(SecretBox {
             fingerprint_key: master.derive("leakscan fingerprint v1"),
             master,
-            active: (id, data_key),
             keys: Mutex::new(HashMap::from([(id, data_key)])),
         })
     }
 
-    /// (key id, nonce + ciphertext) under the active data key.
-    pub fn encrypt(&self, secret: &[u8]) -> (i32, Vec<u8>) {
-        (self.active.0, seal(&self.active.1, secret))
+    /// The active data key, share-locked until `connection`'s transaction
+    /// ends (a rotation waits for it). Call it inside the transaction that
+    /// writes the ciphertexts.
+    pub async fn active_key(&self, connection: &mut PgConnection) -> Result<DataKey> {
+        // A rotation committing while this waits for the row leaves this
+        // statement's snapshot without an active row: ask again.
+        for _ in 0..3 {
+            let active: Option<(i32, Vec<u8>)> = sqlx::query_as(
+                "select id, wrapped_key from secret_keys where state = 'active' for share",
+            )
+            .fetch_optional(&mut *connection)
+            .await?;
+            if let Some((id, wrapped)) = active {
+                let key = self.key_from(id, &wrapped)?;
+                return Ok(DataKey { id, key });
+            }
+        }
+        Err(StoreError::Invalid(
+            "no active secret key (is a key rotation failing?)".into(),
+        ))
     }
 
-    pub async fn decrypt(&self, pool: &PgPool, key_id: i32, sealed: &[u8]) -> Result<Vec<u8>> {
-        let cached = self
-            .keys
+    /// Makes a new active key in `transaction` (the caller has made the
+    /// old one inactive); returns its id.
+    pub(crate) async fn add_active_key(
+        &self,
+        transaction: &mut Transaction<'_, Postgres>,
+    ) -> Result<i32> {
+        let data_key: [u8; 32] = rand::rng().random();
+        let id: i32 =
+            sqlx::query_scalar("insert into secret_keys (wrapped_key) values ($1) returning id")
+                .bind(seal(&self.master.0, &data_key))
+                .fetch_one(&mut **transaction)
+                .await?;
+        self.keys
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .get(&key_id)
-            .copied();
-        let key = match cached {
+            .insert(id, data_key);
+        Ok(id)
+    }
+
+    /// Data key `id`, whatever its state.
+    pub async fn key(&self, pool: &PgPool, id: i32) -> Result<DataKey> {
+        let key = match self.cached(id) {
             Some(key) => key,
             None => {
                 let wrapped: Vec<u8> =
                     sqlx::query_scalar("select wrapped_key from secret_keys where id = $1")
-                        .bind(key_id)
+                        .bind(id)
                         .fetch_optional(pool)
                         .await?
-                        .ok_or_else(|| StoreError::NotFound(format!("secret key {key_id}")))?;
-                let key = unwrap_key(&self.master, key_id, &wrapped)?;
-                self.keys
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(key_id, key);
-                key
+                        .ok_or_else(|| StoreError::NotFound(format!("secret key {id}")))?;
+                self.key_from(id, &wrapped)?
             }
         };
-        open(&key, sealed, &format!("secret under key {key_id}"))
+        Ok(DataKey { id, key })
+    }
+
+    fn cached(&self, id: i32) -> Option<[u8; 32]> {
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+            .copied()
+    }
+
+    fn key_from(&self, id: i32, wrapped: &[u8]) -> Result<[u8; 32]> {
+        if let Some(key) = self.cached(id) {
+            return Ok(key);
+        }
+        let key = unwrap_key(&self.master, id, wrapped)?;
+        self.keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, key);
+        Ok(key)
+    }
+
+    pub async fn decrypt(&self, pool: &PgPool, key_id: i32, sealed: &[u8]) -> Result<Vec<u8>> {
+        let key = self.key(pool, key_id).await?;
+        open(&key.key, sealed, &format!("secret under key {key_id}"))
     }
 
     /// Keyed hash of rule and secret, hex (the findings' `fingerprint`).

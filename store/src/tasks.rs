@@ -110,7 +110,7 @@ pub async fn lease_next_task(
              where t.state = 'queued' and j.state = 'running'
              order by t.id for update of t skip locked limit 1
          ), leased as (
-             update scan_tasks t set state = 'leased', lease_id = $2, leased_by = $1,
+             update scan_tasks t set state = 'leased', lease_id = $2, leased_by = $1, leased_at = now(),
                  lease_expires_at = now() + make_interval(secs => $3::double precision / 1000),
                  attempts = attempts + 1
              from next where t.id = next.id
@@ -217,11 +217,12 @@ pub async fn complete_task(
     let head_commit = completion.head_commit.as_str();
     let blobs_read = completion.blobs_read;
     let mut transaction = pool.begin().await?;
-    let row: Option<(JobId, RepoId, String)> = sqlx::query_as(
+    let row: Option<(JobId, RepoId, String, i64)> = sqlx::query_as(
         "update scan_tasks set state = 'done', finished_at = now(), head_commit = $3, blobs_read = $4,
              lease_id = null, lease_expires_at = null
          where id = $1 and lease_id = $2 and state = 'leased'
-         returning job_id, repository_id, branch",
+         returning job_id, repository_id, branch,
+             (extract(epoch from now() - coalesce(leased_at, now())) * 1000)::bigint",
     )
     .bind(task)
     .bind(lease_id)
@@ -229,10 +230,21 @@ pub async fn complete_task(
     .bind(blobs_read)
     .fetch_optional(&mut *transaction)
     .await?;
-    let (job, repository, branch) = row.ok_or_else(|| lease_lost(task))?;
+    let (job, repository, branch, duration_ms) = row.ok_or_else(|| lease_lost(task))?;
     if completion.full_scan {
         crate::findings::keep_only_task_findings(&mut transaction, repository, &branch, task.0)
             .await?;
+    }
+    // An empty branch has no head commit to report on.
+    if !head_commit.is_empty() {
+        crate::insights::write_scan_report(
+            &mut transaction,
+            repository,
+            &branch,
+            head_commit,
+            duration_ms,
+        )
+        .await?;
     }
     sqlx::query(
         "update branches set last_scanned_commit = $3, head_commit = $3, last_scanned_at = now(),
