@@ -10,7 +10,7 @@ use std::{
 };
 
 use leakscan_store::{
-    secrets::MasterKey,
+    secrets::{MasterKey, SecretBox},
     testing::{redis_url, unique_name, TestDatabase},
 };
 use leakscan_tests::{
@@ -22,6 +22,7 @@ const ADMIN: (&str, &str) = ("admin", "e2e-admin-password");
 
 struct Cluster {
     api: Api,
+    master_key: MasterKey,
     coordinator_url: String,
     dir: PathBuf,
     workers: Vec<Process>,
@@ -31,10 +32,11 @@ struct Cluster {
 
 impl Cluster {
     fn start(database_url: &str, redis: &str, root: &Path, dir: &Path) -> Cluster {
+        let master_key = MasterKey::generate();
         let env: Vec<(String, String)> = vec![
             ("LEAKSCAN_DATABASE_URL".into(), database_url.into()),
             ("LEAKSCAN_REDIS_URL".into(), redis.into()),
-            ("LEAKSCAN_MASTER_KEY".into(), MasterKey::generate().to_hex()),
+            ("LEAKSCAN_MASTER_KEY".into(), master_key.to_hex()),
             ("LEAKSCAN_ADMIN_USER".into(), ADMIN.0.into()),
             ("LEAKSCAN_ADMIN_PASSWORD".into(), ADMIN.1.into()),
         ];
@@ -74,6 +76,7 @@ impl Cluster {
         let api = Api::new(&address_in(&line), ADMIN.0, ADMIN.1);
         let mut cluster = Cluster {
             api,
+            master_key,
             coordinator_url,
             dir: dir.to_path_buf(),
             workers: Vec::new(),
@@ -194,6 +197,62 @@ fn phase(label: &str) {
 
 fn count_lines(text: &str, needle: &str) -> usize {
     text.lines().filter(|line| line.contains(needle)).count()
+}
+
+/// Every stored secret (findings and blob-cache entries) is under the
+/// active key and decrypts with the master key; returns how many there are.
+async fn assert_all_under_the_active_key(pool: &sqlx::PgPool, master_key: &MasterKey) -> usize {
+    let secrets = SecretBox::load(pool, master_key.clone()).await.unwrap();
+    let active: i32 = sqlx::query_scalar("select id from secret_keys where state = 'active'")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let rows: Vec<(i32, Vec<u8>)> = sqlx::query_as(
+        "select secret_key_id, secret_ciphertext from findings
+         union all
+         select secret_key_id, sealed_matches from blob_results where secret_key_id is not null",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    for (key, sealed) in &rows {
+        assert_eq!(*key, active, "a secret under an old key");
+        secrets.decrypt(pool, *key, sealed).await.unwrap();
+    }
+    rows.len()
+}
+
+/// Reads every row of every table as text: no planted secret appears in
+/// it, neither as text nor as hex (a `bytea` column's text form).
+async fn assert_no_plaintext_secret(pool: &sqlx::PgPool, planted: &[&str]) {
+    let tables: Vec<String> = sqlx::query_scalar(
+        "select table_name::text from information_schema.tables
+         where table_schema = 'public' and table_type = 'BASE TABLE' order by 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert!(tables.iter().any(|t| t == "findings"), "{tables:?}");
+    let mut rows_read = 0;
+    for table in &tables {
+        let rows: Vec<String> = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+            "select t::text from \"{table}\" t"
+        )))
+        .fetch_all(pool)
+        .await
+        .unwrap();
+        rows_read += rows.len();
+        for row in rows {
+            for secret in planted {
+                let hex: String = secret.bytes().map(|b| format!("{b:02x}")).collect();
+                assert!(
+                    !row.contains(secret) && !row.contains(&hex),
+                    "table {table} holds a planted secret in plain text"
+                );
+            }
+        }
+    }
+    assert!(rows_read > 0);
 }
 
 #[test]
@@ -362,9 +421,37 @@ fn the_cluster_scans_survives_a_killed_worker_and_stops_when_cancelled() {
     cluster.wait_until_running(&slugs);
     cluster.workers[0].kill();
     cluster.start_worker();
+    let api = &cluster.api;
+    // The data key rotated while the scan writes findings.
+    let rotated = api.expect("POST", "/rest/secrets/1.0/keys/rotate", None, 200);
+    let job = api.expect(
+        "GET",
+        &format!("/rest/security/latest/jobs/{rescan_key}"),
+        None,
+        200,
+    );
+    phase(&format!(
+        "key rotated ({}), job {}",
+        rotated["message"], job["state"]
+    ));
     let done = cluster.wait_for_job(&rescan_key, Duration::from_secs(300));
     assert_eq!(done["state"], "done", "{done}");
     phase("kill scenario job done");
+    // Every secret, old or written since, is under the new key; the old
+    // key is unused and goes.
+    let stored = runtime.block_on(assert_all_under_the_active_key(
+        &database.pool,
+        &cluster.master_key,
+    ));
+    assert!(stored > 0);
+    let inactive = api.expect("GET", "/rest/secrets/1.0/keys/inactive", None, 200);
+    assert_eq!(
+        inactive["inactiveKeys"], rotated["inactiveKeys"],
+        "{inactive}"
+    );
+    assert_eq!(inactive["keys"][0]["ciphertexts"], 0, "{inactive}");
+    let deleted = api.expect("DELETE", "/rest/secrets/1.0/keys/inactive", None, 200);
+    assert_eq!(deleted["deletedKeys"], rotated["inactiveKeys"], "{deleted}");
     for (slug, path) in slugs.iter().zip(&big) {
         let found = cluster.assert_findings_match("BIG", slug, path);
         assert!(found > 0, "{slug}: no findings");
@@ -732,6 +819,80 @@ fn policy_changes_apply_to_the_next_scan() {
             "review.created",
         ]
     );
+
+    // The last scan of main left a SECURITY report on its head commit, in
+    // both the Cloud and the Data Center shape.
+    let head = String::from_utf8(
+        std::process::Command::new("git")
+            .args(["-C", app.to_str().unwrap(), "rev-parse", "main"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap()
+    .trim()
+    .to_string();
+    let cloud = format!("/2.0/repositories/POL/app/commit/{head}/reports/leakscan-secrets");
+    let report = api.expect("GET", &cloud, None, 200);
+    assert_eq!(
+        (report["report_type"].clone(), report["result"].clone()),
+        (json!("SECURITY"), json!("FAILED")),
+        "{report}"
+    );
+    assert_eq!(
+        report["data"][0],
+        json!({"title": "Findings", "type": "NUMBER", "value": 2})
+    );
+    let annotations = api.expect("GET", &format!("{cloud}/annotations"), None, 200);
+    let mut annotated: Vec<String> = annotations["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            format!(
+                "{} {} {}",
+                a["annotation_type"].as_str().unwrap(),
+                a["severity"].as_str().unwrap(),
+                a["path"].as_str().unwrap()
+            )
+        })
+        .collect();
+    annotated.sort();
+    assert_eq!(
+        annotated,
+        vec![
+            "VULNERABILITY HIGH config/aws.env",
+            "VULNERABILITY HIGH src/internal.txt"
+        ]
+    );
+    let dc = api.expect(
+        "GET",
+        &format!("/rest/insights/latest/projects/POL/repos/app/commits/{head}/reports/leakscan-secrets/annotations"),
+        None,
+        200,
+    );
+    assert_eq!(dc["totalCount"], 2, "{dc}");
+
+    // The data key rotates; the next scan writes under the new key and the
+    // old one can go.
+    let rotated = api.expect("POST", "/rest/secrets/1.0/keys/rotate", None, 200);
+    cluster.rescan_branch("POL", "app", "feature");
+    runtime.block_on(assert_all_under_the_active_key(
+        &database.pool,
+        &cluster.master_key,
+    ));
+    let deleted = api.expect("DELETE", "/rest/secrets/1.0/keys/inactive", None, 200);
+    assert_eq!(deleted["deletedKeys"], rotated["inactiveKeys"], "{deleted}");
+
+    // No table holds a planted secret in plain text.
+    let planted = [
+        AWS_KEY,
+        VENDOR_KEY,
+        SLACK_TOKEN,
+        INTERNAL_TOKEN,
+        FEATURE_TOKEN,
+    ];
+    runtime.block_on(assert_no_plaintext_secret(&database.pool, &planted));
 
     // No log line of any process shows a planted secret.
     let mut logs = vec![cluster.gateway.log_text(), cluster.coordinator.log_text()];
