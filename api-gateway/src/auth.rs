@@ -76,6 +76,10 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         parts: &mut Parts,
         state: &Arc<AppState>,
     ) -> Result<Caller, ApiError> {
+        // Already authenticated by the route's permission check.
+        if let Some(crate::routes::Authenticated(user)) = parts.extensions.get() {
+            return Ok(Caller(user.clone()));
+        }
         let (name, password) = basic_credentials(parts).ok_or_else(ApiError::unauthorized)?;
         if state.credentials.remembers(&name, &password) {
             if let Some(user) = users::find_user(&state.pool, &name).await? {

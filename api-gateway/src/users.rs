@@ -145,3 +145,34 @@ pub async fn grant_repository(
     .await?;
     Ok(StatusCode::NO_CONTENT)
 }
+
+#[derive(Debug, Deserialize)]
+pub struct Revoke {
+    name: String,
+}
+
+pub async fn revoke_project(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams(project_key): PathParams<String>,
+    QueryParams(revoke): QueryParams<Revoke>,
+) -> Result<StatusCode, ApiError> {
+    caller.project(&state, &project_key, Access::Admin).await?;
+    let user = grantee(&state, &revoke.name).await?;
+    users::revoke_project(&state.pool, user.id, &project_key).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+pub async fn revoke_repository(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams((project_key, slug)): PathParams<(String, String)>,
+    QueryParams(revoke): QueryParams<Revoke>,
+) -> Result<StatusCode, ApiError> {
+    caller
+        .repository(&state, &project_key, &slug, Access::Admin)
+        .await?;
+    let user = grantee(&state, &revoke.name).await?;
+    users::revoke_repository(&state.pool, user.id, &project_key, &slug).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -268,6 +268,39 @@ pub async fn grant_repository(
     Ok(())
 }
 
+/// Takes away the user's grant on a project (none: nothing changes).
+pub async fn revoke_project(pool: &PgPool, user: UserId, project_key: &str) -> Result<()> {
+    sqlx::query(
+        "delete from project_permissions pp using projects p
+         where pp.project_id = p.id and p.key = $2 and pp.user_id = $1",
+    )
+    .bind(user)
+    .bind(project_key)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Takes away the user's grant on a repository (none: nothing changes).
+pub async fn revoke_repository(
+    pool: &PgPool,
+    user: UserId,
+    project_key: &str,
+    slug: &str,
+) -> Result<()> {
+    sqlx::query(
+        "delete from repository_permissions rp using repositories r, projects p
+         where rp.repository_id = r.id and r.project_id = p.id
+           and p.key = $2 and r.slug = $3 and rp.user_id = $1",
+    )
+    .bind(user)
+    .bind(project_key)
+    .bind(slug)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
 fn check_permission_name(permission: &str, allowed: &[&str]) -> Result<()> {
     if allowed.contains(&permission) {
         Ok(())

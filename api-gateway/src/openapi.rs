@@ -1,0 +1,204 @@
+//! The OpenAPI 3 document of the whole REST surface, generated from the
+//! route table ([`crate::routes::routes`]): the same entries the router is
+//! built from, so the document lists exactly the routes that exist.
+
+use std::{collections::BTreeMap, sync::Arc};
+
+use axum::{extract::State, Json};
+use serde_json::{json, Map, Value};
+
+use crate::{
+    routes::{routes, Body, Permission},
+    AppState,
+};
+
+/// `GET /rest/openapi.json`.
+pub async fn document(State(state): State<Arc<AppState>>) -> Json<Value> {
+    Json(generate(state.config.context_path.trim_end_matches('/')))
+}
+
+/// The document, its paths under `context_path` (empty: none).
+pub fn generate(context_path: &str) -> Value {
+    let mut paths: BTreeMap<String, Map<String, Value>> = BTreeMap::new();
+    for route in routes() {
+        let mut parameters: Vec<Value> = path_parameters(&route.path)
+            .into_iter()
+            .map(|name| {
+                json!({
+                    "name": name,
+                    "in": "path",
+                    "required": true,
+                    "schema": {"type": "string", "minLength": 1},
+                })
+            })
+            .collect();
+        parameters.extend(route.query.iter().map(|name| {
+            json!({
+                "name": name,
+                "in": "query",
+                "required": false,
+                "schema": query_schema(name),
+            })
+        }));
+        let mut operation = json!({
+            "operationId": operation_id(route.method.as_str(), &route.path),
+            "summary": route.summary,
+            "description": format!("Needs: {}.", route.permission.describe()),
+            "x-permission": route.permission.describe(),
+            "parameters": parameters,
+            "responses": responses(&route.method),
+        });
+        match route.body {
+            Body::None => {}
+            Body::Json => {
+                operation["requestBody"] = json!({
+                    "required": true,
+                    "content": {"application/json": {"schema": {}}},
+                });
+            }
+            Body::Csv => {
+                operation["requestBody"] = json!({
+                    "required": true,
+                    "content": {"text/csv": {"schema": {"type": "string"}}},
+                });
+            }
+        }
+        if route.permission == Permission::Public {
+            operation["security"] = json!([]);
+        }
+        paths
+            .entry(format!("{context_path}{}", route.path))
+            .or_default()
+            .insert(route.method.as_str().to_ascii_lowercase(), operation);
+    }
+    json!({
+        "openapi": "3.0.3",
+        "info": {
+            "title": "leakscan",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "Secret scanning for Bitbucket-style hosting: Soteri- and Bitbucket Data Center-compatible REST API. Errors use Bitbucket's shape {\"errors\": [{\"message\", \"context\", \"exceptionName\"}]}.",
+        },
+        "components": {
+            "securitySchemes": {
+                "basic": {"type": "http", "scheme": "basic"},
+            },
+            "schemas": {
+                "Errors": {
+                    "type": "object",
+                    "properties": {"errors": {"type": "array", "items": {
+                        "type": "object",
+                        "properties": {
+                            "message": {"type": "string"},
+                            "context": {"type": "string", "nullable": true},
+                            "exceptionName": {"type": "string", "nullable": true},
+                        },
+                    }}},
+                },
+            },
+        },
+        "security": [{"basic": []}],
+        "paths": paths,
+    })
+}
+
+/// `{name}` segments of a path, in order.
+pub fn path_parameters(path: &str) -> Vec<&str> {
+    path.split('/')
+        .filter_map(|segment| segment.strip_prefix('{')?.strip_suffix('}'))
+        .collect()
+}
+
+fn query_schema(name: &str) -> Value {
+    match name {
+        "start" | "limit" | "page" | "pagelen" => json!({"type": "integer", "minimum": 0}),
+        "includeWhitelisted" | "confirmExpensiveOperation" => json!({"type": "boolean"}),
+        "startDate" | "endDate" => json!({"type": "string", "format": "date"}),
+        _ => json!({"type": "string"}),
+    }
+}
+
+fn responses(method: &axum::http::Method) -> Value {
+    let error = json!({
+        "description": "Bitbucket's error shape",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Errors"}}},
+    });
+    let mut responses = json!({
+        "400": {"description": "bad input"},
+        "401": {"description": "no or wrong credentials"},
+        "403": {"description": "not permitted"},
+        "404": {"description": "no such resource, or one the caller may not read"},
+        "default": error,
+    });
+    for code in ["400", "401", "403", "404"] {
+        responses[code] = responses["default"].clone();
+    }
+    let ok = if method == axum::http::Method::DELETE {
+        ("204", "done")
+    } else {
+        ("200", "done")
+    };
+    responses[ok.0] = json!({"description": ok.1});
+    responses
+}
+
+/// `get_rest_api_latest_projects_project_repos`, unique per route.
+fn operation_id(method: &str, path: &str) -> String {
+    let mut id = method.to_ascii_lowercase();
+    for c in path.chars() {
+        let c = if c.is_ascii_alphanumeric() { c } else { '_' };
+        if c != '_' || !id.ends_with('_') {
+            id.push(c);
+        }
+    }
+    id.trim_end_matches('_').to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_route_is_documented_once_with_its_path_parameters() {
+        let document = generate("");
+        let mut operations = 0;
+        let mut ids = std::collections::HashSet::new();
+        for route in routes() {
+            let operation =
+                &document["paths"][&route.path][route.method.as_str().to_ascii_lowercase()];
+            assert!(
+                operation.is_object(),
+                "{} {} is missing",
+                route.method,
+                route.path
+            );
+            assert!(ids.insert(operation["operationId"].as_str().unwrap().to_string()));
+            let documented: Vec<&str> = operation["parameters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|p| p["in"] == "path")
+                .map(|p| p["name"].as_str().unwrap())
+                .collect();
+            assert_eq!(documented, path_parameters(&route.path));
+            operations += 1;
+        }
+        let counted: usize = document["paths"]
+            .as_object()
+            .unwrap()
+            .values()
+            .map(|methods| methods.as_object().unwrap().len())
+            .sum();
+        assert_eq!(counted, operations, "a route documented twice");
+        assert!(operations > 100, "{operations}");
+    }
+
+    #[test]
+    fn a_context_path_prefixes_every_path() {
+        let document = generate("/bitbucket");
+        assert!(document["paths"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .all(|path| path.starts_with("/bitbucket/")));
+    }
+}
