@@ -29,11 +29,7 @@ use std::{
     },
 };
 
-use axum::{
-    extract::State,
-    http::StatusCode,
-    Json, Router,
-};
+use axum::{extract::State, http::StatusCode, Json, Router};
 use leakscan_store::queue::JobQueue;
 use serde_json::json;
 use sqlx::PgPool;
