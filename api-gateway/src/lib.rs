@@ -98,11 +98,74 @@ pub fn app(state: Arc<AppState>) -> Router {
         .fallback(not_found)
         .with_state(state.clone());
     let context_path = state.config.context_path.trim_end_matches('/');
-    if context_path.is_empty() {
+    let app = if context_path.is_empty() {
         api
     } else {
         Router::new().nest(context_path, api).fallback(not_found)
+    };
+    app.layer(axum::middleware::from_fn(xsrf))
+}
+
+/// XSRF (DESIGN §7): a state-changing request whose `Origin` is another
+/// site's answers 403, unless it sends `X-Atlassian-Token: no-check` as
+/// Bitbucket's clients do. Requests without `Origin` (scripts, CLIs) pass.
+async fn xsrf(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::{http::Method, response::IntoResponse};
+    let safe = matches!(
+        *request.method(),
+        Method::GET | Method::HEAD | Method::OPTIONS
+    );
+    let headers = request.headers();
+    let no_check = headers
+        .get("x-atlassian-token")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("no-check"));
+    if safe || no_check {
+        return next.run(request).await;
     }
+    if let Some(origin) = headers.get(axum::http::header::ORIGIN) {
+        let host = headers
+            .get(axum::http::header::HOST)
+            .and_then(|v| v.to_str().ok())
+            .or_else(|| request.uri().authority().map(|a| a.as_str()));
+        if !same_origin(origin.to_str().ok(), host) {
+            return error::ApiError::forbidden(
+                "XSRF check failed: a request from another site must send X-Atlassian-Token: no-check",
+            )
+            .into_response();
+        }
+    }
+    next.run(request).await
+}
+
+/// Whether `origin` (`scheme://host[:port]`) names the host the request
+/// was sent to.
+fn same_origin(origin: Option<&str>, host: Option<&str>) -> bool {
+    let (Some(origin), Some(host)) = (origin, host) else {
+        return false;
+    };
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        return false;
+    };
+    let default_port = match scheme.to_ascii_lowercase().as_str() {
+        "http" => "80",
+        "https" => "443",
+        _ => return false,
+    };
+    let with_port = |authority: &str| {
+        let authority = authority.trim_end_matches('/').to_ascii_lowercase();
+        if authority.rsplit_once(':').is_some_and(|(_, port)| {
+            port.bytes().all(|b| b.is_ascii_digit()) && !authority.ends_with(']')
+        }) {
+            authority
+        } else {
+            format!("{authority}:{default_port}")
+        }
+    };
+    with_port(authority) == with_port(host)
 }
 
 async fn not_found() -> error::ApiError {

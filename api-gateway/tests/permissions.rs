@@ -284,3 +284,82 @@ async fn revoked_grants_hide_the_repository_again() {
     );
     fixture.finish().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_changing_requests_from_another_origin_need_the_no_check_token() {
+    let fixture = Fixture::new().await;
+    let admin = Some(ADMIN.0);
+    let uri = "/rest/api/latest/projects";
+    let body = |key: &str| json!({"key": key}).to_string().into_bytes();
+    let json = ("Content-Type", "application/json");
+    let host = ("Host", "leakscan.example.com:7990");
+    // Another site: refused, and nothing was created.
+    for origin in [
+        "https://evil.example.net",
+        "http://leakscan.example.com:8000",
+        "null",
+    ] {
+        let (status, answer) = fixture
+            .call_with(
+                "POST",
+                uri,
+                admin,
+                &[json, host, ("Origin", origin)],
+                body("XSRF"),
+            )
+            .await;
+        assert_eq!(status.as_u16(), 403, "{origin}: {answer}");
+        assert!(answer["errors"][0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("XSRF check failed"));
+    }
+    let (status, _) = fixture
+        .call("GET", "/rest/api/latest/projects/XSRF/repos", admin, None)
+        .await;
+    assert_eq!(status.as_u16(), 404);
+    // The same request with the token, from the server's own origin, or
+    // without an Origin (a script) goes through.
+    let cases: [(&str, Vec<(&str, &str)>); 4] = [
+        (
+            "A1",
+            vec![
+                json,
+                host,
+                ("Origin", "https://evil.example.net"),
+                ("X-Atlassian-Token", "no-check"),
+            ],
+        ),
+        (
+            "A2",
+            vec![json, host, ("Origin", "http://leakscan.example.com:7990")],
+        ),
+        (
+            "A3",
+            vec![
+                json,
+                ("Host", "leakscan.example.com"),
+                ("Origin", "https://leakscan.example.com"),
+            ],
+        ),
+        ("A4", vec![json, host]),
+    ];
+    for (key, headers) in cases {
+        let (status, answer) = fixture
+            .call_with("POST", uri, admin, &headers, body(key))
+            .await;
+        assert_eq!(status.as_u16(), 201, "{key}: {answer}");
+    }
+    // Reads are never refused for their origin.
+    let (status, _) = fixture
+        .call_with(
+            "GET",
+            uri,
+            admin,
+            &[host, ("Origin", "https://evil.example.net")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 200);
+    fixture.finish().await;
+}

@@ -176,6 +176,36 @@ impl Fixture {
         (status, content_type, bytes.to_vec())
     }
 
+    /// (status, JSON body) of a request with extra headers and a raw body.
+    pub async fn call_with(
+        &self,
+        method: &str,
+        uri: &str,
+        user: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, Value) {
+        let mut request = Request::builder().method(method).uri(uri);
+        if let Some(user) = user {
+            request = request.header("Authorization", basic_auth(user));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        let response = app(Arc::clone(&self.state))
+            .oneshot(request.body(Body::from(body)).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+        )
+    }
+
     pub async fn expect(
         &self,
         method: &str,
