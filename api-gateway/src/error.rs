@@ -60,6 +60,15 @@ impl From<StoreError> for ApiError {
             StoreError::Invalid(message) => ApiError::bad_request(message),
             StoreError::NotFound(what) => ApiError::not_found(format!("{what} does not exist")),
             StoreError::Conflict(message) => ApiError::conflict(message),
+            // PostgreSQL's data exceptions (class 22): text with a NUL
+            // character, a number out of range. The input's fault.
+            StoreError::Database(sqlx::Error::Database(database))
+                if database.code().is_some_and(|code| code.starts_with("22")) =>
+            {
+                ApiError::bad_request(
+                    "a value is not acceptable: text must not contain NUL characters, numbers must be in range",
+                )
+            }
             other => {
                 error!(error = %other, "store error");
                 ApiError::internal()

@@ -66,10 +66,45 @@ fn write_record(writer: &mut csv::Writer<Vec<u8>>, cells: &[String]) -> Result<(
     writer.write_record(cells.iter().map(|cell| csv_cell(cell).into_owned()))
 }
 
+/// Exports that may stream at once; more answer 429.
+pub const MAX_CONCURRENT_EXPORTS: usize = 4;
+
+/// A place among the exports running, held until the export's stream ends.
+fn export_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
+    state.exports.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_CONCURRENT_EXPORTS} exports are running already; try again when one has finished"),
+        )
+    })
+}
+
+/// The `branch` parameter: empty means none; a bad name is a 400.
+fn valid_branch(branch: Option<String>) -> Result<Option<String>, ApiError> {
+    match branch.filter(|b| !b.is_empty()) {
+        Some(branch) => {
+            leakscan_store::catalog::validate_branch(&branch)?;
+            Ok(Some(
+                branch
+                    .strip_prefix("refs/heads/")
+                    .unwrap_or(&branch)
+                    .to_string(),
+            ))
+        }
+        None => Ok(None),
+    }
+}
+
 /// Streams the export of `filter` as a CSV download named `file_name`.
-fn csv_response(state: Arc<AppState>, filter: ExportFilter, file_name: String) -> Response {
+fn csv_response(
+    state: Arc<AppState>,
+    filter: ExportFilter,
+    file_name: String,
+) -> Result<Response, ApiError> {
+    let permit = export_permit(&state)?;
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
     tokio::spawn(async move {
+        let _permit = permit;
         let mut writer = csv::Writer::from_writer(Vec::with_capacity(CHUNK_BYTES));
         let header: Vec<String> = COLUMNS.iter().map(|c| c.to_string()).collect();
         if write_record(&mut writer, &header).is_err() {
@@ -114,7 +149,7 @@ fn csv_response(state: Arc<AppState>, filter: ExportFilter, file_name: String) -
         }
     });
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(receiver));
-    (
+    Ok((
         [
             (header::CONTENT_TYPE, "text/csv; charset=utf-8".to_string()),
             (
@@ -124,7 +159,7 @@ fn csv_response(state: Arc<AppState>, filter: ExportFilter, file_name: String) -
         ],
         body,
     )
-        .into_response()
+        .into_response())
 }
 
 #[derive(Debug, Deserialize)]
@@ -150,16 +185,16 @@ pub async fn repository_report(
     let filter = ExportFilter {
         project_key: Some(project_key.clone()),
         repository: Some(repository.id),
-        branch: query.branch.filter(|b| !b.is_empty()),
+        branch: valid_branch(query.branch)?,
         rule: query.rule_type.filter(|r| !r.is_empty()),
         include_reviewed: query.include_whitelisted,
         ..ExportFilter::default()
     };
-    Ok(csv_response(
+    csv_response(
         state,
         filter,
         format!("{}-{}.csv", file_part(&project_key), file_part(&slug)),
-    ))
+    )
 }
 
 #[derive(Debug, Deserialize)]
@@ -232,14 +267,14 @@ pub async fn project_report(
     let filter = ExportFilter {
         project_key: Some(project_key),
         repository,
-        branch: query.branch.filter(|b| !b.is_empty()),
+        branch: valid_branch(query.branch)?,
         include_reviewed: query.include_whitelisted,
         start,
         end,
         viewer: (!sees_all).then_some(caller.0.id),
         ..ExportFilter::default()
     };
-    Ok(csv_response(state, filter, file_name))
+    csv_response(state, filter, file_name)
 }
 
 /// A project key or slug as part of a file name (they are validated, but a
@@ -327,12 +362,14 @@ pub async fn instance_report(
     .fetch_all(&state.pool)
     .await
     .map_err(leakscan_store::StoreError::from)?;
+    let permit = export_permit(&state)?;
     let (parts, mut part_receiver) = mpsc::channel::<ZipPart>(CHUNKS_IN_FLIGHT);
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
     // The database reader: one entry per repository, its rows as CSV.
     let reader_state = Arc::clone(&state);
     let include_reviewed = query.include_whitelisted;
     tokio::spawn(async move {
+        let _permit = permit;
         for (project_key, id, slug) in repositories {
             if parts
                 .send(ZipPart::Entry(format!("{project_key}/{slug}.csv")))

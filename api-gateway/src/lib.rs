@@ -53,6 +53,8 @@ pub struct AppState {
     pub credentials: auth::CredentialCache,
     /// Set once migrations ran (readiness).
     pub migrated: AtomicBool,
+    /// Places for exports streaming at once.
+    pub exports: Arc<tokio::sync::Semaphore>,
     secrets: tokio::sync::OnceCell<Arc<leakscan_store::secrets::SecretBox>>,
 }
 
@@ -64,6 +66,7 @@ impl AppState {
             config,
             credentials: auth::CredentialCache::default(),
             migrated: AtomicBool::new(false),
+            exports: Arc::new(tokio::sync::Semaphore::new(exports::MAX_CONCURRENT_EXPORTS)),
             secrets: tokio::sync::OnceCell::new(),
         }
     }
@@ -104,6 +107,45 @@ pub fn app(state: Arc<AppState>) -> Router {
         Router::new().nest(context_path, api).fallback(not_found)
     };
     app.layer(axum::middleware::from_fn(xsrf))
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(guard))
+}
+
+/// The largest request body (JSON, CSV imports): larger answers 413.
+pub const MAX_BODY_BYTES: usize = 8 << 20;
+/// How long a handler may take to answer (a streamed body may take longer).
+pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
+
+/// Every request: a handler that does not answer within
+/// [`REQUEST_TIMEOUT`] answers 503, and one that panics answers 500 (the
+/// panic is logged) instead of taking the connection down.
+async fn guard(
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    use futures::FutureExt as _;
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let answer = std::panic::AssertUnwindSafe(next.run(request)).catch_unwind();
+    match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+        Ok(Ok(response)) => response,
+        Ok(Err(_)) => {
+            tracing::error!(%method, %path, "a request handler panicked");
+            error::ApiError::internal().into_response()
+        }
+        Err(_) => {
+            tracing::warn!(%method, %path, "a request timed out");
+            error::ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!(
+                    "the request took longer than {} seconds",
+                    REQUEST_TIMEOUT.as_secs()
+                ),
+            )
+            .into_response()
+        }
+    }
 }
 
 /// XSRF (DESIGN §7): a state-changing request whose `Origin` is another

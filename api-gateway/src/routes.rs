@@ -429,10 +429,14 @@ pub(crate) struct Authenticated(pub leakscan_store::users::User);
 /// Authenticates the caller and checks the route's permission.
 async fn enforce(
     State((state, permission)): State<(Arc<AppState>, Permission)>,
-    params: RawPathParams,
+    params: Result<RawPathParams, axum::extract::rejection::RawPathParamsRejection>,
     request: Request,
     next: Next,
 ) -> Response {
+    let params = match params {
+        Ok(params) => params,
+        Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
+    };
     let (mut parts, body) = request.into_parts();
     match check(&state, permission, &params, &mut parts).await {
         Ok(caller) => {

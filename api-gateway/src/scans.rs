@@ -209,6 +209,7 @@ async fn start_branch_job(
     branch: &str,
     emails: Vec<String>,
 ) -> Result<Job, ApiError> {
+    leakscan_store::catalog::validate_branch(branch)?;
     let branch = branch.strip_prefix("refs/heads/").unwrap_or(branch);
     if jobs::branch_scan(&state.pool, repository.id, branch)
         .await?
@@ -284,6 +285,9 @@ pub struct StatusQuery {
 /// The branch a Soteri call means: `?branch=`, else the default branch.
 pub(crate) fn branch_of(repository: &Repository, branch: Option<&str>) -> Result<String, ApiError> {
     match branch.or(repository.default_branch.as_deref()) {
+        Some(branch) if leakscan_store::catalog::validate_branch(branch).is_err() => Err(
+            ApiError::bad_request(format!("invalid branch name {branch:?}")),
+        ),
         Some(branch) => Ok(branch
             .strip_prefix("refs/heads/")
             .unwrap_or(branch)

@@ -58,6 +58,37 @@ pub fn validate_project_key(key: &str) -> Result<()> {
     }
 }
 
+/// A branch name as `git check-ref-format --branch` allows it (an optional
+/// `refs/heads/` prefix aside): no control characters, spaces, `~^:?*[\`,
+/// `..`, `@{`, `//`, leading `-` or `/`, trailing `/`, `.` or `.lock`;
+/// at most 255 bytes. Branch names reach git only from its own ref lists,
+/// but a bad one is a clear 400 rather than a miss.
+pub fn validate_branch(branch: &str) -> Result<()> {
+    let name = branch.strip_prefix("refs/heads/").unwrap_or(branch);
+    let valid = !name.is_empty()
+        && name.len() <= 255
+        && !name.starts_with('-')
+        && !name.starts_with('/')
+        && !name.ends_with('/')
+        && !name.ends_with('.')
+        && !name.ends_with(".lock")
+        && !name.contains("..")
+        && !name.contains("@{")
+        && !name.contains("//")
+        && name != "@"
+        && !name
+            .chars()
+            .any(|c| c.is_control() || c == ' ' || "~^:?*[\\".contains(c))
+        && name.split('/').all(|part| !part.starts_with('.'));
+    if valid {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "invalid branch name {branch:?}"
+        )))
+    }
+}
+
 /// A repository slug: letters, digits, `.`, `_`, `-`; not `.`/`..`, no
 /// leading dash.
 pub fn validate_slug(slug: &str) -> Result<()> {
@@ -294,4 +325,61 @@ pub async fn list_visible_repositories(
     .fetch_all(pool)
     .await?;
     Ok(page.page(rows))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn branch_names_follow_git_ref_rules() {
+        for good in [
+            "main",
+            "feature/login-v2",
+            "refs/heads/release/1.2",
+            "user@host",
+            "a.b",
+        ] {
+            assert!(validate_branch(good).is_ok(), "{good}");
+        }
+        let long = "b".repeat(256);
+        for bad in [
+            "",
+            "-x",
+            "--upload-pack=touch x",
+            "a..b",
+            "a b",
+            "a\nb",
+            "a\0b",
+            "x.lock",
+            "/x",
+            "x/",
+            "a//b",
+            ".hidden",
+            "a/.b",
+            "x.",
+            "a@{1}",
+            "@",
+            "a~1",
+            "a^",
+            "a:b",
+            "a?",
+            "a*",
+            "a[",
+            "a\\b",
+            long.as_str(),
+        ] {
+            assert!(validate_branch(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn keys_and_slugs_refuse_traversal_and_options() {
+        for bad in ["..", ".", "../x", "-oProxyCommand", "a/b", "a\0", ""] {
+            assert!(validate_project_key(bad).is_err(), "{bad:?}");
+            assert!(validate_slug(bad).is_err(), "{bad:?}");
+        }
+        assert!(validate_project_key("~alice").is_ok());
+        assert!(validate_slug("my.repo-1").is_ok());
+    }
 }

@@ -235,6 +235,11 @@ async fn finish_change(
 }
 
 /// Creates a rule; a name taken in the same scope is a conflict.
+/// Most custom rules (and, apart, allowlist rules) one scope may hold:
+/// every one is compiled into each scan's detector.
+pub const MAX_RULES_PER_SCOPE: i64 = 200;
+
+/// Creates a rule; a scope already at [`MAX_RULES_PER_SCOPE`] refuses it.
 pub async fn create_rule(
     pool: &PgPool,
     actor: &str,
@@ -244,6 +249,28 @@ pub async fn create_rule(
 ) -> Result<SecretRule> {
     let (project, repository) = scope.columns();
     let mut transaction = pool.begin().await?;
+    // Rules of a scope one after the other, so two creations cannot both
+    // pass the limit.
+    sqlx::query("select pg_advisory_xact_lock(hashtext('leakscan rules ' || $1 || ' ' || coalesce($2, 0) || ' ' || coalesce($3, 0)))")
+        .bind(kind.as_str())
+        .bind(project)
+        .bind(repository)
+        .execute(&mut *transaction)
+        .await?;
+    let existing: i64 = sqlx::query_scalar(
+        "select count(*) from secret_rules where kind = $1
+             and project_id is not distinct from $2 and repository_id is not distinct from $3",
+    )
+    .bind(kind.as_str())
+    .bind(project)
+    .bind(repository)
+    .fetch_one(&mut *transaction)
+    .await?;
+    if existing >= MAX_RULES_PER_SCOPE {
+        return Err(StoreError::Invalid(format!(
+            "a scope holds at most {MAX_RULES_PER_SCOPE} rules of a kind; delete one first"
+        )));
+    }
     let row: RuleRow = sqlx::query_as(AssertSqlSafe(format!(
         "insert into secret_rules (kind, project_id, repository_id, name, line_regex, path_regex, severity)
          values ($1, $2, $3, $4, $5, $6, $7) returning {RULE_COLUMNS}"
