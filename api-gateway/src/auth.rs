@@ -18,6 +18,7 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use base64::Engine as _;
 use leakscan_store::{
     catalog::{self, Repository},
+    tokens::{self, TokenScope},
     users::{self, Access, User},
 };
 use sha2::{Digest, Sha256};
@@ -66,8 +67,10 @@ impl CredentialCache {
     }
 }
 
-/// The authenticated caller of a request (401 without valid credentials).
-pub struct Caller(pub User);
+/// The authenticated caller of a request (401 without valid credentials):
+/// the user, and the scope of the access token used, if one was.
+#[derive(Clone)]
+pub struct Caller(pub User, pub Option<TokenScope>);
 
 impl FromRequestParts<Arc<AppState>> for Caller {
     type Rejection = ApiError;
@@ -77,13 +80,19 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         state: &Arc<AppState>,
     ) -> Result<Caller, ApiError> {
         // Already authenticated by the route's permission check.
-        if let Some(crate::routes::Authenticated(user)) = parts.extensions.get() {
-            return Ok(Caller(user.clone()));
+        if let Some(crate::routes::Authenticated(caller)) = parts.extensions.get() {
+            return Ok(caller.clone());
+        }
+        if let Some(token) = bearer_token(parts) {
+            let (user, scope) = tokens::authenticate(&state.pool, &token)
+                .await?
+                .ok_or_else(ApiError::unauthorized)?;
+            return Ok(Caller(user, Some(scope)));
         }
         let (name, password) = basic_credentials(parts).ok_or_else(ApiError::unauthorized)?;
         if state.credentials.remembers(&name, &password) {
             if let Some(user) = users::find_user(&state.pool, &name).await? {
-                return Ok(Caller(user));
+                return Ok(Caller(user, None));
             }
         }
         let (user, hash) = users::user_with_hash(&state.pool, &name)
@@ -98,8 +107,21 @@ impl FromRequestParts<Arc<AppState>> for Caller {
             return Err(ApiError::unauthorized());
         }
         state.credentials.remember(&name, &password);
-        Ok(Caller(user))
+        Ok(Caller(user, None))
     }
+}
+
+/// `Authorization: Bearer <token>` (a personal access token).
+fn bearer_token(parts: &Parts) -> Option<String> {
+    let value = parts
+        .headers
+        .get(axum::http::header::AUTHORIZATION)?
+        .to_str()
+        .ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_string())
 }
 
 fn basic_credentials(parts: &Parts) -> Option<(String, String)> {
@@ -121,8 +143,13 @@ fn basic_credentials(parts: &Parts) -> Option<(String, String)> {
 }
 
 impl Caller {
+    /// Whether a token (if one was used) lets its user act globally.
+    fn global_scope(&self) -> bool {
+        self.1.is_none_or(|scope| scope.allows_global())
+    }
+
     pub fn require_sys_admin(&self) -> Result<(), ApiError> {
-        if self.0.sys_admin {
+        if self.0.sys_admin && self.global_scope() {
             Ok(())
         } else {
             Err(ApiError::forbidden(
@@ -133,7 +160,7 @@ impl Caller {
 
     /// A system administrator, or a user with the explicit security grant.
     pub fn require_security(&self) -> Result<(), ApiError> {
-        if self.0.sys_admin || self.0.security {
+        if (self.0.sys_admin || self.0.security) && self.global_scope() {
             Ok(())
         } else {
             Err(ApiError::forbidden(
@@ -152,6 +179,7 @@ impl Caller {
     ) -> Result<(), ApiError> {
         catalog::validate_project_key(project_key)?;
         let access = users::project_access(&state.pool, &self.0, project_key).await?;
+        let access = access.map(|access| self.1.map_or(access, |scope| access.min(scope.project)));
         check_access(access, needed, || format!("Project {project_key}"))
     }
 
@@ -169,6 +197,8 @@ impl Caller {
         let found = users::repository_access(&state.pool, &self.0, project_key, slug).await?;
         let what = || format!("Repository {project_key}/{slug}");
         let (repository, access) = found.unzip();
+        let access =
+            access.map(|access| self.1.map_or(access, |scope| access.min(scope.repository)));
         check_access(access, needed, what)?;
         repository.ok_or_else(|| ApiError::not_found(format!("{} does not exist.", what())))
     }

@@ -19,6 +19,7 @@ pub mod policy;
 pub mod reviews;
 pub mod routes;
 pub mod scans;
+pub mod tokens;
 pub mod users;
 
 use std::{

@@ -41,6 +41,8 @@ pub enum Permission {
     Project(Access),
     /// At least this access to the path's `{project}`/`{repo}` (404 without read).
     Repository(Access),
+    /// The user the path's `{user}` names, or a system administrator.
+    OwnUser,
 }
 
 impl Permission {
@@ -57,6 +59,7 @@ impl Permission {
             Permission::Repository(Access::Admin) => "repository admin",
             Permission::Repository(Access::Write) => "repository write",
             Permission::Repository(_) => "repository read",
+            Permission::OwnUser => "the path's user or system administrator",
         }
     }
 }
@@ -254,6 +257,10 @@ pub fn routes() -> Vec<Route> {
             .query(&["branch", "startDate", "endDate", "includeWhitelisted"]),
         get(format!("{security}/export-report/projects/{{project}}/repos/{{repo}}"), Repository(Read), "A repository's findings as CSV", exports::project_report)
             .query(&["branch", "startDate", "endDate", "includeWhitelisted"]),
+        // Personal access tokens
+        put("/rest/access-tokens/latest/users/{user}", Permission::OwnUser, "Make an access token (its value is in this answer only)", crate::tokens::create).json(),
+        get("/rest/access-tokens/latest/users/{user}", Permission::OwnUser, "A user's access tokens", crate::tokens::list).query(PAGE),
+        delete("/rest/access-tokens/latest/users/{user}/{token}", Permission::OwnUser, "Delete an access token", crate::tokens::delete),
         // Secret keys
         post("/rest/secrets/1.0/keys/rotate", SysAdmin, "Rotate the data key, re-encrypting every stored secret", keys::rotate),
         get("/rest/secrets/1.0/keys/inactive", SysAdmin, "Inactive data keys", keys::inactive),
@@ -424,7 +431,7 @@ pub fn router(state: &Arc<AppState>) -> Router<Arc<AppState>> {
 
 /// The user a request was authenticated as, for the handler's `Caller`.
 #[derive(Clone)]
-pub(crate) struct Authenticated(pub leakscan_store::users::User);
+pub(crate) struct Authenticated(pub Caller);
 
 /// Authenticates the caller and checks the route's permission.
 async fn enforce(
@@ -440,7 +447,7 @@ async fn enforce(
     let (mut parts, body) = request.into_parts();
     match check(&state, permission, &params, &mut parts).await {
         Ok(caller) => {
-            parts.extensions.insert(Authenticated(caller.0));
+            parts.extensions.insert(Authenticated(caller));
             next.run(Request::from_parts(parts, body)).await
         }
         Err(error) => error.into_response(),
@@ -467,6 +474,11 @@ async fn check(
         Permission::SysAdmin => caller.require_sys_admin()?,
         Permission::Security => caller.require_security()?,
         Permission::Project(access) => caller.project(state, &param("project")?, access).await?,
+        Permission::OwnUser => {
+            if caller.0.name != param("user")? {
+                caller.require_sys_admin()?;
+            }
+        }
         Permission::Repository(access) => {
             caller
                 .repository(state, &param("project")?, &param("repo")?, access)

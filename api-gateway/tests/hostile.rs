@@ -34,6 +34,8 @@ const NORMAL: &[(&str, &str)] = &[
     ("id", "1"),
     ("rule", "AWS_ACCESS_KEY_ID"),
     ("scan_key", "no-such-job"),
+    ("user", "admin"),
+    ("token", "1"),
 ];
 
 fn fill(path: &str, hostile: Option<(&str, &str)>) -> String {

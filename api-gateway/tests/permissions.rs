@@ -126,6 +126,12 @@ fn expected(permission: &str, persona: &Persona) -> Expected {
         "system administrator" => Expected::Denied(403),
         "system administrator or security grant" if persona.security => Expected::Allowed,
         "system administrator or security grant" => Expected::Denied(403),
+        "the path's user or system administrator"
+            if persona.sys_admin || persona.name == Some("nobody") =>
+        {
+            Expected::Allowed
+        }
+        "the path's user or system administrator" => Expected::Denied(403),
         p if p.starts_with("project ") => scoped(persona.project),
         p if p.starts_with("repository ") => scoped(persona.repository),
         other => panic!("a permission the matrix does not know: {other}"),
@@ -141,6 +147,8 @@ fn concrete(path: &str) -> String {
         .replace("{id}", "1")
         .replace("{rule}", "AWS_ACCESS_KEY_ID")
         .replace("{scan_key}", "no-such-job")
+        .replace("{user}", "nobody")
+        .replace("{token}", "1")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -361,5 +369,183 @@ async fn state_changing_requests_from_another_origin_need_the_no_check_token() {
         )
         .await;
     assert_eq!(status.as_u16(), 200);
+    fixture.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn access_tokens_act_as_their_user_within_their_permissions() {
+    use axum::http::StatusCode;
+    let fixture = Fixture::new().await;
+    let admin = Some(ADMIN.0);
+    fixture.user("carol").await;
+    fixture
+        .expect("PUT", "/rest/api/latest/projects/PROJ/repos/api/permissions/users?name=carol&permission=REPO_WRITE", admin, None, 204)
+        .await;
+    let tokens = "/rest/access-tokens/latest/users/carol";
+    // Only carol (or an administrator) manages carol's tokens.
+    fixture.user("dave").await;
+    fixture.expect("GET", tokens, Some("dave"), None, 403).await;
+    for (body, message) in [
+        (
+            json!({"name": "ci", "permissions": ["REPO_DELETE"]}),
+            "unknown token permission \"REPO_DELETE\"",
+        ),
+        (
+            json!({"name": "ci", "permissions": ["REPO_READ", "REPO_WRITE"]}),
+            "a token has one project and one repository permission",
+        ),
+        (
+            json!({"name": "ci", "expiryDays": 0}),
+            "expiryDays must be from 1 to 3650",
+        ),
+        (
+            json!({"name": " "}),
+            "a token needs a name of 1 to 255 printable characters",
+        ),
+    ] {
+        let answer = fixture
+            .expect("PUT", tokens, Some("carol"), Some(body), 400)
+            .await;
+        assert!(
+            answer["errors"][0]["message"]
+                .as_str()
+                .unwrap()
+                .starts_with(message),
+            "{answer}"
+        );
+    }
+    let read = fixture
+        .expect("PUT", tokens, Some("carol"), Some(json!({"name": "read", "permissions": ["PROJECT_READ", "REPO_READ"], "expiryDays": 30})), 200)
+        .await;
+    let read_token = read["token"].as_str().unwrap().to_string();
+    assert_eq!(read_token.len(), 44);
+    assert_eq!(read["permissions"], json!(["PROJECT_READ", "REPO_READ"]));
+    let write = fixture
+        .expect(
+            "PUT",
+            tokens,
+            Some("carol"),
+            Some(json!({"name": "write", "permissions": ["REPO_WRITE"]})),
+            200,
+        )
+        .await;
+    let write_token = write["token"].as_str().unwrap().to_string();
+
+    let bearer = |token: &str| format!("Bearer {token}");
+    let status_uri = "/rest/security/1.0/scan/PROJ/repos/api?branch=main";
+    let rescan = "/rest/security/latest/status/projects/PROJ/repos/api";
+    let call = |method: &'static str, uri: &'static str, token: String| {
+        let fixture = &fixture;
+        async move {
+            fixture
+                .call_with(
+                    method,
+                    uri,
+                    None,
+                    &[("Authorization", token.as_str())],
+                    Vec::new(),
+                )
+                .await
+                .0
+        }
+    };
+    // A read token reads, and cannot write though its user may.
+    assert_eq!(
+        call("GET", status_uri, bearer(&read_token)).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call("PUT", rescan, bearer(&read_token)).await,
+        StatusCode::FORBIDDEN
+    );
+    // A write token writes; nothing beyond its user's own permissions.
+    assert_eq!(
+        call("PUT", rescan, bearer(&write_token)).await,
+        StatusCode::OK
+    );
+    assert_eq!(
+        call("GET", "/rest/security/latest/audit", bearer(&write_token)).await,
+        StatusCode::FORBIDDEN
+    );
+    // Tokens do not manage tokens; an unknown token is a 401.
+    assert_eq!(
+        call("GET", tokens, bearer(&write_token)).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call("GET", status_uri, bearer("not-a-token")).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // An administrator's token needs PROJECT_ADMIN for administration.
+    let admin_read = fixture
+        .expect(
+            "PUT",
+            "/rest/access-tokens/latest/users/admin",
+            admin,
+            Some(json!({"name": "ro", "permissions": ["PROJECT_READ"]})),
+            200,
+        )
+        .await;
+    let admin_full = fixture
+        .expect(
+            "PUT",
+            "/rest/access-tokens/latest/users/admin",
+            admin,
+            Some(json!({"name": "rw", "permissions": ["PROJECT_ADMIN"]})),
+            200,
+        )
+        .await;
+    let audit = "/rest/security/latest/audit";
+    assert_eq!(
+        call("GET", audit, bearer(admin_read["token"].as_str().unwrap())).await,
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        call("GET", audit, bearer(admin_full["token"].as_str().unwrap())).await,
+        StatusCode::OK
+    );
+    // Listed without their values; deleted, a token stops working.
+    let listed = fixture
+        .expect("GET", tokens, Some("carol"), None, 200)
+        .await;
+    assert_eq!(listed["size"], 2);
+    assert!(!listed.to_string().contains(&read_token));
+    assert!(listed["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|t| t.get("token").is_none()));
+    let id = read["id"].as_str().unwrap();
+    fixture
+        .expect(
+            "DELETE",
+            &format!("{tokens}/{id}"),
+            Some("carol"),
+            None,
+            204,
+        )
+        .await;
+    fixture
+        .expect(
+            "DELETE",
+            &format!("{tokens}/{id}"),
+            Some("carol"),
+            None,
+            404,
+        )
+        .await;
+    assert_eq!(
+        call("GET", status_uri, bearer(&read_token)).await,
+        StatusCode::UNAUTHORIZED
+    );
+    // An expired token is refused.
+    sqlx::query("update access_tokens set expires_at = now() - interval '1 second'")
+        .execute(&fixture.database.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        call("GET", status_uri, bearer(&write_token)).await,
+        StatusCode::UNAUTHORIZED
+    );
     fixture.finish().await;
 }

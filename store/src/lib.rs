@@ -38,6 +38,7 @@ pub mod reviews;
 pub mod secrets;
 pub mod tasks;
 pub mod testing;
+pub mod tokens;
 pub mod users;
 
 use sqlx::postgres::{PgPool, PgPoolOptions};

@@ -168,6 +168,18 @@ pub async fn find_user(pool: &PgPool, name: &str) -> Result<Option<User>> {
     .await?)
 }
 
+/// The user with id `id`.
+pub async fn find_user_by_id(pool: &PgPool, id: UserId) -> Result<Option<User>> {
+    Ok(sqlx::query_as::<_, User>(concat!(
+        "select ",
+        user_columns!(),
+        " from users u where u.id = $1"
+    ))
+    .bind(id)
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// A user row with the password hash.
 #[derive(FromRow)]
 struct UserWithHash {
