@@ -530,6 +530,25 @@ fn data_to_dc(mut data: Value) -> Value {
 
 // ---- validation ----
 
+/// Checks a report body as `PUT …/reports/{key}` does, in Data Center's
+/// shape (`dc`) or Cloud's: for fuzzing and property tests.
+pub fn check_report(dc: bool, body: &Value) -> Result<NewReport, ApiError> {
+    if dc {
+        parse_report::<true>(body)
+    } else {
+        parse_report::<false>(body)
+    }
+}
+
+/// Checks one annotation body as the bulk `POST` does for each element.
+pub fn check_annotation(dc: bool, body: &Value) -> Result<NewAnnotation, ApiError> {
+    if dc {
+        parse_annotation::<true>(body, None)
+    } else {
+        parse_annotation::<false>(body, None)
+    }
+}
+
 fn object<'a>(body: &'a Value, what: &str) -> Result<&'a Map<String, Value>, ApiError> {
     body.as_object()
         .ok_or_else(|| ApiError::bad_request(format!("the {what} must be a JSON object")))
