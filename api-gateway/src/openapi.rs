@@ -28,15 +28,19 @@ pub fn generate(context_path: &str) -> Value {
                     "name": name,
                     "in": "path",
                     "required": true,
-                    "schema": {"type": "string", "minLength": 1},
+                    "schema": path_schema(name),
                 })
             })
             .collect();
         parameters.extend(route.query.iter().map(|name| {
+            let (name, required) = match name.strip_suffix('!') {
+                Some(name) => (name, true),
+                None => (*name, false),
+            };
             json!({
                 "name": name,
                 "in": "query",
-                "required": false,
+                "required": required,
                 "schema": query_schema(name),
             })
         }));
@@ -108,12 +112,34 @@ pub fn path_parameters(path: &str) -> Vec<&str> {
         .collect()
 }
 
+/// What a path parameter may be (what the handlers accept).
+fn path_schema(name: &str) -> Value {
+    match name {
+        "project" => json!({"type": "string", "pattern": "^~?[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"}),
+        "repo" => json!({"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"}),
+        "commit" => json!({"type": "string", "pattern": "^[0-9a-f]{40}$"}),
+        "id" | "token" => json!({"type": "integer", "minimum": 1, "maximum": i64::MAX}),
+        "rule" => json!({"type": "string", "pattern": "^[A-Z][A-Z0-9_]{0,127}$"}),
+        "user" => json!({"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.@-]{0,127}$"}),
+        _ => json!({"type": "string", "minLength": 1, "maxLength": 450, "pattern": "^[^\\x00/]+$"}),
+    }
+}
+
 fn query_schema(name: &str) -> Value {
     match name {
-        "start" | "limit" | "page" | "pagelen" => json!({"type": "integer", "minimum": 0}),
-        "includeWhitelisted" | "confirmExpensiveOperation" => json!({"type": "boolean"}),
+        "start" | "limit" | "page" | "pagelen" => {
+            json!({"type": "integer", "minimum": 0, "maximum": u32::MAX})
+        }
+        "includeWhitelisted" => json!({"type": "boolean"}),
+        "confirmExpensiveOperation" => json!({"type": "boolean", "enum": [true]}),
+        "order" => json!({"type": "string", "enum": ["NAME_ASC", "NAME_DESC"]}),
         "startDate" | "endDate" => json!({"type": "string", "format": "date"}),
-        _ => json!({"type": "string"}),
+        "permission" => json!({"type": "string", "enum": [
+            "SYS_ADMIN", "PROJECT_ADMIN", "PROJECT_WRITE", "PROJECT_READ", "REPO_ADMIN", "REPO_WRITE", "REPO_READ"
+        ]}),
+        "email" => json!({"type": "string", "format": "email"}),
+        // No NUL characters (PostgreSQL text cannot hold them).
+        _ => json!({"type": "string", "pattern": "^[^\\x00]*$"}),
     }
 }
 

@@ -78,6 +78,7 @@ pub struct Route {
     pub path: String,
     pub permission: Permission,
     pub summary: &'static str,
+    /// Query parameter names; a trailing `!` marks a required one.
     pub query: &'static [&'static str],
     pub body: Body,
     handler: MethodRouter<Arc<AppState>>,
@@ -198,20 +199,20 @@ pub fn routes() -> Vec<Route> {
         post(format!("{security}/admin/catalog/sync"), SysAdmin, "Re-read the repository roots", catalog::sync_handler),
         // Users and permissions
         post("/rest/api/latest/admin/users", SysAdmin, "Create a user", users::create_user)
-            .query(&["name", "password", "displayName", "emailAddress"]),
-        put("/rest/api/latest/admin/permissions/users", SysAdmin, "Grant a global permission", users::grant_global).query(&["name", "permission"]),
-        delete("/rest/api/latest/admin/permissions/users", SysAdmin, "Revoke a global permission", users::revoke_global).query(&["name", "permission"]),
-        put("/rest/api/latest/projects/{project}/permissions/users", Project(Admin), "Grant a project permission", users::grant_project).query(&["name", "permission"]),
-        delete("/rest/api/latest/projects/{project}/permissions/users", Project(Admin), "Revoke a user's project permission", users::revoke_project).query(&["name"]),
-        put("/rest/api/latest/projects/{project}/repos/{repo}/permissions/users", Repository(Admin), "Grant a repository permission", users::grant_repository).query(&["name", "permission"]),
-        delete("/rest/api/latest/projects/{project}/repos/{repo}/permissions/users", Repository(Admin), "Revoke a user's repository permission", users::revoke_repository).query(&["name"]),
-        put(format!("{security}/permissions/users"), SysAdmin, "Give a user the security grant", users::grant_security).query(&["name"]),
-        delete(format!("{security}/permissions/users"), SysAdmin, "Take the security grant from a user", users::revoke_security).query(&["name"]),
+            .query(&["name!", "password!", "displayName", "emailAddress"]),
+        put("/rest/api/latest/admin/permissions/users", SysAdmin, "Grant a global permission", users::grant_global).query(&["name!", "permission!"]),
+        delete("/rest/api/latest/admin/permissions/users", SysAdmin, "Revoke a global permission", users::revoke_global).query(&["name!", "permission!"]),
+        put("/rest/api/latest/projects/{project}/permissions/users", Project(Admin), "Grant a project permission", users::grant_project).query(&["name!", "permission!"]),
+        delete("/rest/api/latest/projects/{project}/permissions/users", Project(Admin), "Revoke a user's project permission", users::revoke_project).query(&["name!"]),
+        put("/rest/api/latest/projects/{project}/repos/{repo}/permissions/users", Repository(Admin), "Grant a repository permission", users::grant_repository).query(&["name!", "permission!"]),
+        delete("/rest/api/latest/projects/{project}/repos/{repo}/permissions/users", Repository(Admin), "Revoke a user's repository permission", users::revoke_repository).query(&["name!"]),
+        put(format!("{security}/permissions/users"), SysAdmin, "Give a user the security grant", users::grant_security).query(&["name!"]),
+        delete(format!("{security}/permissions/users"), SysAdmin, "Take the security grant from a user", users::revoke_security).query(&["name!"]),
         // Scans
         put(format!("{security}/status/total_rescan"), Security, "Rescan every repository", scans::total_rescan).query(EMAIL),
         put(format!("{security}/status/projects/{{project}}"), Project(Admin), "Rescan a project", scans::project_rescan).query(EMAIL),
         put(format!("{security}/status/projects/{{project}}/repos/{{repo}}"), Repository(Write), "Rescan a repository", scans::repository_rescan).query(EMAIL),
-        put(format!("{security}/status/projects/{{project}}/repos/{{repo}}/branches"), Repository(Write), "Rescan a branch", scans::branch_rescan).query(&["name", "email"]),
+        put(format!("{security}/status/projects/{{project}}/repos/{{repo}}/branches"), Repository(Write), "Rescan a branch", scans::branch_rescan).query(&["name!", "email"]),
         delete(format!("{security}/status/scheduled"), SysAdmin, "Cancel queued jobs", scans::cancel_scheduled),
         delete(format!("{security}/status/running"), SysAdmin, "Cancel running jobs", scans::cancel_running),
         get("/rest/security/1.0/scan/{project}/repos/{repo}", Repository(Read), "A branch's scan status and findings", scans::scan_status)
@@ -252,7 +253,7 @@ pub fn routes() -> Vec<Route> {
         get("/rest/security/1.0/export-report/{project}/repos/{repo}", Repository(Read), "A repository's findings as CSV", exports::repository_report)
             .query(&["branch", "includeWhitelisted", "ruleType"]),
         get(format!("{security}/export-report"), Security, "Every repository's findings: a zip of CSVs", exports::instance_report)
-            .query(&["confirmExpensiveOperation"]),
+            .query(&["confirmExpensiveOperation!"]),
         get(format!("{security}/export-report/projects/{{project}}"), Project(Read), "A project's findings as CSV", exports::project_report)
             .query(&["branch", "startDate", "endDate", "includeWhitelisted"]),
         get(format!("{security}/export-report/projects/{{project}}/repos/{{repo}}"), Repository(Read), "A repository's findings as CSV", exports::project_report)
