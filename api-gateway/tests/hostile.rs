@@ -137,6 +137,7 @@ async fn hostile_input_to_every_route_gets_a_clear_4xx_and_no_5xx() {
         failures.len(),
         failures.join("\n")
     );
+    eprintln!("{cases} cases");
     assert!(cases > 1000, "only {cases} cases");
     // Still serving, and nothing was created by the injections.
     fixture.expect("GET", "/health/live", None, None, 200).await;
