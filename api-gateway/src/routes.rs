@@ -119,19 +119,31 @@ impl Route {
     }
 }
 
+/// A route for `method` (GET, POST, PUT or DELETE).
+fn on<H: Handler<T, Arc<AppState>>, T: 'static>(
+    method: Method,
+    path: impl Into<String>,
+    permission: Permission,
+    summary: &'static str,
+    handler: H,
+) -> Route {
+    let filter = routing::MethodFilter::try_from(method.clone()).expect("a standard method");
+    Route::new(
+        method,
+        path,
+        permission,
+        summary,
+        routing::on(filter, handler),
+    )
+}
+
 fn get<H: Handler<T, Arc<AppState>>, T: 'static>(
     path: impl Into<String>,
     permission: Permission,
     summary: &'static str,
     handler: H,
 ) -> Route {
-    Route::new(
-        Method::GET,
-        path,
-        permission,
-        summary,
-        routing::get(handler),
-    )
+    on(Method::GET, path, permission, summary, handler)
 }
 
 fn post<H: Handler<T, Arc<AppState>>, T: 'static>(
@@ -140,13 +152,7 @@ fn post<H: Handler<T, Arc<AppState>>, T: 'static>(
     summary: &'static str,
     handler: H,
 ) -> Route {
-    Route::new(
-        Method::POST,
-        path,
-        permission,
-        summary,
-        routing::post(handler),
-    )
+    on(Method::POST, path, permission, summary, handler)
 }
 
 fn put<H: Handler<T, Arc<AppState>>, T: 'static>(
@@ -155,13 +161,7 @@ fn put<H: Handler<T, Arc<AppState>>, T: 'static>(
     summary: &'static str,
     handler: H,
 ) -> Route {
-    Route::new(
-        Method::PUT,
-        path,
-        permission,
-        summary,
-        routing::put(handler),
-    )
+    on(Method::PUT, path, permission, summary, handler)
 }
 
 fn delete<H: Handler<T, Arc<AppState>>, T: 'static>(
@@ -170,13 +170,7 @@ fn delete<H: Handler<T, Arc<AppState>>, T: 'static>(
     summary: &'static str,
     handler: H,
 ) -> Route {
-    Route::new(
-        Method::DELETE,
-        path,
-        permission,
-        summary,
-        routing::delete(handler),
-    )
+    on(Method::DELETE, path, permission, summary, handler)
 }
 
 const PAGE: &[&str] = &["start", "limit"];

@@ -152,12 +152,25 @@ impl Fixture {
         content_type: &str,
         body: Vec<u8>,
     ) -> (StatusCode, String, Vec<u8>) {
-        let mut request = Request::builder()
-            .method(method)
-            .uri(uri)
-            .header("Content-Type", content_type);
+        self.send(method, uri, user, &[("Content-Type", content_type)], body)
+            .await
+    }
+
+    /// Sends a request: (status, content type, body bytes).
+    async fn send(
+        &self,
+        method: &str,
+        uri: &str,
+        user: Option<&str>,
+        headers: &[(&str, &str)],
+        body: Vec<u8>,
+    ) -> (StatusCode, String, Vec<u8>) {
+        let mut request = Request::builder().method(method).uri(uri);
         if let Some(user) = user {
             request = request.header("Authorization", basic_auth(user));
+        }
+        for (name, value) in headers {
+            request = request.header(*name, *value);
         }
         let response = app(Arc::clone(&self.state))
             .oneshot(request.body(Body::from(body)).unwrap())
@@ -185,21 +198,7 @@ impl Fixture {
         headers: &[(&str, &str)],
         body: Vec<u8>,
     ) -> (StatusCode, Value) {
-        let mut request = Request::builder().method(method).uri(uri);
-        if let Some(user) = user {
-            request = request.header("Authorization", basic_auth(user));
-        }
-        for (name, value) in headers {
-            request = request.header(*name, *value);
-        }
-        let response = app(Arc::clone(&self.state))
-            .oneshot(request.body(Body::from(body)).unwrap())
-            .await
-            .unwrap();
-        let status = response.status();
-        let bytes = axum::body::to_bytes(response.into_body(), 1 << 24)
-            .await
-            .unwrap();
+        let (status, _, bytes) = self.send(method, uri, user, headers, body).await;
         (
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
