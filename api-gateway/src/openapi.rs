@@ -54,10 +54,10 @@ pub fn generate(context_path: &str) -> Value {
         });
         match route.body {
             Body::None => {}
-            Body::Json => {
+            Body::Json(schema) => {
                 operation["requestBody"] = json!({
                     "required": true,
-                    "content": {"application/json": {"schema": {}}},
+                    "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}},
                 });
             }
             Body::Csv => {
@@ -75,6 +75,8 @@ pub fn generate(context_path: &str) -> Value {
             .or_default()
             .insert(route.method.as_str().to_ascii_lowercase(), operation);
     }
+    let mut schemas = body_schemas();
+    schemas.insert("Errors".into(), errors_schema());
     json!({
         "openapi": "3.0.3",
         "info": {
@@ -86,23 +88,117 @@ pub fn generate(context_path: &str) -> Value {
             "securitySchemes": {
                 "basic": {"type": "http", "scheme": "basic"},
             },
-            "schemas": {
-                "Errors": {
-                    "type": "object",
-                    "properties": {"errors": {"type": "array", "items": {
-                        "type": "object",
-                        "properties": {
-                            "message": {"type": "string"},
-                            "context": {"type": "string", "nullable": true},
-                            "exceptionName": {"type": "string", "nullable": true},
-                        },
-                    }}},
-                },
-            },
+            "schemas": schemas,
         },
         "security": [{"basic": []}],
         "paths": paths,
     })
+}
+
+fn errors_schema() -> Value {
+    json!({
+        "type": "object",
+        "properties": {"errors": {"type": "array", "items": {
+            "type": "object",
+            "properties": {
+                "message": {"type": "string"},
+                "context": {"type": "string", "nullable": true},
+                "exceptionName": {"type": "string", "nullable": true},
+            },
+        }}},
+    })
+}
+
+/// The request bodies, as the handlers read them.
+fn body_schemas() -> Map<String, Value> {
+    let text = |max: usize| json!({"type": "string", "maxLength": max, "pattern": "^[^\\x00]*$"});
+    let key = json!({"type": "string", "pattern": "^~?[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"});
+    let slug = json!({"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"});
+    let url = json!({"type": "string", "format": "uri", "pattern": "^https?://"});
+    let data = json!({"type": "array", "maxItems": 10, "items": {
+        "type": "object", "required": ["title", "type", "value"],
+        "properties": {
+            "title": text(450),
+            "type": {"type": "string", "enum": ["BOOLEAN", "DATE", "DURATION", "LINK", "NUMBER", "PERCENTAGE", "TEXT"]},
+            "value": {},
+        },
+    }});
+    let cloud_annotation = json!({
+        "type": "object", "required": ["external_id", "annotation_type", "summary"],
+        "properties": {
+            "external_id": text(450),
+            "annotation_type": {"type": "string", "enum": ["VULNERABILITY", "CODE_SMELL", "BUG"]},
+            "path": text(4096),
+            "line": {"type": "integer", "minimum": 0, "maximum": i32::MAX},
+            "summary": text(450),
+            "details": text(2000),
+            "result": {"type": "string", "enum": ["PASSED", "FAILED", "SKIPPED", "IGNORED"]},
+            "severity": {"type": "string", "enum": ["CRITICAL", "HIGH", "MEDIUM", "LOW"]},
+            "link": url,
+        },
+    });
+    let dc_annotation = json!({
+        "type": "object", "required": ["message", "severity"],
+        "properties": {
+            "externalId": text(450),
+            "path": text(4096),
+            "line": {"type": "integer", "minimum": 0, "maximum": i32::MAX},
+            "message": text(2000),
+            "severity": {"type": "string", "enum": ["HIGH", "MEDIUM", "LOW"]},
+            "type": {"type": "string", "enum": ["VULNERABILITY", "CODE_SMELL", "BUG"]},
+            "link": url,
+        },
+    });
+    let schemas = json!({
+        "NewProject": {"type": "object", "required": ["key"], "properties": {"key": key, "name": text(255)}},
+        "NewRepository": {"type": "object", "required": ["name", "cloneUrl"], "properties": {
+            "name": slug, "slug": slug, "cloneUrl": text(2000),
+        }},
+        "RepositorySelectors": {"type": "array", "maxItems": 1000, "items": {
+            "type": "object", "required": ["projectKey", "slug"],
+            "properties": {"projectKey": key, "slug": slug},
+        }},
+        "NewReview": {"type": "object", "properties": {
+            "findingId": {"type": "integer", "minimum": 1, "maximum": i64::MAX},
+            "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+            "comment": text(2000),
+        }},
+        "NewToken": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
+            "name": text(255),
+            "permissions": {"type": "array", "maxItems": 2, "items": {"type": "string", "enum": [
+                "PROJECT_READ", "PROJECT_WRITE", "PROJECT_ADMIN", "REPO_READ", "REPO_WRITE", "REPO_ADMIN",
+            ]}},
+            "expiryDays": {"type": "integer", "minimum": 1, "maximum": 3650},
+        }},
+        "Rule": {"type": "object", "additionalProperties": false, "properties": {
+            "name": text(255),
+            "lineRegex": text(1000),
+            "pathRegex": text(1000),
+            "severity": {"type": "string", "enum": ["LOW", "MEDIUM", "HIGH", "CRITICAL"]},
+        }},
+        "CloudReport": {"type": "object", "required": ["title"], "properties": {
+            "title": text(450), "details": text(2000), "reporter": text(450), "link": url, "logo_url": url,
+            "report_type": {"type": "string", "enum": ["SECURITY", "COVERAGE", "TEST", "BUG"]},
+            "result": {"type": "string", "enum": ["PASSED", "FAILED", "PENDING"]},
+            "remote_link_enabled": {"type": "boolean"},
+            "data": data,
+        }},
+        "DcReport": {"type": "object", "required": ["title"], "properties": {
+            "title": text(450), "details": text(2000), "reporter": text(450), "link": url, "logoUrl": url,
+            "result": {"type": "string", "enum": ["PASS", "FAIL"]},
+            "data": data,
+        }},
+        "CloudAnnotation": cloud_annotation,
+        "CloudAnnotations": {"type": "array", "minItems": 1, "maxItems": 100, "items": cloud_annotation},
+        "DcAnnotation": dc_annotation,
+        "DcAnnotations": {"type": "object", "required": ["annotations"], "properties": {
+            "annotations": {"type": "array", "minItems": 1, "maxItems": 100, "items": dc_annotation},
+        }},
+    });
+    match schemas {
+        Value::Object(map) => map,
+        _ => Map::new(),
+    }
 }
 
 /// `{name}` segments of a path, in order.
@@ -158,12 +254,12 @@ fn responses(method: &axum::http::Method) -> Value {
     for code in ["400", "401", "403", "404"] {
         responses[code] = responses["default"].clone();
     }
-    let ok = if method == axum::http::Method::DELETE {
-        ("204", "done")
-    } else {
-        ("200", "done")
-    };
-    responses[ok.0] = json!({"description": ok.1});
+    // Success answers: 200 with a body, 201 for a creation, 204 without a body.
+    responses["200"] = json!({"description": "done"});
+    if method != axum::http::Method::GET {
+        responses["201"] = json!({"description": "created"});
+        responses["204"] = json!({"description": "done, no content"});
+    }
     responses
 }
 
@@ -206,6 +302,17 @@ mod tests {
                 .map(|p| p["name"].as_str().unwrap())
                 .collect();
             assert_eq!(documented, path_parameters(&route.path));
+            if let Some(reference) =
+                operation["requestBody"]["content"]["application/json"]["schema"]["$ref"].as_str()
+            {
+                let name = reference.trim_start_matches("#/components/schemas/");
+                assert!(
+                    document["components"]["schemas"][name].is_object(),
+                    "{reference} of {} {} is not defined",
+                    route.method,
+                    route.path
+                );
+            }
             operations += 1;
         }
         let counted: usize = document["paths"]

@@ -68,7 +68,8 @@ impl Permission {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Body {
     None,
-    Json,
+    /// JSON of the named schema in the OpenAPI document's components.
+    Json(&'static str),
     Csv,
 }
 
@@ -108,8 +109,9 @@ impl Route {
         self
     }
 
-    fn json(mut self) -> Route {
-        self.body = Body::Json;
+    /// A JSON body of the named schema (`openapi::body_schemas`).
+    fn json(mut self, schema: &'static str) -> Route {
+        self.body = Body::Json(schema);
         self
     }
 
@@ -187,9 +189,9 @@ pub fn routes() -> Vec<Route> {
         get("/rest/openapi.json", Public, "This API's OpenAPI 3 document", openapi::document),
         // Catalog
         get("/rest/api/latest/projects", User, "Projects the caller may read", catalog::list_projects).query(PAGE),
-        post("/rest/api/latest/projects", SysAdmin, "Create a project", catalog::create_project).json(),
+        post("/rest/api/latest/projects", SysAdmin, "Create a project", catalog::create_project).json("NewProject"),
         get("/rest/api/latest/projects/{project}/repos", Project(Read), "Repositories of a project the caller may read", catalog::list_repositories).query(PAGE),
-        post("/rest/api/latest/projects/{project}/repos", Project(Admin), "Register a repository (clone URL or path)", catalog::create_repository).json(),
+        post("/rest/api/latest/projects/{project}/repos", Project(Admin), "Register a repository (clone URL or path)", catalog::create_repository).json("NewRepository"),
         post(format!("{security}/admin/catalog/sync"), SysAdmin, "Re-read the repository roots", catalog::sync_handler),
         // Users and permissions
         post("/rest/api/latest/admin/users", SysAdmin, "Create a user", users::create_user)
@@ -228,18 +230,18 @@ pub fn routes() -> Vec<Route> {
         put("/rest/api/latest/projects/{project}/repos/{repo}/secret-scanning/exempt", Repository(Admin), "Exempt a repository", policy::exempt_repository),
         delete("/rest/api/latest/projects/{project}/repos/{repo}/secret-scanning/exempt", Repository(Admin), "Scan a repository again", policy::unexempt_repository),
         get("/rest/api/latest/projects/{project}/secret-scanning/exempt", Project(Read), "A project's exempt repositories", policy::list_exempt).query(PAGE),
-        post("/rest/api/latest/projects/{project}/secret-scanning/exempt", Project(Admin), "Exempt repositories of a project", policy::bulk_exempt).json(),
+        post("/rest/api/latest/projects/{project}/secret-scanning/exempt", Project(Admin), "Exempt repositories of a project", policy::bulk_exempt).json("RepositorySelectors"),
         get("/rest/api/latest/secret-scanning/exempt", Security, "Every exempt repository", policy::list_exempt).query(PAGE),
-        post("/rest/api/latest/secret-scanning/exempt", Security, "Exempt repositories", policy::bulk_exempt).json(),
+        post("/rest/api/latest/secret-scanning/exempt", Security, "Exempt repositories", policy::bulk_exempt).json("RepositorySelectors"),
         get(format!("{security}/audit"), Security, "The audit log", policy::audit_log).query(PAGE),
         // Reviews
         get(format!("{security}/reviewed"), Security, "Every review", reviews::list_all).query(PAGE),
-        post(format!("{security}/reviewed"), Security, "Mark a secret reviewed everywhere", reviews::create_global).json(),
+        post(format!("{security}/reviewed"), Security, "Mark a secret reviewed everywhere", reviews::create_global).json("NewReview"),
         post(format!("{security}/reviewed/import"), Security, "Import global reviews from CSV", reviews::import).csv(),
         delete(format!("{security}/reviewed/{{id}}"), User, "Unmark a review (security grant for a global one, repository write for a repository's)", reviews::delete),
         get(format!("{security}/reviewed/projects/{{project}}"), Project(Read), "A project's reviews", reviews::list_project).query(PAGE),
         get(format!("{security}/reviewed/projects/{{project}}/repos/{{repo}}"), Repository(Read), "A repository's reviews", reviews::list_repository).query(PAGE),
-        post(format!("{security}/reviewed/projects/{{project}}/repos/{{repo}}"), Repository(Write), "Mark a secret reviewed in a repository", reviews::create_repository).json(),
+        post(format!("{security}/reviewed/projects/{{project}}/repos/{{repo}}"), Repository(Write), "Mark a secret reviewed in a repository", reviews::create_repository).json("NewReview"),
         get(format!("{security}/export/reviewed"), Security, "Every review as CSV", reviews::export),
         get(format!("{security}/export/reviewed/projects/{{project}}"), Project(Read), "A project's reviews as CSV", reviews::export),
         get(format!("{security}/export/reviewed/projects/{{project}}/repos/{{repo}}"), Repository(Read), "A repository's reviews as CSV", reviews::export),
@@ -253,7 +255,7 @@ pub fn routes() -> Vec<Route> {
         get(format!("{security}/export-report/projects/{{project}}/repos/{{repo}}"), Repository(Read), "A repository's findings as CSV", exports::project_report)
             .query(&["branch", "startDate", "endDate", "includeWhitelisted"]),
         // Personal access tokens
-        put("/rest/access-tokens/latest/users/{user}", Permission::OwnUser, "Make an access token (its value is in this answer only)", crate::tokens::create).json(),
+        put("/rest/access-tokens/latest/users/{user}", Permission::OwnUser, "Make an access token (its value is in this answer only)", crate::tokens::create).json("NewToken"),
         get("/rest/access-tokens/latest/users/{user}", Permission::OwnUser, "A user's access tokens", crate::tokens::list).query(PAGE),
         delete("/rest/access-tokens/latest/users/{user}/{token}", Permission::OwnUser, "Delete an access token", crate::tokens::delete),
         // Secret keys
@@ -309,7 +311,7 @@ fn secret_scanning_routes<const ALLOWLIST: bool>(noun: &'static str) -> Vec<Rout
                 "Create a rule in this scope",
                 policy::create_rule::<ALLOWLIST>,
             )
-            .json(),
+            .json("Rule"),
             get(&one, read, "A rule", policy::get_rule::<ALLOWLIST>),
             put(
                 &one,
@@ -317,7 +319,7 @@ fn secret_scanning_routes<const ALLOWLIST: bool>(noun: &'static str) -> Vec<Rout
                 "Update a rule",
                 policy::update_rule::<ALLOWLIST>,
             )
-            .json(),
+            .json("Rule"),
             delete(
                 &one,
                 change,
@@ -357,7 +359,7 @@ fn insight_routes<const DC: bool>(base: &str) -> Vec<Route> {
             "Create or replace a report",
             insights::put_report::<DC>,
         )
-        .json(),
+        .json(if DC { "DcReport" } else { "CloudReport" }),
         delete(
             &report,
             Repository(Write),
@@ -377,7 +379,11 @@ fn insight_routes<const DC: bool>(base: &str) -> Vec<Route> {
             "Create or update up to 100 annotations",
             insights::post_annotations::<DC>,
         )
-        .json(),
+        .json(if DC {
+            "DcAnnotations"
+        } else {
+            "CloudAnnotations"
+        }),
         delete(
             &annotations,
             Repository(Write),
@@ -397,7 +403,11 @@ fn insight_routes<const DC: bool>(base: &str) -> Vec<Route> {
             "Create or update an annotation",
             insights::put_annotation::<DC>,
         )
-        .json(),
+        .json(if DC {
+            "DcAnnotation"
+        } else {
+            "CloudAnnotation"
+        }),
         delete(
             &annotation,
             Repository(Write),
