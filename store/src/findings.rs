@@ -283,6 +283,13 @@ pub async fn branch_summaries(
     .await?)
 }
 
+/// SQL: finding `f` is reviewed (its secret is marked a false positive in
+/// its repository or everywhere). Every query that hides or flags reviewed
+/// findings uses this one condition.
+pub(crate) const REVIEWED: &str =
+    "exists (select 1 from reviews v where v.secret_hash = f.secret_hash
+     and (v.repository_id is null or v.repository_id = f.repository_id))";
+
 /// Which findings an export holds. A finding on several branches is one
 /// row per branch (only `branch`'s when given).
 #[derive(Debug, Clone, Default)]
@@ -309,13 +316,11 @@ pub fn export_findings<'a>(
     pool: &'a PgPool,
     filter: &'a ExportFilter,
 ) -> futures::stream::BoxStream<'a, Result<ReportedFinding, sqlx::Error>> {
-    sqlx::query_as::<_, ReportedFinding>(
+    sqlx::query_as::<_, ReportedFinding>(sqlx::AssertSqlSafe(format!(
         "select * from (
              select f.id, f.rule_id as rule, f.rule_name, f.severity, p.key as project, r.slug as repository,
                     b.branch, f.commit, f.path, f.line, f.author, f.author_email, f.commit_date, f.scan_date,
-                    f.redacted as secret, f.fingerprint,
-                    exists (select 1 from reviews v where v.secret_hash = f.secret_hash
-                            and (v.repository_id is null or v.repository_id = f.repository_id)) as reviewed
+                    f.redacted as secret, f.fingerprint, {REVIEWED} as reviewed
              from findings f
              join finding_branches b on b.finding_id = f.id
              join repositories r on r.id = f.repository_id
@@ -329,8 +334,8 @@ pub fn export_findings<'a>(
                     or exists (select 1 from repository_permissions rp where rp.user_id = $7 and rp.repository_id = r.id))
          ) exported
          where $8 or not reviewed
-         order by repository, branch, commit_date nulls first, path, line, rule, id",
-    )
+         order by repository, branch, commit_date nulls first, path, line, rule, id"
+    )))
     .bind(&filter.project_key)
     .bind(filter.repository)
     .bind(filter.branch.as_deref())

@@ -10,6 +10,7 @@ use sqlx::{types::Json, PgPool, Postgres, Transaction};
 
 use crate::{
     catalog::RepoId,
+    findings::REVIEWED,
     page::{Page, PageRequest},
     Result, StoreError,
 };
@@ -367,12 +368,10 @@ pub async fn write_scan_report(
     head_commit: &str,
     duration_ms: i64,
 ) -> Result<()> {
-    let findings: i64 = sqlx::query_scalar(
+    let findings: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
         "select count(*) from findings f join finding_branches b on b.finding_id = f.id
-         where f.repository_id = $1 and b.branch = $2
-           and not exists (select 1 from reviews v where v.secret_hash = f.secret_hash
-                           and (v.repository_id is null or v.repository_id = f.repository_id))",
-    )
+         where f.repository_id = $1 and b.branch = $2 and not {REVIEWED}"
+    )))
     .bind(repository)
     .bind(branch)
     .fetch_one(&mut **transaction)
@@ -415,7 +414,7 @@ pub async fn write_scan_report(
         .execute(&mut **transaction)
         .await?;
     // The summary names the rule and the redacted secret only.
-    sqlx::query(
+    sqlx::query(sqlx::AssertSqlSafe(format!(
         "insert into insight_annotations (report_id, external_id, annotation_type, path, line, summary,
              details, result, severity)
          select $1, 'leakscan-' || f.fingerprint || '-' || f.id, 'VULNERABILITY', f.path, f.line,
@@ -426,13 +425,11 @@ pub async fn write_scan_report(
                     || '. Fingerprint ' || f.fingerprint || '.',
                 'FAILED', f.severity
          from findings f join finding_branches b on b.finding_id = f.id
-         where f.repository_id = $2 and b.branch = $3
-           and not exists (select 1 from reviews v where v.secret_hash = f.secret_hash
-                           and (v.repository_id is null or v.repository_id = f.repository_id))
+         where f.repository_id = $2 and b.branch = $3 and not {REVIEWED}
          order by case f.severity when 'CRITICAL' then 0 when 'HIGH' then 1 when 'MEDIUM' then 2 else 3 end,
                   f.commit_date desc nulls last, f.id
-         limit $4",
-    )
+         limit $4"
+    )))
     .bind(stored.id)
     .bind(repository)
     .bind(branch)
