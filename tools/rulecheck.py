@@ -7,7 +7,7 @@ import glob, math, re, sys, collections
 import yaml
 
 ALLOWED = {"id", "name", "aliases", "pattern", "keywords", "min_entropy", "stopwords", "generic",
-           "severity", "references", "examples", "negative_examples"}
+           "severity", "confidence", "decode", "checksum", "references", "examples", "negative_examples"}
 
 def entropy(s: str) -> float:
     if not s:
@@ -15,6 +15,31 @@ def entropy(s: str) -> float:
     counts = collections.Counter(s.encode())
     n = len(s.encode())
     return -sum(c / n * math.log2(c / n) for c in counts.values())
+
+PLACEHOLDER_WORDS = ("example", "sample", "dummy", "placeholder", "changeme", "your_", "your-", "redacted",
+                     "xxxxx", "***", "...", "fake", "foobar", "lorem", "_here", "-here", "process.env",
+                     "os.environ", "getenv", "${", "{{", "}}", "%(", "$(")
+
+def looks_placeholder(secret: str, keywords) -> bool:
+    """A rough copy of engine/src/lookalike.rs (the Rust test is the real gate)."""
+    body = secret.lower()
+    for k in keywords:
+        if len(k) >= 3:
+            body = body.replace(k.lower(), "", 1)
+    if any(w in body for w in PLACEHOLDER_WORDS + ("testpass", "testtoken", "testsecret", "testkey",
+                                                    "test123", "testing123", "testuser")):
+        return True
+    if len(body) > 128:
+        return False
+    alnum = [c.lower() for c in body if c.isalnum()]
+    same = rising = falling = 1
+    for a, b in zip(alnum, alnum[1:]):
+        same = same + 1 if a == b else 1
+        rising = rising + 1 if ord(b) == ord(a) + 1 else 1
+        falling = falling + 1 if ord(a) == ord(b) + 1 else 1
+        if (same >= 6 and same * 4 >= len(alnum)) or max(rising, falling) >= 6:
+            return True
+    return False
 
 def findings(rule, rx, text):
     out = []
@@ -30,6 +55,8 @@ def findings(rule, rx, text):
         if rule.get("min_entropy") and entropy(secret) < rule["min_entropy"]:
             continue
         if any(w.lower() in secret.lower() for w in rule.get("stopwords", []) or []):
+            continue
+        if looks_placeholder(secret, rule.get("keywords") or []):
             continue
         out.append((m, secret))
     return out
@@ -59,6 +86,7 @@ def main():
                 if name in ids: err(f"duplicate id/alias {name} (also in {ids[name]})")
                 ids[name] = f
             if r.get("severity") not in ("LOW", "MEDIUM", "HIGH", "CRITICAL"): err("bad severity")
+            if r.get("confidence", "HIGH") not in ("LOW", "MEDIUM", "HIGH"): err("bad confidence")
             pat = r.get("pattern", "")
             if "(?P<" in pat or "(?<" in pat or "(?=" in pat or "(?!" in pat: err("unsupported syntax")
             if re.search(r"\{\d*, \d*\}", pat): err("space inside {m,n}")
@@ -74,7 +102,8 @@ def main():
                 for m, _ in fs:
                     if not any(k in m.group(0).lower() for k in kws):
                         err(f"match {m.group(0)[:60]!r} contains no keyword")
-            for ex in r.get("negative_examples") or []:
+            # Decoded values are judged by the engine only (the Rust test checks these).
+            for ex in ([] if r.get("decode") else r.get("negative_examples") or []):
                 if findings(r, rx, ex): err(f"negative example matches: {ex[:80]!r}")
     print(f"{total} rules in {len(files)} files, {errors} errors")
     sys.exit(1 if errors else 0)

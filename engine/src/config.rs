@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use crate::{
     error::ConfigError,
-    rules::{builtin_rules, find_builtin, AllowRule, CustomRule, Severity},
+    rules::{builtin_rules, find_builtin, AllowRule, Confidence, CustomRule, Severity},
     ruleset::{compile_regex, Policy, CUSTOM_REGEX_SIZE_LIMIT},
 };
 
@@ -40,6 +40,10 @@ pub struct ScanConfig {
     /// Built-in rule names switched off.
     #[serde(default)]
     pub disabled_rules: Vec<String>,
+    /// Findings of lower confidence are not reported (`low`, `medium`,
+    /// `high`; default: the level above's).
+    #[serde(default)]
+    pub min_confidence: Option<Confidence>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -191,6 +195,7 @@ impl ScanConfig {
             builtins,
             custom,
             allowlist,
+            min_confidence: self.min_confidence.unwrap_or(base.min_confidence),
         })
     }
 }
@@ -216,6 +221,7 @@ impl Policy {
             builtins: builtin_rules().to_vec(),
             custom: Vec::new(),
             allowlist: Vec::new(),
+            min_confidence: Default::default(),
         }
     }
 

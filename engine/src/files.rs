@@ -41,7 +41,10 @@ pub fn scan_directory(
     }
     files.sort();
     let policy = root_policy(root, metadata.is_dir(), base)?;
-    let ruleset = RuleSet::build_with(&policy, options.prefilter)?;
+    let ruleset = match &options.rulesets {
+        Some(cache) => cache.get_or_build(&policy, options.prefilter)?,
+        None => RuleSet::build_with(&policy, options.prefilter)?,
+    };
     drop(ruleset.scanner()?);
     ScanProgress::add(&progress.blobs_total, files.len() as u64);
     let pool = options.thread_pool()?;
@@ -185,7 +188,13 @@ fn scan_file(
         for rule_index in ruleset.path_only_rules() {
             let rule = ruleset.rule(rule_index);
             if rule.applies_to_path(path_bytes) {
-                findings.push(finding(rule, display, None, Secret::new(path_bytes)));
+                findings.push(finding(
+                    rule,
+                    display,
+                    None,
+                    Secret::new(path_bytes),
+                    rule.confidence,
+                ));
             }
         }
         let mut seen = std::collections::HashSet::new();
@@ -200,6 +209,7 @@ fn scan_file(
                     display,
                     Some(found.line),
                     found.secret.clone(),
+                    found.confidence,
                 ));
             }
         }
@@ -210,11 +220,18 @@ fn scan_file(
     }
 }
 
-fn finding(rule: &crate::CompiledRule, path: &str, line: Option<u32>, secret: Secret) -> Finding {
+fn finding(
+    rule: &crate::CompiledRule,
+    path: &str,
+    line: Option<u32>,
+    secret: Secret,
+    confidence: crate::Confidence,
+) -> Finding {
     Finding {
         rule_id: rule.id.clone(),
         rule_name: rule.name.clone(),
         severity: rule.severity,
+        confidence,
         path: path.to_string(),
         line,
         commit: None,

@@ -29,6 +29,7 @@ use crate::{
     cache::{BlobCache, BlobId, CachedMatch, NoCache},
     config::{ScanConfig, BRANCH_CONFIG_FILES},
     error::EngineError,
+    rules::Confidence,
     ruleset::{is_binary, BlobMatch, Policy, RuleSet},
     scan::{CommitMeta, Finding, ScanOptions, ScanProgress, ScanReport, ScanStats, ScanWarning},
     secret::Secret,
@@ -621,11 +622,12 @@ impl HistoryWalk<'_> {
             if self.ruleset.path_allowed(path) {
                 continue;
             }
-            let mut introduced: Vec<(crate::RuleIdx, Option<u32>, Secret)> = Vec::new();
+            let mut introduced: Vec<(crate::RuleIdx, Option<u32>, Secret, Confidence)> = Vec::new();
             if is_addition {
                 for &rule in &path_only {
                     if self.ruleset.rule(rule).applies_to_path(path) {
-                        introduced.push((rule, None, Secret::new(path)));
+                        let confidence = self.ruleset.rule(rule).confidence;
+                        introduced.push((rule, None, Secret::new(path), confidence));
                     }
                 }
             }
@@ -673,7 +675,12 @@ impl HistoryWalk<'_> {
                                 _ => false,
                             });
                     if !in_parent {
-                        introduced.push((found.rule, Some(found.line), found.secret.clone()));
+                        introduced.push((
+                            found.rule,
+                            Some(found.line),
+                            found.secret.clone(),
+                            found.confidence,
+                        ));
                     }
                 }
             }
@@ -691,7 +698,7 @@ impl HistoryWalk<'_> {
                 }
             };
             let path_text = String::from_utf8_lossy(path).into_owned();
-            for (rule_index, line, secret) in introduced {
+            for (rule_index, line, secret, confidence) in introduced {
                 let rule = self.ruleset.rule(rule_index);
                 ScanProgress::add(&self.progress.findings, 1);
                 findings.push((
@@ -700,6 +707,7 @@ impl HistoryWalk<'_> {
                         rule_id: rule.id.clone(),
                         rule_name: rule.name.clone(),
                         severity: rule.severity,
+                        confidence,
                         path: path_text.clone(),
                         line,
                         commit: Some(meta.clone()),
@@ -789,11 +797,13 @@ impl HistoryWalk<'_> {
             let mut matches: Vec<BlobMatch> = cached
                 .into_iter()
                 .filter_map(|m| {
+                    let rule = *rule_index.get(m.rule_id.as_str())?;
                     Some(BlobMatch {
-                        rule: *rule_index.get(m.rule_id.as_str())?,
+                        rule,
                         line: m.line,
                         start: usize::try_from(m.start).ok()?,
                         end: usize::try_from(m.end).ok()?,
+                        confidence: self.ruleset.confidence_of(rule, m.secret.expose()),
                         secret: m.secret,
                         context: m.context.into_boxed_slice(),
                     })

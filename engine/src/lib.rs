@@ -26,15 +26,19 @@
 //! ```
 
 pub mod cache;
+pub mod checksum;
 pub mod config;
 pub mod error;
 pub mod files;
 pub mod git;
+pub mod lookalike;
 pub mod prefilter;
 pub mod rules;
 pub mod ruleset;
 pub mod scan;
 pub mod secret;
+#[cfg(feature = "vectorscan")]
+pub mod vectorscan;
 
 use std::path::Path;
 
@@ -42,8 +46,8 @@ pub use cache::{BlobCache, BlobId, CachedMatch, MemoryBlobCache, NoCache};
 pub use config::ScanConfig;
 pub use error::{ConfigError, EngineError, RuleError};
 pub use git::{GitScanRequest, RefSelection};
-pub use prefilter::PrefilterKind;
-pub use rules::{builtin_rules, AllowRule, CustomRule, RuleSpec, Severity};
+pub use prefilter::{set_prefilter_cache_dir, PrefilterKind};
+pub use rules::{builtin_rules, AllowRule, Confidence, CustomRule, RuleSpec, Severity};
 pub use ruleset::{
     BlobMatch, CompiledRule, Policy, PolicySpec, RuleIdx, RuleSet, RuleSetCache, Scanner,
 };

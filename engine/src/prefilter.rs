@@ -115,7 +115,7 @@ impl Prefilter {
             Prefilter::Vectorscan(prefilter) => Ok(PrefilterScratch::Vectorscan(
                 prefilter
                     .database
-                    .create_scanner()
+                    .scratch()
                     .map_err(|error| EngineError::Prefilter(error.to_string()))?,
             )),
         }
@@ -131,11 +131,8 @@ impl Prefilter {
         match (self, scratch) {
             (Prefilter::Keywords(prefilter), _) => prefilter.candidates(data, candidates),
             #[cfg(feature = "vectorscan")]
-            (Prefilter::Vectorscan(_), PrefilterScratch::Vectorscan(scanner)) => {
-                let result = scanner.scan(data, |id, _from, _to, _flags| {
-                    candidates.add(id);
-                    vectorscan_rs::Scan::Continue
-                });
+            (Prefilter::Vectorscan(_), PrefilterScratch::Vectorscan(scratch)) => {
+                let result = scratch.scan(data, |id| candidates.add(id));
                 if result.is_err() {
                     // Vectorscan fails only on resource errors; stay correct by
                     // letting every rule run.
@@ -156,7 +153,7 @@ impl Prefilter {
 pub(crate) enum PrefilterScratch<'p> {
     Keywords(std::marker::PhantomData<&'p ()>),
     #[cfg(feature = "vectorscan")]
-    Vectorscan(vectorscan_rs::BlockScanner<'p>),
+    Vectorscan(crate::vectorscan::Scratch<'p>),
 }
 
 pub(crate) struct KeywordPrefilter {
@@ -253,63 +250,160 @@ fn required_literals(pattern: &str) -> Option<Vec<Vec<u8>>> {
     Some(lowered)
 }
 
+/// Where compiled Vectorscan databases are kept between processes (none: not
+/// kept). Set once by a binary; the engine reads no environment.
+static PREFILTER_CACHE_DIR: std::sync::Mutex<Option<std::path::PathBuf>> =
+    std::sync::Mutex::new(None);
+
+/// Keeps compiled Vectorscan databases in `dir` (created when missing),
+/// keyed by the hash of their patterns, so a later process with the same
+/// rules loads the database instead of compiling it (docs/ARCHITECTURE.md,
+/// "Prefilter cache"). `None` turns the cache off.
+pub fn set_prefilter_cache_dir(dir: Option<std::path::PathBuf>) {
+    *PREFILTER_CACHE_DIR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()) = dir;
+}
+
+#[cfg(feature = "vectorscan")]
+fn prefilter_cache_dir() -> Option<std::path::PathBuf> {
+    PREFILTER_CACHE_DIR
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+        .clone()
+}
+
 #[cfg(feature = "vectorscan")]
 pub(crate) struct VectorscanPrefilter {
-    database: vectorscan_rs::BlockDatabase,
+    database: crate::vectorscan::Database,
 }
 
 #[cfg(feature = "vectorscan")]
 impl VectorscanPrefilter {
-    fn build(rules: &[PrefilterInput<'_>]) -> Result<(Self, Vec<u32>), EngineError> {
-        use vectorscan_rs::{BlockDatabase, Error, Flag, Pattern};
+    const FLAGS: u32 = crate::vectorscan::FLAG_PREFILTER | crate::vectorscan::FLAG_SINGLEMATCH;
 
-        let mut included: Vec<(u32, String)> = rules
+    fn build(rules: &[PrefilterInput<'_>]) -> Result<(Self, Vec<u32>), EngineError> {
+        let included: Vec<(u32, String)> = rules
             .iter()
             .enumerate()
             .map(|(index, rule)| (index as u32, normalize_for_vectorscan(rule.pattern)))
             .collect();
+        let cache_file = prefilter_cache_dir().map(|dir| dir.join(cache_key(&included)));
+        if let Some(path) = &cache_file {
+            if let Some(cached) = load_cached(path) {
+                return Ok(cached);
+            }
+        }
+        let (prefilter, unfiltered) = Self::compile(included)?;
+        if let Some(path) = &cache_file {
+            // A cache that cannot be written costs the next run a compile.
+            let _ = store_cached(path, &prefilter, &unfiltered);
+        }
+        Ok((prefilter, unfiltered))
+    }
+
+    fn compile(mut included: Vec<(u32, String)>) -> Result<(Self, Vec<u32>), EngineError> {
+        use crate::vectorscan::{Database, VectorscanError};
+
         let mut unfiltered = Vec::new();
         loop {
             if included.is_empty() {
                 // An empty database is not allowed; match nothing instead.
-                let database = BlockDatabase::new(vec![Pattern::new(
-                    b"\\A\\z[^\\x00-\\xff]".to_vec(),
-                    Flag::PREFILTER | Flag::SINGLEMATCH,
-                    Some(u32::MAX),
-                )])
-                .map_err(|error| EngineError::Prefilter(error.to_string()))?;
+                let database =
+                    Database::compile(&[("\\A\\z[^\\x00-\\xff]".into(), Self::FLAGS, u32::MAX)])
+                        .map_err(|error| EngineError::Prefilter(error.to_string()))?;
                 return Ok((VectorscanPrefilter { database }, unfiltered));
             }
-            let patterns = included
+            let patterns: Vec<(String, u32, u32)> = included
                 .iter()
-                .map(|(id, expression)| {
-                    Pattern::new(
-                        expression.clone().into_bytes(),
-                        Flag::PREFILTER | Flag::SINGLEMATCH,
-                        Some(*id),
-                    )
-                })
+                .map(|(id, expression)| (expression.clone(), Self::FLAGS, *id))
                 .collect();
-            match BlockDatabase::new(patterns) {
+            match Database::compile(&patterns) {
                 Ok(database) => return Ok((VectorscanPrefilter { database }, unfiltered)),
-                Err(Error::HyperscanCompile(_, expression)) if expression >= 0 => {
+                Err(VectorscanError::Compile {
+                    expression: Some(expression),
+                    ..
+                })
+                | Err(VectorscanError::Nul { expression }) => {
                     // Vectorscan cannot take this one: it falls back to running
                     // on every blob, which stays correct.
-                    let (rule, _) = included.remove(expression as usize);
-                    unfiltered.push(rule);
-                }
-                Err(Error::Nul(_)) => {
-                    let position = included
-                        .iter()
-                        .position(|(_, e)| e.contains('\0'))
-                        .unwrap_or(0);
-                    let (rule, _) = included.remove(position);
+                    let (rule, _) = included.remove(expression);
                     unfiltered.push(rule);
                 }
                 Err(error) => return Err(EngineError::Prefilter(error.to_string())),
             }
         }
     }
+}
+
+/// The cache file name: a digest of the library version, the flags and
+/// every (rule position, expression).
+#[cfg(feature = "vectorscan")]
+fn cache_key(included: &[(u32, String)]) -> String {
+    use sha2::{Digest, Sha256};
+
+    let mut hasher = Sha256::new();
+    hasher.update(b"leakscan-vectorscan-v1\0");
+    // SAFETY: hs_version returns a static NUL-terminated string.
+    let version = unsafe { std::ffi::CStr::from_ptr(vectorscan_rs_sys::hs_version()) };
+    hasher.update(version.to_bytes());
+    hasher.update(VectorscanPrefilter::FLAGS.to_le_bytes());
+    for (id, expression) in included {
+        hasher.update(id.to_le_bytes());
+        hasher.update((expression.len() as u64).to_le_bytes());
+        hasher.update(expression.as_bytes());
+    }
+    format!("{}.hsdb", hex::encode(hasher.finalize()))
+}
+
+#[cfg(feature = "vectorscan")]
+const CACHE_MAGIC: &[u8; 8] = b"LSVSDB1\n";
+
+/// File layout: magic, unfiltered count (u32 LE), the unfiltered rule
+/// positions (u32 LE each), then the serialized database.
+#[cfg(feature = "vectorscan")]
+fn load_cached(path: &std::path::Path) -> Option<(VectorscanPrefilter, Vec<u32>)> {
+    let bytes = std::fs::read(path).ok()?;
+    let rest = bytes.strip_prefix(CACHE_MAGIC)?;
+    let count = u32::from_le_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+    let list_end = 4usize.checked_add(count.checked_mul(4)?)?;
+    let unfiltered = rest
+        .get(4..list_end)?
+        .chunks_exact(4)
+        .map(|chunk| u32::from_le_bytes(chunk.try_into().expect("chunks of 4")))
+        .collect();
+    let database = crate::vectorscan::Database::deserialize(&rest[list_end..]).ok()?;
+    Some((VectorscanPrefilter { database }, unfiltered))
+}
+
+#[cfg(feature = "vectorscan")]
+fn store_cached(
+    path: &std::path::Path,
+    prefilter: &VectorscanPrefilter,
+    unfiltered: &[u32],
+) -> std::io::Result<()> {
+    let serialized = prefilter
+        .database
+        .serialize()
+        .map_err(|error| std::io::Error::other(error.to_string()))?;
+    let mut bytes = CACHE_MAGIC.to_vec();
+    bytes.extend_from_slice(&(unfiltered.len() as u32).to_le_bytes());
+    for rule in unfiltered {
+        bytes.extend_from_slice(&rule.to_le_bytes());
+    }
+    bytes.extend_from_slice(&serialized);
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    // Written beside and renamed: a reader never sees half a file.
+    let temporary = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("db"),
+        std::process::id()
+    ));
+    std::fs::write(&temporary, &bytes)?;
+    std::fs::rename(&temporary, path).inspect_err(|_| {
+        let _ = std::fs::remove_file(&temporary);
+    })
 }
 
 /// Rewrites Rust regex syntax that Vectorscan reads differently: spaces in

@@ -52,6 +52,87 @@ impl std::str::FromStr for Severity {
     }
 }
 
+/// How sure a finding is to be a real credential (docs/ARCHITECTURE.md,
+/// "Detection quality"): `HIGH` for formats that identify themselves (a
+/// provider prefix, a valid checksum), `MEDIUM` for a value of the right
+/// shape beside the provider's name, `LOW` for weaker evidence.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum Confidence {
+    #[serde(alias = "low", alias = "Low")]
+    Low,
+    #[default]
+    #[serde(alias = "medium", alias = "Medium")]
+    Medium,
+    #[serde(alias = "high", alias = "High")]
+    High,
+}
+
+impl Confidence {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Confidence::Low => "LOW",
+            Confidence::Medium => "MEDIUM",
+            Confidence::High => "HIGH",
+        }
+    }
+
+    /// One level lower (`LOW` stays `LOW`).
+    pub fn lowered(self) -> Confidence {
+        match self {
+            Confidence::High => Confidence::Medium,
+            _ => Confidence::Low,
+        }
+    }
+}
+
+impl fmt::Display for Confidence {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Confidence {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.to_ascii_uppercase().as_str() {
+            "LOW" => Ok(Confidence::Low),
+            "MEDIUM" => Ok(Confidence::Medium),
+            "HIGH" => Ok(Confidence::High),
+            other => Err(format!(
+                "unknown confidence {other:?} (expected low, medium or high)"
+            )),
+        }
+    }
+}
+
+/// How a rule's secret is encoded: the look-alike checks judge the decoded
+/// value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Decode {
+    /// Base64 of a text value (a Kubernetes Secret's `data`): it must decode
+    /// to printable text that is no placeholder.
+    Base64,
+    /// Base64 of `user:password` (HTTP Basic, Docker's `auth`): the decoded
+    /// pair must not be a placeholder.
+    Base64Basic,
+}
+
+/// A checksum the provider publishes for its tokens: a token whose checksum
+/// holds is reported with `HIGH` confidence, one whose checksum fails with
+/// one level less (a typo'd or made-up token).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Checksum {
+    /// GitHub's and npm's token format: prefix, 30 base62 characters, then
+    /// the CRC-32 of those 30 characters in 6 base62 digits.
+    Crc32Base62,
+}
+
 /// One rule as written in a rule file.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -79,6 +160,16 @@ pub struct RuleSpec {
     #[serde(default)]
     pub generic: bool,
     pub severity: Severity,
+    /// How sure a match is to be this credential; by default `HIGH` for a
+    /// specific rule and `MEDIUM` for a generic one.
+    #[serde(default)]
+    pub confidence: Option<Confidence>,
+    /// How the secret is encoded, when the value must be judged decoded.
+    #[serde(default)]
+    pub decode: Option<Decode>,
+    /// A checksum to verify.
+    #[serde(default)]
+    pub checksum: Option<Checksum>,
     #[serde(default)]
     pub references: Vec<String>,
     /// Texts that must produce a finding.
@@ -165,6 +256,23 @@ pub fn builtin_rules() -> &'static [RuleSpec] {
         }
         all
     })
+}
+
+impl RuleSpec {
+    /// A generic (catch-all) rule: says so, or its id starts with `GENERIC_`.
+    pub fn is_generic(&self) -> bool {
+        self.generic || self.id.starts_with("GENERIC_")
+    }
+
+    /// The rule's confidence: as written, or by default `HIGH` for a
+    /// specific rule and `MEDIUM` for a generic one.
+    pub fn confidence(&self) -> Confidence {
+        self.confidence.unwrap_or(if self.is_generic() {
+            Confidence::Medium
+        } else {
+            Confidence::High
+        })
+    }
 }
 
 /// The names of the files the built-in rules come from.

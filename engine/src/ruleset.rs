@@ -12,8 +12,9 @@ use sha2::{Digest, Sha256};
 
 use crate::{
     error::{EngineError, RuleError},
+    lookalike,
     prefilter::{Candidates, Prefilter, PrefilterInput, PrefilterKind, PrefilterScratch},
-    rules::{AllowRule, CustomRule, RuleSpec, Severity},
+    rules::{AllowRule, Checksum, Confidence, CustomRule, Decode, RuleSpec, Severity},
     secret::{shannon_entropy, Secret},
 };
 
@@ -26,6 +27,95 @@ const BUILTIN_REGEX_SIZE_LIMIT: usize = 10 << 20;
 /// The marker that silences a finding on its line.
 pub const PRAGMA_ALLOWLIST: &[u8] = b"pragma: allowlist secret";
 
+/// Words that start many values and mark no provider (see
+/// `CompiledRule::own_prefixes`).
+const COMMON_VALUE_WORDS: &[&[u8]] = &[
+    b"key", b"api", b"apikey", b"token", b"secret", b"live", b"test", b"prod", b"pass", b"auth",
+    b"user", b"admin", b"app", b"sk", b"pk",
+];
+
+/// Keywords of specific rules that are ordinary words, not provider names
+/// (see `DetectorFacts::provider_names`).
+const COMMON_NAME_WORDS: &[&[u8]] = &[
+    b"token",
+    b"secret",
+    b"password",
+    b"passwd",
+    b"apikey",
+    b"access",
+    b"auth",
+    b"authorization",
+    b"bearer",
+    b"basic",
+    b"client",
+    b"private",
+    b"public",
+    b"user",
+    b"username",
+    b"pass",
+    b"login",
+    b"http",
+    b"https",
+    b"begin",
+    b"end",
+    b"key",
+    b"keys",
+    b"api",
+    b"app",
+    b"application",
+    b"account",
+    b"service",
+    b"server",
+    b"host",
+    b"data",
+    b"live",
+    b"test",
+    b"prod",
+    b"production",
+    b"sandbox",
+    b"credential",
+    b"credentials",
+    b"config",
+    b"settings",
+    b"session",
+    b"cookie",
+    b"webhook",
+    b"hook",
+    b"hooks",
+    b"oauth",
+    b"jdbc",
+    b"mysql",
+    b"postgres",
+    b"postgresql",
+    b"mongodb",
+    b"redis",
+    b"amqp",
+    b"smtp",
+    b"ldap",
+    b"curl",
+    b"export",
+    b"header",
+    b"headers",
+    b"secure",
+    b"signing",
+    b"encryption",
+    b"master",
+    b"root",
+    b"admin",
+    b"deploy",
+    b"build",
+    b"cloud",
+    b"base",
+    b"identity",
+    b"store",
+    b"vault",
+    b"mail",
+    b"email",
+    b"sign",
+    b"stream",
+    b"storage",
+];
+
 /// Index of a rule within its [`RuleSet`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct RuleIdx(pub u32);
@@ -37,6 +127,9 @@ pub struct CompiledRule {
     pub id: String,
     pub name: String,
     pub severity: Severity,
+    /// The rule's own confidence; a finding's may be lower (see
+    /// [`RuleSet::confidence_of`]).
+    pub confidence: Confidence,
     pub builtin: bool,
     pub line_pattern: Option<String>,
     pub path_pattern: Option<String>,
@@ -48,6 +141,20 @@ pub struct CompiledRule {
     stopwords: Vec<Vec<u8>>,
     /// A generic rule yields to a specific one that matched the same secret.
     generic: bool,
+    /// Whether look-alike values are rejected (built-in rules; a custom
+    /// rule reports exactly what its regex matches).
+    judge_lookalikes: bool,
+    decode: Option<Decode>,
+    checksum: Option<Checksum>,
+    /// Whether the rule's own format is a UUID (its examples' secrets are):
+    /// otherwise a UUID is a look-alike.
+    uuid_format: bool,
+    /// Lower-cased keywords, stripped from a value before it is judged (a
+    /// provider prefix never makes a value a placeholder).
+    strip: Vec<Vec<u8>>,
+    /// Keywords every example's secret starts with: the provider's own token
+    /// prefix (lower case), when the rule is specific and sure of itself.
+    own_prefixes: Vec<Vec<u8>>,
 }
 
 impl CompiledRule {
@@ -61,10 +168,53 @@ impl CompiledRule {
                 message: "the pattern needs capture group 1 (the secret)".into(),
             });
         }
+        // A clone has its own match caches, freed with it: the rule's own
+        // regex stays without caches until a scan needs it (a thousand
+        // rules' caches would cost tens of MB for nothing).
+        let probe = line_regex.clone();
+        let example_secrets: Vec<Vec<u8>> = spec
+            .examples
+            .iter()
+            .flat_map(|example| {
+                probe
+                    .captures_iter(example.as_bytes())
+                    .filter_map(|captures| captures.get(1))
+                    .map(|secret| secret.as_bytes().to_ascii_lowercase())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let uuid_format = example_secrets
+            .iter()
+            .any(|secret| lookalike::is_uuid(secret));
+        let own_prefixes = if spec.is_generic() || spec.confidence() < Confidence::High {
+            Vec::new()
+        } else {
+            spec.keywords
+                .iter()
+                .map(|keyword| keyword.as_bytes().to_ascii_lowercase())
+                .filter(|keyword| {
+                    // A word any value may start with (`key-`, `live_`) is no
+                    // provider's own mark.
+                    let word: Vec<u8> = keyword
+                        .iter()
+                        .copied()
+                        .filter(u8::is_ascii_alphanumeric)
+                        .collect();
+                    // Three characters are enough with punctuation (`SG.`).
+                    (keyword.len() >= 4 || (keyword.len() == 3 && word.len() < 3))
+                        && !COMMON_VALUE_WORDS.contains(&word.as_slice())
+                        && !example_secrets.is_empty()
+                        && example_secrets
+                            .iter()
+                            .all(|secret| secret.starts_with(keyword))
+                })
+                .collect()
+        };
         Ok(CompiledRule {
             id: spec.id.clone(),
             name: spec.name.clone(),
             severity: spec.severity,
+            confidence: spec.confidence(),
             builtin: true,
             line_pattern: Some(spec.pattern.clone()),
             path_pattern: None,
@@ -77,7 +227,17 @@ impl CompiledRule {
                 .iter()
                 .map(|w| w.as_bytes().to_ascii_lowercase())
                 .collect(),
-            generic: spec.generic || spec.id.starts_with("GENERIC_"),
+            generic: spec.is_generic(),
+            judge_lookalikes: true,
+            decode: spec.decode,
+            checksum: spec.checksum,
+            uuid_format,
+            strip: spec
+                .keywords
+                .iter()
+                .map(|k| k.as_bytes().to_ascii_lowercase())
+                .collect(),
+            own_prefixes,
         })
     }
 
@@ -103,6 +263,7 @@ impl CompiledRule {
             id: custom.name.clone(),
             name: custom.name.clone(),
             severity: custom.severity,
+            confidence: Confidence::High,
             builtin: false,
             line_pattern: custom.line_regex.clone(),
             path_pattern: custom.path_regex.clone(),
@@ -112,7 +273,26 @@ impl CompiledRule {
             min_entropy: None,
             stopwords: Vec::new(),
             generic: false,
+            judge_lookalikes: false,
+            decode: None,
+            checksum: None,
+            uuid_format: false,
+            strip: Vec::new(),
+            own_prefixes: Vec::new(),
         })
+    }
+
+    /// A match's confidence: the rule's, one level lower when the rule's
+    /// published checksum does not hold.
+    pub fn finding_confidence(&self, secret: &[u8]) -> Confidence {
+        match self.checksum {
+            Some(Checksum::Crc32Base62)
+                if crate::checksum::crc32_base62_holds(secret) == Some(false) =>
+            {
+                self.confidence.lowered()
+            }
+            _ => self.confidence,
+        }
     }
 
     /// Whether this rule applies to a file at `path`.
@@ -127,12 +307,55 @@ impl CompiledRule {
         self.line_regex.is_none()
     }
 
-    fn accepts_secret(&self, secret: &[u8]) -> bool {
+    /// Whether a match is reported at all: the rule's entropy and stopwords,
+    /// then (built-in rules) the look-alike checks on the value, decoded
+    /// where the rule says how, with `context` (the match's line) for
+    /// digests.
+    ///
+    /// A generic rule's value that starts with a provider's own prefix
+    /// (`provider_prefixes`) is that provider's format or a malformed copy
+    /// of it: the provider's rule decides, so the generic match is dropped.
+    ///
+    /// A generic match also goes when its name (the text before the value)
+    /// names a provider that has a rule of its own (`provider_names`: that
+    /// rule decides), or says the value is no secret, or when the value
+    /// reads as an identifier.
+    fn accepts_secret(
+        &self,
+        secret: &[u8],
+        name: &[u8],
+        context: &[u8],
+        detector_facts: &DetectorFacts,
+    ) -> bool {
         if secret.is_empty() {
             return false;
         }
+        let decoded = match self.decode {
+            None => None,
+            Some(_) => match lookalike::decode_base64(secret) {
+                Some(decoded) if lookalike::is_printable_text(&decoded) => Some(decoded),
+                _ => return false,
+            },
+        };
+        let value = decoded.as_deref().unwrap_or(secret);
         if let Some(min_entropy) = self.min_entropy {
-            if shannon_entropy(secret) < min_entropy {
+            if shannon_entropy(value) < min_entropy {
+                return false;
+            }
+        }
+        if self.judge_lookalikes {
+            let rejected = match self.decode {
+                Some(Decode::Base64Basic) => lookalike::is_placeholder_basic(value),
+                _ => lookalike::is_placeholder(value, &self.strip),
+            } || (self.confidence < Confidence::High
+                && lookalike::is_hash_in_context(value, context))
+                || (!self.uuid_format && lookalike::is_uuid(value))
+                || (self.generic && detector_facts.defers_to_provider(value, name))
+                || (self.generic
+                    && (lookalike::is_not_secret_name(name)
+                        || lookalike::looks_like_identifier(value)
+                        || lookalike::is_encoded_placeholder(value)));
+            if rejected {
                 return false;
             }
         }
@@ -177,6 +400,8 @@ pub struct Policy {
     pub builtins: Vec<RuleSpec>,
     pub custom: Vec<CustomRule>,
     pub allowlist: Vec<AllowRule>,
+    /// Findings of lower confidence are not reported (default `MEDIUM`).
+    pub min_confidence: Confidence,
 }
 
 /// A policy as the cluster stores and sends it: which built-in rules are
@@ -194,6 +419,9 @@ pub struct PolicySpec {
     pub custom: Vec<CustomRule>,
     #[serde(default)]
     pub allowlist: Vec<AllowRule>,
+    /// Findings of lower confidence are not reported (default `MEDIUM`).
+    #[serde(default)]
+    pub min_confidence: Confidence,
 }
 
 impl PolicySpec {
@@ -227,6 +455,7 @@ impl PolicySpec {
             builtins,
             custom,
             allowlist: self.allowlist.clone(),
+            min_confidence: self.min_confidence,
         })
     }
 }
@@ -322,7 +551,75 @@ struct Detector {
     prefilter_kind: PrefilterKind,
     /// Positions in `line_rules` the prefilter cannot rule out.
     unfiltered: Vec<u32>,
+    facts: DetectorFacts,
     digest: String,
+}
+
+/// What generic rules learn from the specific ones (see
+/// [`CompiledRule::accepts_secret`]).
+#[derive(Debug, Default)]
+struct DetectorFacts {
+    /// Every specific rule's own token prefixes, lower case.
+    provider_prefixes: Vec<Vec<u8>>,
+    /// Provider names that specific keyword-in-context rules look for
+    /// (their alphabetic keywords of 4+ letters that are no common word),
+    /// as one automaton.
+    provider_names: Option<aho_corasick::AhoCorasick>,
+}
+
+impl DetectorFacts {
+    fn build(rules: &[CompiledRule], specs_keywords: Vec<Vec<u8>>) -> DetectorFacts {
+        let mut provider_prefixes: Vec<Vec<u8>> = rules
+            .iter()
+            .flat_map(|rule| rule.own_prefixes.iter().cloned())
+            .collect();
+        provider_prefixes.sort();
+        provider_prefixes.dedup();
+        let provider_names = if specs_keywords.is_empty() {
+            None
+        } else {
+            aho_corasick::AhoCorasick::builder()
+                .ascii_case_insensitive(true)
+                .build(&specs_keywords)
+                .ok()
+        };
+        DetectorFacts {
+            provider_prefixes,
+            provider_names,
+        }
+    }
+
+    /// Whether a generic match belongs to a provider with a rule of its
+    /// own: its value starts with that provider's prefix, or the identifier
+    /// it is assigned to (`name`, e.g. `DEEPGRAM_KEY`) holds that
+    /// provider's name.
+    fn defers_to_provider(&self, value: &[u8], name: &[u8]) -> bool {
+        let lowered = value.to_ascii_lowercase();
+        self.provider_prefixes
+            .iter()
+            .any(|prefix| lowered.starts_with(prefix))
+            || self
+                .provider_names
+                .as_ref()
+                .is_some_and(|names| names.is_match(name))
+    }
+}
+
+/// The identifier at the end of a match's name: `deepgram_key` in
+/// `deepgram_key = "`, `apiKey` in `{ apiKey: '`; empty for a command line's
+/// flag (`-p `).
+fn assigned_identifier(name: &[u8]) -> &[u8] {
+    let is_separator = |byte: &u8| b" \t\"'`:=>()[],".contains(byte);
+    let end = name
+        .iter()
+        .rposition(|byte| !is_separator(byte))
+        .map_or(0, |position| position + 1);
+    let identifier = |byte: &u8| byte.is_ascii_alphanumeric() || b"_.-".contains(byte);
+    let start = name[..end]
+        .iter()
+        .rposition(|byte| !identifier(byte))
+        .map_or(0, |position| position + 1);
+    &name[start..end]
 }
 
 impl std::fmt::Debug for Detector {
@@ -364,7 +661,25 @@ impl Detector {
             })
             .collect();
         let (prefilter, unfiltered) = Prefilter::build(prefilter_kind, &inputs)?;
+        // Whole alphabetic keywords of 4+ letters that are no common word
+        // (`deepgram`, not `token`). Words inside longer keywords are left
+        // out: `_authToken=` would make `authtoken` a provider.
+        let mut provider_names: Vec<Vec<u8>> = rules
+            .iter()
+            .filter(|rule| rule.builtin && !rule.generic)
+            .flat_map(|rule| rule.strip.iter())
+            .filter(|keyword| {
+                keyword.len() >= 4
+                    && keyword.iter().all(u8::is_ascii_alphabetic)
+                    && !COMMON_NAME_WORDS.contains(&keyword.as_slice())
+            })
+            .cloned()
+            .collect();
+        provider_names.sort();
+        provider_names.dedup();
+        let facts = DetectorFacts::build(&rules, provider_names);
         Ok(Detector {
+            facts,
             rules,
             line_rules,
             prefilter,
@@ -395,6 +710,7 @@ pub struct RuleSet {
     allow_lines: Option<RegexSet>,
     /// Allowlist rules with both.
     allow_both: Vec<CompiledAllow>,
+    min_confidence: Confidence,
     digest: String,
 }
 
@@ -474,6 +790,7 @@ impl RuleSet {
             allow_paths: compile_set("allowlist path", &paths)?,
             allow_lines: compile_set("allowlist line", &lines)?,
             allow_both,
+            min_confidence: policy.min_confidence,
             digest: policy_digest(policy),
             detector,
         })
@@ -496,6 +813,17 @@ impl RuleSet {
 
     pub fn rule(&self, index: RuleIdx) -> &CompiledRule {
         &self.detector.rules[index.0 as usize]
+    }
+
+    /// The confidence of a (cached) match of rule `index` with `secret`:
+    /// what [`Scanner::scan_raw`] gave it.
+    pub fn confidence_of(&self, index: RuleIdx, secret: &[u8]) -> Confidence {
+        self.rule(index).finding_confidence(secret)
+    }
+
+    /// The lowest confidence this policy reports.
+    pub fn min_confidence(&self) -> Confidence {
+        self.min_confidence
     }
 
     pub fn is_enabled(&self, index: RuleIdx) -> bool {
@@ -556,18 +884,23 @@ impl RuleSet {
         })
     }
 
-    /// Turns a blob's raw matches into what this policy reports: rules it
-    /// does not apply and allowlisted lines go, a generic match yields to a
-    /// specific one, and the rest is sorted by (start, rule).
+    /// Turns a blob's raw matches into what this policy reports: a generic
+    /// match yields to a specific one, then rules it does not apply, matches
+    /// below its confidence and allowlisted lines go, and the rest is sorted
+    /// by (start, rule).
     pub fn finish(&self, matches: &mut Vec<BlobMatch>) {
+        // Overlaps first: a generic match yields to a specific one even when
+        // the specific rule is switched off (switching a rule off silences
+        // its secrets, it does not hand them to a catch-all).
+        drop_generic_overlaps(self, matches);
         matches.retain(|m| {
             self.enabled[m.rule.0 as usize]
+                && m.confidence >= self.min_confidence
                 && !self
                     .allow_lines
                     .as_ref()
                     .is_some_and(|set| set.is_match(&m.context))
         });
-        drop_generic_overlaps(self, matches);
         matches.sort_by_key(|m| (m.start, m.line, m.rule));
     }
 
@@ -610,6 +943,14 @@ fn feed(hasher: &mut Sha256, parts: &[&[u8]]) {
 
 fn feed_spec(hasher: &mut Sha256, spec: &RuleSpec) {
     let entropy = spec.min_entropy.map(|e| e.to_string()).unwrap_or_default();
+    let judged = format!(
+        "{}{:?}{:?}{:?}",
+        spec.confidence().as_str(),
+        spec.decode,
+        spec.checksum,
+        spec.keywords
+    );
+    feed(hasher, &[b"judged", judged.as_bytes()]);
     feed(
         hasher,
         &[
@@ -645,7 +986,7 @@ fn feed_custom(hasher: &mut Sha256, custom: &CustomRule) {
 
 fn detection_digest(detection: &[DetectionRule<'_>]) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(b"leakscan-detector-v2\0");
+    hasher.update(b"leakscan-detector-v3\0");
     hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
     for rule in detection {
         match rule {
@@ -658,8 +999,9 @@ fn detection_digest(detection: &[DetectionRule<'_>]) -> String {
 
 pub(crate) fn policy_digest(policy: &Policy) -> String {
     let mut hasher = Sha256::new();
-    hasher.update(b"leakscan-ruleset-v2\0");
+    hasher.update(b"leakscan-ruleset-v3\0");
     hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
+    hasher.update(policy.min_confidence.as_str().as_bytes());
     for spec in &policy.builtins {
         feed_spec(&mut hasher, spec);
     }
@@ -688,6 +1030,8 @@ pub struct BlobMatch {
     /// Byte range of the secret in the blob (0..0 for a cached match).
     pub start: usize,
     pub end: usize,
+    /// How sure this match is to be a credential.
+    pub confidence: Confidence,
     pub secret: Secret,
     /// The line(s) of the match, at most [`CONTEXT_BYTES`] either side of
     /// the secret: what allowlist line regexes are matched against.
@@ -748,11 +1092,25 @@ impl Scanner<'_> {
                     continue;
                 };
                 let secret_bytes = secret.as_bytes();
-                if !rule.accepts_secret(secret_bytes) {
+                let whole = captures.get(0).expect("group 0 always matches");
+                let context = match_context(
+                    data,
+                    whole.start(),
+                    whole.end(),
+                    secret.start(),
+                    secret.end(),
+                );
+                // The name a value is assigned to may begin before the match
+                // (`publicToken = "…"` matched from `Token`): take the line.
+                let line_start =
+                    memchr::memrchr(b'\n', &data[..secret.start()]).map_or(0, |p| p + 1);
+                let name = assigned_identifier(&data[line_start..secret.start()]);
+                if !rule.accepts_secret(secret_bytes, name, &context, &detector.facts) {
                     continue;
                 }
-                let whole = captures.get(0).expect("group 0 always matches");
-                if has_pragma(data, whole.start(), whole.end()) {
+                if has_pragma(data, whole.start(), whole.end())
+                    || is_truncated(&data[secret.end()..])
+                {
                     continue;
                 }
                 self.matches.push(BlobMatch {
@@ -760,14 +1118,9 @@ impl Scanner<'_> {
                     line: line_number(data, secret.start()),
                     start: secret.start(),
                     end: secret.end(),
+                    confidence: rule.finding_confidence(secret_bytes),
                     secret: Secret::new(secret_bytes),
-                    context: match_context(
-                        data,
-                        whole.start(),
-                        whole.end(),
-                        secret.start(),
-                        secret.end(),
-                    ),
+                    context,
                 });
             }
         }
@@ -807,6 +1160,12 @@ fn drop_generic_overlaps(ruleset: &RuleSet, matches: &mut Vec<BlobMatch>) {
         }
     }
     *matches = kept;
+}
+
+/// A value followed by `...` or `…` is shown cut short (documentation,
+/// logs), not written out.
+fn is_truncated(after: &[u8]) -> bool {
+    after.starts_with(b"...") || after.starts_with("\u{2026}".as_bytes())
 }
 
 fn line_bounds(data: &[u8], start: usize, end: usize) -> (usize, usize) {

@@ -3,7 +3,11 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{prefilter::PrefilterKind, rules::Severity, secret::Secret};
+use crate::{
+    prefilter::PrefilterKind,
+    rules::{Confidence, Severity},
+    secret::Secret,
+};
 
 /// Default size above which a blob or file is skipped (and counted).
 pub const DEFAULT_MAX_BLOB_SIZE: u64 = 20 * 1024 * 1024;
@@ -124,8 +128,9 @@ pub struct CommitMeta {
 }
 
 /// A finding's fields as every output names them (JSON fields, CSV columns
-/// in this order; DESIGN §4).
-pub const FINDING_COLUMNS: [&str; 16] = [
+/// in this order; DESIGN §4, then `confidence`, added after the fields
+/// clients already read).
+pub const FINDING_COLUMNS: [&str; 17] = [
     "rule",
     "ruleName",
     "severity",
@@ -142,6 +147,7 @@ pub const FINDING_COLUMNS: [&str; 16] = [
     "secret",
     "fingerprint",
     "reviewed",
+    "confidence",
 ];
 
 /// One reported secret.
@@ -150,6 +156,8 @@ pub struct Finding {
     pub rule_id: String,
     pub rule_name: String,
     pub severity: Severity,
+    /// How sure the finding is to be a real credential.
+    pub confidence: Confidence,
     /// Path relative to the repository or scanned directory, `/`-separated.
     pub path: String,
     /// 1-based line; `None` for a rule that reports whole files.

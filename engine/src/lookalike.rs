@@ -1,0 +1,569 @@
+//! Look-alike rejection: values that have a credential's shape but are not
+//! one. Placeholders (`${X}`, `{{x}}`, `%(x)s`, `<your-token>`, `changeme`,
+//! `xxxx`), environment lookups, repeated, periodic or sequential
+//! characters, hashes where the line says hash/digest/checksum, UUIDs where
+//! the rule's format is not a UUID, and Basic credentials whose decoded
+//! `user:password` is a placeholder (docs/ARCHITECTURE.md, "Detection
+//! quality").
+//!
+//! Every function here is pure: the same secret and line give the same
+//! answer, so a blob's cached raw matches are judged exactly as a fresh scan
+//! would judge them.
+
+/// Words that mark a value as a stand-in, not a credential (lower case).
+const PLACEHOLDER_WORDS: &[&str] = &[
+    "example",
+    "sample",
+    "dummy",
+    "placeholder",
+    "changeme",
+    "change_me",
+    "change-me",
+    "changethis",
+    "your_",
+    "your-",
+    "yourapi",
+    "yourkey",
+    "yourtoken",
+    "yoursecret",
+    "yourpass",
+    "redacted",
+    "replace_me",
+    "replaceme",
+    "insert_",
+    "insert-",
+    "xxxxx",
+    "***",
+    "...",
+    "\u{2026}",
+    "fake",
+    "foobar",
+    "lorem",
+    "notreal",
+    "not_real",
+    "not-a-real",
+    "secret_here",
+    "key_here",
+    "token_here",
+    "here_",
+    "_here",
+    "-here",
+    "todo",
+    "undefined",
+    "null",
+    "process.env",
+    "os.environ",
+    "getenv",
+    "environ[",
+    "env(",
+    "env.",
+    "env[",
+];
+
+/// Template and interpolation markers: a value containing one is code, not a
+/// literal.
+const TEMPLATE_MARKERS: &[&str] = &["${", "{{", "}}", "%(", "#{", "<%", "%>", "$(", "[[", "]]"];
+
+/// Words in a line that say its hex or base64 values are digests.
+const HASH_CONTEXT_WORDS: &[&str] = &[
+    "hash",
+    "digest",
+    "sha1",
+    "sha-1",
+    "sha256",
+    "sha-256",
+    "sha384",
+    "sha512",
+    "sha-512",
+    "sha_",
+    "shasum",
+    "md5",
+    "checksum",
+    "integrity",
+    "fingerprint",
+    "etag",
+    "commit",
+    "revision",
+    "crc32",
+    "blake2",
+    "\"rev\"",
+    "rev:",
+];
+
+/// Whether `secret` is a stand-in rather than a credential. `strip` lists
+/// literals (the rule's keywords: a provider prefix such as `sk_test_`) that
+/// are removed before the words are looked for, so that a prefix never
+/// condemns a value.
+pub fn is_placeholder(secret: &[u8], strip: &[Vec<u8>]) -> bool {
+    // A provider prefix may itself look like a marker (`$aact_`).
+    let lowered = strip_literals(&secret.to_ascii_lowercase(), strip);
+    if TEMPLATE_MARKERS
+        .iter()
+        .any(|marker| memchr::memmem::find(&lowered, marker.as_bytes()).is_some())
+    {
+        return true;
+    }
+    if lowered.first() == Some(&b'$') && lowered.get(1).is_some_and(|c| c.is_ascii_alphabetic()) {
+        return true;
+    }
+    if lowered.first() == Some(&b'<') && lowered.last() == Some(&b'>') {
+        return true;
+    }
+    if lowered.starts_with(b"%") && lowered.ends_with(b"%") && lowered.len() > 2 {
+        return true;
+    }
+    if lowered.starts_with(b"__") && lowered.ends_with(b"__") {
+        return true;
+    }
+    let body = lowered;
+    if PLACEHOLDER_WORDS
+        .iter()
+        .any(|word| memchr::memmem::find(&body, word.as_bytes()).is_some())
+    {
+        return true;
+    }
+    // Test-mode keys (`sk_test_…`, `test_…`) are real credentials; only
+    // values that spell out a test stand-in are not.
+    if [
+        &b"testpass"[..],
+        b"testtoken",
+        b"testsecret",
+        b"testkey",
+        b"test123",
+        b"testing123",
+        b"testuser",
+    ]
+    .iter()
+    .any(|word| memchr::memmem::find(&body, word).is_some())
+    {
+        return true;
+    }
+    // Long values (key files, certificates) have structure of their own:
+    // runs of `A` in base64 of zero bytes, a public key repeated inside an
+    // OpenSSH private key.
+    body.len() <= 128 && low_variety(&body)
+}
+
+/// The value with the first occurrence of each literal removed.
+fn strip_literals(lowered: &[u8], strip: &[Vec<u8>]) -> Vec<u8> {
+    let mut body = lowered.to_vec();
+    for literal in strip {
+        if literal.len() < 3 {
+            continue;
+        }
+        if let Some(position) = memchr::memmem::find(&body, literal) {
+            body.drain(position..position + literal.len());
+        }
+    }
+    body
+}
+
+/// Repeated characters (`aaaaaa`), runs of consecutive characters
+/// (`abcdef`, `123456`, `987654`), keyboard rows (`qwerty`), or a short unit
+/// repeated (`abc123abc123`): shapes a random credential practically never
+/// has.
+pub fn low_variety(value: &[u8]) -> bool {
+    let alnum: Vec<u8> = value
+        .iter()
+        .copied()
+        .filter(u8::is_ascii_alphanumeric)
+        .collect();
+    if alnum.len() < 6 {
+        return false;
+    }
+    let mut same = 1;
+    let mut rising = 1;
+    let mut falling = 1;
+    for pair in alnum.windows(2) {
+        let (a, b) = (pair[0].to_ascii_lowercase(), pair[1].to_ascii_lowercase());
+        same = if a == b { same + 1 } else { 1 };
+        rising = if b == a.wrapping_add(1) {
+            rising + 1
+        } else {
+            1
+        };
+        falling = if a == b.wrapping_add(1) {
+            falling + 1
+        } else {
+            1
+        };
+        // A run of one character is a stand-in when it is a good part of
+        // the value (Twitter's bearer tokens open with 21 `A`s of 110).
+        if (same >= 6 && same * 4 >= alnum.len()) || rising >= 6 || falling >= 6 {
+            return true;
+        }
+    }
+    let lowered = alnum.to_ascii_lowercase();
+    if [&b"qwerty"[..], b"asdfgh", b"zxcvbn"]
+        .iter()
+        .any(|row| memchr::memmem::find(&lowered, row).is_some())
+    {
+        return true;
+    }
+    // Interleaved runs (`a1b2c3d4`) are left alone: hand-made keys in
+    // documentation look like that, and so do the labelled credentials we
+    // measure with (bench/quality/README.md).
+    is_periodic(&alnum) || has_repeated_run(&alnum)
+}
+
+/// Words in a generic match's name (the text before the value) that say
+/// the value is no credential: public keys, CSRF tokens, cache and schema
+/// keys, keyboard keys.
+const NOT_SECRET_NAME_WORDS: &[&str] = &[
+    "public",
+    "csrf",
+    "xsrf",
+    "schema",
+    "cache",
+    "entry",
+    "index",
+    "sort",
+    "partition",
+    "primary",
+    "foreign",
+    "i18n",
+    "translation",
+    "hotkey",
+    "keyboard",
+    "keycode",
+    "keypress",
+    "keystroke",
+    "tokenizer",
+    "next_token",
+    "page_token",
+    "pagetoken",
+    "continuation",
+];
+
+/// Whether a generic match's name says its value is not a secret.
+pub fn is_not_secret_name(name: &[u8]) -> bool {
+    let lowered = name.to_ascii_lowercase();
+    NOT_SECRET_NAME_WORDS
+        .iter()
+        .any(|word| memchr::memmem::find(&lowered, word.as_bytes()).is_some())
+}
+
+/// Whether `value` reads as an identifier (`DOC_Vector_5_32`,
+/// `jetbrains.mps.v8_elimination`): parts split by `.`, `_`, `-` or `/`,
+/// each a word (one case, or capitalised), a number, or at most 3
+/// characters. A random token has long mixed parts.
+pub fn looks_like_identifier(value: &[u8]) -> bool {
+    let parts: Vec<&[u8]> = value
+        .split(|byte| matches!(byte, b'.' | b'_' | b'-' | b'/'))
+        .filter(|part| !part.is_empty())
+        .collect();
+    parts.len() >= 2
+        && parts.iter().all(|part| {
+            let word = part.iter().all(u8::is_ascii_alphabetic)
+                && (part[1..].iter().all(u8::is_ascii_lowercase)
+                    || part.iter().all(u8::is_ascii_uppercase));
+            word || part.iter().all(u8::is_ascii_digit) || part.len() <= 3
+        })
+}
+
+/// A run of 12 or more characters that occurs twice (a value pasted after
+/// itself, or a pattern typed twice).
+fn has_repeated_run(value: &[u8]) -> bool {
+    const RUN: usize = 12;
+    if value.len() < 2 * RUN {
+        return false;
+    }
+    // Occurrences must not overlap: a run of one character is judged
+    // elsewhere.
+    let mut first_seen = std::collections::HashMap::with_capacity(value.len());
+    value.windows(RUN).enumerate().any(|(index, window)| {
+        let first = *first_seen.entry(window).or_insert(index);
+        index >= first + RUN
+    })
+}
+
+/// A value of 12+ characters made of one unit repeated at least twice (the
+/// last repetition may be cut short).
+fn is_periodic(value: &[u8]) -> bool {
+    if value.len() < 12 {
+        return false;
+    }
+    (1..=value.len() / 2).any(|period| value[period..].iter().zip(value).all(|(a, b)| a == b))
+}
+
+/// Whether `secret` has a digest's shape and its line calls it one: hex of
+/// 32, 40, 56, 64, 96 or 128 digits beside a hash word, or base64 of a
+/// SHA-2 digest in a subresource-integrity value (`sha512-…`). Base64 of
+/// other lengths stays a secret: salts and keys are base64 too.
+pub fn is_hash_in_context(secret: &[u8], line: &[u8]) -> bool {
+    let lowered = line.to_ascii_lowercase();
+    if secret.iter().all(u8::is_ascii_hexdigit) {
+        return matches!(secret.len(), 32 | 40 | 56 | 64 | 96 | 128)
+            && HASH_CONTEXT_WORDS
+                .iter()
+                .any(|word| memchr::memmem::find(&lowered, word.as_bytes()).is_some());
+    }
+    matches!(secret.len(), 43 | 44 | 64 | 86 | 88)
+        && [&b"sha256-"[..], b"sha384-", b"sha512-", b"integrity"]
+            .iter()
+            .any(|word| memchr::memmem::find(&lowered, word).is_some())
+}
+
+/// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (hex).
+pub fn is_uuid(secret: &[u8]) -> bool {
+    secret.len() == 36
+        && secret.iter().enumerate().all(|(index, byte)| {
+            if matches!(index, 8 | 13 | 18 | 23) {
+                *byte == b'-'
+            } else {
+                byte.is_ascii_hexdigit()
+            }
+        })
+}
+
+/// Decodes standard or URL-safe base64, padded or not; `None` when it is not
+/// base64.
+pub fn decode_base64(text: &[u8]) -> Option<Vec<u8>> {
+    let trimmed: &[u8] = {
+        let mut end = text.len();
+        while end > 0 && text[end - 1] == b'=' {
+            end -= 1;
+        }
+        &text[..end]
+    };
+    if trimmed.len() % 4 == 1 || text.len() - trimmed.len() > 2 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(trimmed.len() * 3 / 4);
+    let mut buffer: u32 = 0;
+    let mut bits = 0;
+    for &byte in trimmed {
+        let value = match byte {
+            b'A'..=b'Z' => byte - b'A',
+            b'a'..=b'z' => byte - b'a' + 26,
+            b'0'..=b'9' => byte - b'0' + 52,
+            b'+' | b'-' => 62,
+            b'/' | b'_' => 63,
+            _ => return None,
+        };
+        buffer = (buffer << 6) | u32::from(value);
+        bits += 6;
+        if bits >= 8 {
+            bits -= 8;
+            out.push((buffer >> bits) as u8);
+            buffer &= (1 << bits) - 1;
+        }
+    }
+    Some(out)
+}
+
+/// Whether `bytes` is printable text (ASCII graphic characters, white
+/// space, or UTF-8 beyond ASCII), as a decoded credential or key file is.
+pub fn is_printable_text(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && std::str::from_utf8(bytes).is_ok_and(|text| {
+            text.chars()
+                .all(|c| c.is_ascii_whitespace() || (!c.is_control() && c != '\u{fffd}'))
+        })
+}
+
+/// Whether `value` is base64 of a placeholder (`Y2hhbmdlbWU=` is
+/// `changeme`): a generic rule that sees the encoded form judges the text.
+pub fn is_encoded_placeholder(value: &[u8]) -> bool {
+    if value.len() < 8 || value.len() % 4 != 0 {
+        return false;
+    }
+    match decode_base64(value) {
+        Some(decoded) if is_printable_text(&decoded) => {
+            let lowered = decoded.to_ascii_lowercase();
+            is_placeholder(&decoded, &[])
+                || WEAK_PASSWORDS
+                    .iter()
+                    .any(|weak| lowered.as_slice() == weak.as_bytes())
+        }
+        _ => false,
+    }
+}
+
+/// Passwords that documentation and tests use (lower case).
+const WEAK_PASSWORDS: &[&str] = &[
+    "pass", "passwd", "password", "secret", "test", "testing", "admin", "root", "user", "guest",
+    "demo", "letmein", "qwerty", "welcome", "default", "public", "private", "myself", "foo", "bar",
+    "baz", "none", "x",
+];
+
+/// Whether a decoded `user:password` (HTTP Basic, Docker `auth`) is a
+/// placeholder: no colon, an empty or short password, a password that is a
+/// dictionary stand-in or a single lower-case word, or either half a
+/// placeholder.
+pub fn is_placeholder_basic(decoded: &[u8]) -> bool {
+    if !is_printable_text(decoded) {
+        return true;
+    }
+    let Some(colon) = memchr::memchr(b':', decoded) else {
+        return true;
+    };
+    let (user, password) = (&decoded[..colon], &decoded[colon + 1..]);
+    let lowered = password.to_ascii_lowercase();
+    password.len() < 6
+        || WEAK_PASSWORDS
+            .iter()
+            .any(|weak| lowered.as_slice() == weak.as_bytes())
+        || lowered.starts_with(b"test")
+        || lowered.starts_with(b"pass")
+        || (password.len() <= 10 && password.iter().all(u8::is_ascii_lowercase))
+        || is_placeholder(user, &[])
+        || is_placeholder(password, &[])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn placeholders_are_recognised() {
+        for value in [
+            &b"${API_TOKEN}"[..],
+            b"{{ .Values.token }}",
+            b"%(password)s",
+            b"<your-token>",
+            b"$DB_PASSWORD",
+            b"your_api_key_here",
+            b"AKIAIOSFODNN7EXAMPLE",
+            b"xxxxxxxxxxxxxxxxxxxx",
+            b"changeme123",
+            b"__SECRET__",
+            b"sk-ant-...",
+            b"process.env.TOKEN",
+        ] {
+            assert!(
+                is_placeholder(value, &[]),
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+        for value in [
+            &b"q8Zr2vLp9xTkW3mN7yHd"[..],
+            b"ghp_R7mQ2vN9xK4pT8cW1zL6gH3sD5fJ0aB7nM2q",
+            b"77c430a72aa4af9dad98f1ed3e9b042b",
+        ] {
+            assert!(
+                !is_placeholder(value, &[]),
+                "{}",
+                String::from_utf8_lossy(value)
+            );
+        }
+    }
+
+    #[test]
+    fn a_stripped_prefix_does_not_condemn_a_value() {
+        // "example" condemns the value, whatever the prefix.
+        assert!(is_placeholder(
+            b"sk_live_EXAMPLEdp7dcLyjWDarjtT1z",
+            &[b"sk_live_".to_vec()]
+        ));
+        let prefix_word = b"sample_R7mQ2vN9xK4pT8cW1zL6gH3s";
+        assert!(is_placeholder(prefix_word, &[]));
+        assert!(!is_placeholder(prefix_word, &[b"sample_".to_vec()]));
+    }
+
+    #[test]
+    fn test_mode_keys_are_not_placeholders() {
+        assert!(!is_placeholder(
+            b"test_a340dffc86e7a59fc9f7e9f5c52542f26eb",
+            &[]
+        ));
+        assert!(!is_placeholder(b"sk_test_4eC39HqLyjWDarjtT1zdp7dc", &[]));
+        assert!(is_placeholder(b"testpassword", &[]));
+    }
+
+    #[test]
+    fn long_structured_values_are_not_low_variety() {
+        let mut bearer = vec![b'A'; 21];
+        bearer.extend_from_slice(
+            b"MLheAAAAAAA0Kq7vZ2Bb96umpQF8Tq0wXk3LzP7vRjd59lqUdFz4Ht8Ws1Xe6Nc9Ym2Pa5Rb3Gu7Jk",
+        );
+        assert!(!is_placeholder(&bearer, &[]));
+        assert!(is_placeholder(
+            b"sk_live_000000000000000000000",
+            &[b"sk_live_".to_vec()]
+        ));
+    }
+
+    #[test]
+    fn repeated_sequential_and_periodic_values_are_low_variety() {
+        assert!(low_variety(b"AAAAAAAAAAAAAAAAAAAA"));
+        assert!(low_variety(b"abcdefghij0123"));
+        assert!(low_variety(b"9876543210zz"));
+        assert!(low_variety(b"R7mQ2vN9xK4pR7mQ2vN9xK4p"));
+        assert!(low_variety(b"1234abcd1234abcd"));
+        assert!(low_variety(
+            b"R7mQ2vN9xK4pT8cW1zL6gH3sD5fJ0aB7nM2qV9xK4pT8cW1zL6gH3sD5fJ0aB7"
+        ));
+        assert!(!low_variety(b"R7mQ2vN9xK4pT8cW1zL6gH3s"));
+        assert!(!low_variety(b"77c430a72aa4af9dad98f1ed3e9b042b"));
+    }
+
+    #[test]
+    fn digests_are_recognised_only_where_the_line_says_so() {
+        let sha = b"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+        assert!(is_hash_in_context(sha, b"sha256 = \"9f86...\""));
+        assert!(is_hash_in_context(sha, b"  checksum: 9f86..."));
+        assert!(!is_hash_in_context(sha, b"api_key = \"9f86...\""));
+        assert!(!is_hash_in_context(b"q8Zr2vLp9xTkW3mN", b"sha256 = x"));
+    }
+
+    #[test]
+    fn identifiers_and_names() {
+        assert!(looks_like_identifier(b"DOC_Vector_5_32"));
+        assert!(looks_like_identifier(b"jetbrains.mps.v8_elimination"));
+        assert!(!looks_like_identifier(
+            b"qFj32Da8vf-g_-8qLu9P_k8XPyAHGrvKrzGTQIN4"
+        ));
+        assert!(!looks_like_identifier(b"77c430a72aa4af9dad98f1ed3e9b042b"));
+        assert!(is_not_secret_name(b"publicToken = \""));
+        assert!(is_not_secret_name(b"csrf-token="));
+        assert!(!is_not_secret_name(b"DEPLOY_TOKEN="));
+    }
+
+    #[test]
+    fn uuids() {
+        assert!(is_uuid(b"2987123a-ba93-4704-b489-ec1e5f25292c"));
+        assert!(!is_uuid(b"2987123a-ba93-4704-b489-ec1e5f25292"));
+        assert!(!is_uuid(b"2987123aXba93-4704-b489-ec1e5f25292c"));
+    }
+
+    #[test]
+    fn base64_decodes_standard_and_url_safe() {
+        assert_eq!(decode_base64(b"ZmFrZTp1c2Vy").unwrap(), b"fake:user");
+        assert_eq!(decode_base64(b"aGk=").unwrap(), b"hi");
+        assert_eq!(decode_base64(b"aGk").unwrap(), b"hi");
+        assert_eq!(decode_base64(b"-_8=").unwrap(), vec![0xfb, 0xff]);
+        assert!(decode_base64(b"a").is_none());
+        assert!(decode_base64(b"ab!c").is_none());
+    }
+
+    #[test]
+    fn encoded_placeholders() {
+        assert!(is_encoded_placeholder(b"Y2hhbmdlbWU="));
+        assert!(is_encoded_placeholder(b"cGFzc3dvcmQ="));
+        assert!(!is_encoded_placeholder(b"V3E4I25UMnZLeDlMcFJ6NA=="));
+        assert!(!is_encoded_placeholder(b"q8Zr2vLp9xTkW3mN"));
+    }
+
+    #[test]
+    fn placeholder_basic_credentials() {
+        for decoded in [
+            &b"fake:user"[..],
+            b"testuser:testpass",
+            b"iam:myself",
+            b"admin:admin",
+            b"user:password",
+            b"nocolon",
+            b"svc:short",
+        ] {
+            assert!(
+                is_placeholder_basic(decoded),
+                "{}",
+                String::from_utf8_lossy(decoded)
+            );
+        }
+        assert!(!is_placeholder_basic(b"ci-deployer:kxXdQLiFjVQAiCwh"));
+        assert!(!is_placeholder_basic(b"svc_backup:UOJAF1f4EHVYpu5xihgt"));
+    }
+}
