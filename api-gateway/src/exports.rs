@@ -28,14 +28,14 @@ use crate::{
 };
 
 /// The CSV columns (DESIGN §4), in order.
-pub const COLUMNS: [&str; 16] = leakscan_engine::scan::FINDING_COLUMNS;
+pub const COLUMNS: [&str; 17] = leakscan_engine::scan::FINDING_COLUMNS;
 
 /// Bytes gathered before a chunk is sent.
 const CHUNK_BYTES: usize = 64 * 1024;
 /// Chunks in flight between the database reader and the client.
 const CHUNKS_IN_FLIGHT: usize = 4;
 
-fn row(finding: &ReportedFinding) -> [String; 16] {
+fn row(finding: &ReportedFinding) -> [String; 17] {
     [
         finding.rule.clone(),
         finding.rule_name.clone(),
@@ -59,6 +59,7 @@ fn row(finding: &ReportedFinding) -> [String; 16] {
         finding.secret.clone(),
         finding.fingerprint.clone(),
         finding.reviewed.to_string(),
+        finding.confidence.clone(),
     ]
 }
 

@@ -42,6 +42,7 @@ async fn plant(fixture: &Fixture, project: &str, slug: &str, branch: &str, found
             author_email: "dev@example.com".into(),
             commit_date: Some(planted.commit_date),
             secret: planted.secret.as_bytes().to_vec(),
+            confidence: Some("HIGH".into()),
         })
         .collect();
     findings::record_findings(pool, &secrets, repository, branch, 1, &batch)
@@ -159,12 +160,18 @@ async fn csv_exports_filter_quote_and_neutralise() {
             "scanDate",
             "secret",
             "fingerprint",
-            "reviewed"
+            "reviewed",
+            "confidence"
         ]
     );
     assert_eq!(rows.len(), 1 + 4);
     let main_rows: Vec<&Vec<String>> = rows[1..].iter().filter(|r| r[5] == "main").collect();
     assert_eq!(main_rows.len(), 3);
+    // The engine's confidence, as the worker reported it (the added column).
+    assert!(
+        main_rows.iter().all(|row| row[16] == "HIGH"),
+        "{main_rows:?}"
+    );
     // RFC 4180 quoting round-trips commas and quotes.
     assert_eq!(main_rows[0][7], "config/a,\"b\".env");
     assert_eq!(main_rows[0][9], "Dev, \"the\" author");

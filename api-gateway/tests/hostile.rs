@@ -216,6 +216,7 @@ async fn exports_beyond_the_concurrent_limit_answer_429_until_one_ends() {
             author_email: "dev@example.com".into(),
             commit_date: None,
             secret: format!("tok_{n:012}_abcdefgh").into_bytes(),
+            confidence: Some("HIGH".into()),
         })
         .collect();
     leakscan_store::findings::record_findings(pool, &secrets, repository, "main", 1, &batch)

@@ -827,6 +827,7 @@ async fn plant_findings(
             author_email: "dev@example.com".into(),
             commit_date: None,
             secret: secret.as_bytes().to_vec(),
+            confidence: Some("HIGH".into()),
         })
         .collect();
     findings::record_findings(pool, &secrets, repository, branch, 1, &batch)

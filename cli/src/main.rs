@@ -17,8 +17,8 @@ use std::{
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use leakscan_engine::{
-    builtin_rules, rules::load_rule_file, GitScanRequest, Policy, PrefilterKind, RefSelection,
-    RuleSet, ScanConfig, ScanOptions, ScanProgress, ScanReport,
+    builtin_rules, rules::load_rule_file, Confidence, GitScanRequest, Policy, PrefilterKind,
+    RefSelection, ScanConfig, ScanOptions, ScanProgress, ScanReport,
 };
 
 use crate::report::{write_report, FindingRecord, Format};
@@ -37,6 +37,26 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Where compiled prefilter databases are kept between runs (default:
+    /// $XDG_CACHE_HOME/leakscan or ~/.cache/leakscan); "off" keeps none.
+    #[arg(long, global = true, env = "LEAKSCAN_CACHE_DIR")]
+    cache_dir: Option<String>,
+}
+
+/// The prefilter cache directory `--cache-dir` names, or the default under
+/// the user's cache directory (none when there is no home).
+fn prefilter_cache_dir(cache_dir: Option<&str>) -> Option<PathBuf> {
+    let base = match cache_dir {
+        Some("off") | Some("") => return None,
+        Some(dir) => PathBuf::from(dir),
+        None => match std::env::var_os("XDG_CACHE_HOME").filter(|dir| !dir.is_empty()) {
+            Some(dir) => PathBuf::from(dir).join("leakscan"),
+            None => PathBuf::from(std::env::var_os("HOME")?)
+                .join(".cache")
+                .join("leakscan"),
+        },
+    };
+    Some(base.join("prefilter"))
 }
 
 #[derive(Debug, Subcommand)]
@@ -98,9 +118,18 @@ struct ScanArgs {
         hide_env_values = true
     )]
     fingerprint_key: String,
+    /// Report only findings of this confidence or higher: high (a
+    /// provider's own format), medium (a value of the right shape beside
+    /// the provider's name or a credential word), low (weaker evidence).
+    #[arg(long, default_value = "medium", value_parser = parse_confidence)]
+    min_confidence: Confidence,
     /// Never show a progress bar.
     #[arg(long)]
     no_progress: bool,
+}
+
+fn parse_confidence(text: &str) -> Result<Confidence, String> {
+    text.parse()
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -139,6 +168,7 @@ enum RulesFormat {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    leakscan_engine::set_prefilter_cache_dir(prefilter_cache_dir(cli.cache_dir.as_deref()));
     let result = match cli.command {
         Command::Scan(args) => run_scan(&args),
         Command::Rules(args) => run_rules(&args).map(|()| ExitCode::SUCCESS),
@@ -153,9 +183,13 @@ fn main() -> ExitCode {
     }
 }
 
-/// The base policy: built-ins plus `--rules-file`s, then `--config`.
-fn base_policy(rules_files: &[PathBuf], config: Option<&PathBuf>) -> Result<Policy> {
-    let mut policy = Policy::builtin_default();
+/// The base policy: `policy` (the built-ins) plus `--rules-file`s, then
+/// `--config`.
+fn base_policy(
+    mut policy: Policy,
+    rules_files: &[PathBuf],
+    config: Option<&PathBuf>,
+) -> Result<Policy> {
     for path in rules_files {
         let extra = load_rule_file(path)?;
         policy.builtins.extend(extra);
@@ -169,13 +203,15 @@ fn base_policy(rules_files: &[PathBuf], config: Option<&PathBuf>) -> Result<Poli
         let config = ScanConfig::parse(&path.display().to_string(), &text)?;
         policy = config.apply(&policy)?;
     }
-    // Compile once up front so a bad regex is reported before any work starts.
-    RuleSet::build_with(&policy, PrefilterKind::Keywords)?;
     Ok(policy)
 }
 
 fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
-    let policy = base_policy(&args.rules_files, args.config.as_ref())?;
+    let mut policy = Policy {
+        min_confidence: args.min_confidence,
+        ..Policy::builtin_default()
+    };
+    policy = base_policy(policy, &args.rules_files, args.config.as_ref())?;
     let request = GitScanRequest {
         refs: match (&args.branch, args.all_refs) {
             (Some(branch), _) => RefSelection::Branch(branch.clone()),
@@ -185,11 +221,15 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
         since: args.since.clone(),
         allow_shallow: args.allow_shallow,
     };
+    // Compiled once up front, so a bad regex is reported before any work
+    // starts; the scan takes the same compiled rules from the cache.
+    let rulesets = Arc::new(leakscan_engine::RuleSetCache::default());
+    rulesets.get_or_build(&policy, args.prefilter.into())?;
     let options = ScanOptions {
         threads: args.threads,
         max_blob_size: args.max_blob_size,
         prefilter: args.prefilter.into(),
-        ..ScanOptions::default()
+        rulesets: Some(rulesets),
     };
     // Open the output first: a bad --output path fails before the scan.
     let mut output: Box<dyn Write> = match &args.output {
@@ -313,6 +353,7 @@ struct RuleListing<'a> {
     id: &'a str,
     name: &'a str,
     severity: &'a str,
+    confidence: &'a str,
     keywords: &'a [String],
     pattern: &'a str,
     aliases: &'a [String],
@@ -333,6 +374,7 @@ fn run_rules(args: &RulesArgs) -> Result<()> {
                     id: &spec.id,
                     name: &spec.name,
                     severity: spec.severity.as_str(),
+                    confidence: spec.confidence().as_str(),
                     keywords: &spec.keywords,
                     pattern: &spec.pattern,
                     aliases: &spec.aliases,
@@ -346,9 +388,10 @@ fn run_rules(args: &RulesArgs) -> Result<()> {
             for spec in &specs {
                 writeln!(
                     out,
-                    "{:<40} {:<8} {}",
+                    "{:<40} {:<8} {:<6} {}",
                     spec.id,
                     spec.severity.as_str(),
+                    spec.confidence().as_str(),
                     spec.name
                 )?;
             }

@@ -5,7 +5,7 @@ use std::io::Write;
 
 use anyhow::{Context, Result};
 use chrono::{DateTime, FixedOffset, SecondsFormat, Utc};
-use leakscan_engine::{Finding, Severity};
+use leakscan_engine::{Confidence, Finding, Severity};
 use serde::Serialize;
 
 /// One finding with DESIGN §4's field names, in its column order.
@@ -28,10 +28,12 @@ pub struct FindingRecord {
     pub secret: String,
     pub fingerprint: String,
     pub reviewed: bool,
+    /// How sure the finding is to be a credential (after DESIGN §4's fields).
+    pub confidence: Confidence,
 }
 
-/// The CSV header, DESIGN §4's column order.
-pub const CSV_COLUMNS: [&str; 16] = leakscan_engine::scan::FINDING_COLUMNS;
+/// The CSV header, DESIGN §4's column order, then `confidence`.
+pub const CSV_COLUMNS: [&str; 17] = leakscan_engine::scan::FINDING_COLUMNS;
 
 impl FindingRecord {
     pub fn new(
@@ -64,10 +66,11 @@ impl FindingRecord {
                 .secret
                 .fingerprint(fingerprint_key, &finding.rule_id),
             reviewed: false,
+            confidence: finding.confidence,
         }
     }
 
-    fn csv_row(&self) -> [String; 16] {
+    fn csv_row(&self) -> [String; 17] {
         let text = |value: &Option<String>| value.clone().unwrap_or_default();
         [
             self.rule.clone(),
@@ -86,6 +89,7 @@ impl FindingRecord {
             self.secret.clone(),
             self.fingerprint.clone(),
             self.reviewed.to_string(),
+            self.confidence.to_string(),
         ]
     }
 }
@@ -146,11 +150,12 @@ fn write_text(records: &[FindingRecord], out: &mut dyn Write) -> Result<()> {
         };
         writeln!(
             out,
-            "{:<8} {}  {}  {}",
+            "{:<8} {}  {}  {}  (confidence {})",
             record.severity.as_str(),
             record.rule,
             location,
-            record.secret
+            record.secret,
+            record.confidence.as_str().to_ascii_lowercase(),
         )?;
         if let Some(commit) = &record.commit {
             writeln!(
@@ -203,8 +208,11 @@ fn sarif(records: &[FindingRecord]) -> serde_json::Value {
             if let Some(line) = record.line {
                 physical["region"] = json!({"startLine": line});
             }
-            let mut properties =
-                json!({"severity": record.severity.as_str(), "secret": record.secret});
+            let mut properties = json!({
+                "severity": record.severity.as_str(),
+                "confidence": record.confidence.as_str(),
+                "secret": record.secret,
+            });
             for (key, value) in [
                 ("commit", &record.commit),
                 ("branch", &record.branch),

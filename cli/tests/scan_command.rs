@@ -187,6 +187,7 @@ fn every_planted_secret_is_reported_with_rule_commit_path_and_line_and_nothing_e
         "secret",
         "fingerprint",
         "reviewed",
+        "confidence",
     ];
     expected_fields.sort_unstable();
     let mut sorted_fields = fields.clone();
@@ -270,7 +271,7 @@ fn csv_has_the_header_in_design_order_and_quotes_per_rfc_4180() {
     let mut lines = text.split("\r\n");
     assert_eq!(
         lines.next().unwrap(),
-        "rule,ruleName,severity,project,repository,branch,commit,path,line,author,authorEmail,commitDate,scanDate,secret,fingerprint,reviewed"
+        "rule,ruleName,severity,project,repository,branch,commit,path,line,author,authorEmail,commitDate,scanDate,secret,fingerprint,reviewed,confidence"
     );
     let row = lines.next().unwrap();
     assert!(
@@ -280,7 +281,7 @@ fn csv_has_the_header_in_design_order_and_quotes_per_rfc_4180() {
         "{row}"
     );
     assert!(row.contains(",AKIA…,"), "{row}");
-    assert!(row.ends_with(",false"), "{row}");
+    assert!(row.ends_with(",false,HIGH"), "{row}");
 }
 
 #[test]
@@ -520,14 +521,138 @@ fn rules_command_lists_every_rule_as_json() {
     assert_eq!(output.status.code(), Some(0));
     let rules = stdout_json(&output);
     let rules = rules.as_array().unwrap();
-    assert!(rules.len() >= 150, "{}", rules.len());
+    assert!(rules.len() >= 750, "{}", rules.len());
     assert_eq!(rules.len(), leakscan_engine::builtin_rules().len());
     for rule in rules {
-        for field in ["id", "name", "severity", "keywords", "pattern"] {
+        for field in [
+            "id",
+            "name",
+            "severity",
+            "confidence",
+            "keywords",
+            "pattern",
+        ] {
             assert!(!rule[field].is_null(), "{field} missing in {rule}");
         }
     }
     let text = leakscan(&["rules"]);
     let listing = String::from_utf8(text.stdout).unwrap();
     assert!(listing.contains("RSA_PRIVATE_KEY"));
+}
+
+/// A GitHub token of the published format: 30 random characters, then their
+/// CRC-32 in 6 base62 digits; `broken` changes the last digit.
+fn github_token(broken: bool) -> String {
+    use leakscan_engine::checksum::{base62_6, crc32};
+    let random = "Wd8Kq2Nv5Rx7Lp3Tz9Mb4Hc6Jf1Sg0";
+    let mut checksum = String::from_utf8(base62_6(crc32(random.as_bytes())).to_vec()).unwrap();
+    if broken {
+        let last = checksum.pop().unwrap();
+        checksum.push(if last == 'Z' { 'Y' } else { 'Z' });
+    }
+    format!("ghp_{random}{checksum}")
+}
+
+#[test]
+fn min_confidence_filters_findings_and_every_format_shows_confidence() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("ci.env"),
+        format!(
+            "GITHUB_TOKEN={}\nBACKUP_TOKEN={}\n",
+            github_token(false),
+            github_token(true)
+        ),
+    )
+    .unwrap();
+    let path = dir.path().to_str().unwrap();
+    let confidences = |extra: &[&str]| -> Vec<String> {
+        let mut args = vec!["scan", path, "--format", "json"];
+        args.extend_from_slice(extra);
+        let output = leakscan(&args);
+        let findings = stdout_json(&output);
+        findings
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| format!("{}:{}", f["line"], f["confidence"].as_str().unwrap()))
+            .collect()
+    };
+    // The valid checksum is HIGH, the broken one MEDIUM; the default
+    // (medium) shows both, `high` only the first.
+    assert_eq!(confidences(&[]), vec!["1:HIGH", "2:MEDIUM"]);
+    assert_eq!(confidences(&["--min-confidence", "high"]), vec!["1:HIGH"]);
+    assert_eq!(
+        confidences(&["--min-confidence", "LOW"]),
+        vec!["1:HIGH", "2:MEDIUM"]
+    );
+    let text = leakscan(&["scan", path]);
+    let text = String::from_utf8(text.stdout).unwrap();
+    assert!(text.contains("(confidence high)"), "{text}");
+    assert!(text.contains("(confidence medium)"), "{text}");
+    let sarif = stdout_json(&leakscan(&["scan", path, "--format", "sarif"]));
+    assert_eq!(
+        sarif["runs"][0]["results"][0]["properties"]["confidence"],
+        "HIGH"
+    );
+    let bad = leakscan(&["scan", path, "--min-confidence", "certain"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("unknown confidence"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
+#[cfg(feature = "vectorscan")]
+#[test]
+fn the_compiled_prefilter_is_cached_on_disk_and_a_broken_cache_is_rebuilt() {
+    let cache = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a.env"),
+        "aws_access_key_id = AKIAUJZDEGXDNCF32EPF\n",
+    )
+    .unwrap();
+    let scan = || {
+        let output = leakscan(&[
+            "scan",
+            dir.path().to_str().unwrap(),
+            "--format",
+            "json",
+            "--prefilter",
+            "vectorscan",
+            "--cache-dir",
+            cache.path().to_str().unwrap(),
+        ]);
+        assert_eq!(
+            output.status.code(),
+            Some(1),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        stdout_json(&output)[0]["rule"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let cached_files = || -> Vec<std::path::PathBuf> {
+        std::fs::read_dir(cache.path().join("prefilter"))
+            .map(|entries| entries.flatten().map(|e| e.path()).collect())
+            .unwrap_or_default()
+    };
+    assert_eq!(scan(), "AWS_ACCESS_KEY_ID");
+    let files = cached_files();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let written = std::fs::metadata(&files[0]).unwrap().modified().unwrap();
+    // Loaded, not rewritten.
+    assert_eq!(scan(), "AWS_ACCESS_KEY_ID");
+    assert_eq!(
+        std::fs::metadata(&files[0]).unwrap().modified().unwrap(),
+        written
+    );
+    // A corrupt file is ignored and replaced by a good one.
+    std::fs::write(&files[0], b"LSVSDB1\nnot a database").unwrap();
+    assert_eq!(scan(), "AWS_ACCESS_KEY_ID");
+    assert!(std::fs::read(&files[0]).unwrap().len() > 1000);
 }

@@ -67,6 +67,9 @@ pub struct CoordinatorConfig {
     pub expiry_interval: Duration,
     /// Blob size limit sent with each task.
     pub max_blob_size: u64,
+    /// Findings of lower confidence are not reported (sent in each task's
+    /// policy).
+    pub min_confidence: leakscan_engine::Confidence,
 }
 
 impl Default for CoordinatorConfig {
@@ -84,6 +87,7 @@ impl Default for CoordinatorConfig {
             claim_idle_ms: 60_000,
             expiry_interval: Duration::from_secs(2),
             max_blob_size: 20 * 1024 * 1024,
+            min_confidence: leakscan_engine::Confidence::Medium,
         }
     }
 }
@@ -371,9 +375,10 @@ impl Coordinator for CoordinatorService {
             .map_err(status)?;
             if let Some(leased) = leased {
                 info!(task_id = leased.task_id.0, worker = %request.worker_id, "scan task leased");
-                let spec = policy::base_policy(&self.pool, leased.repository_id)
+                let mut spec = policy::base_policy(&self.pool, leased.repository_id)
                     .await
                     .map_err(status)?;
+                spec.min_confidence = self.config.min_confidence;
                 let policy_json = serde_json::to_string(&spec)
                     .map_err(|error| Status::internal(format!("policy: {error}")))?;
                 return Ok(Response::new(LeaseTaskResponse {
@@ -450,6 +455,11 @@ impl Coordinator for CoordinatorService {
                 author_email: finding.author_email,
                 commit_date: chrono::DateTime::from_timestamp(finding.commit_time, 0),
                 secret: finding.secret,
+                confidence: finding
+                    .confidence
+                    .parse::<leakscan_engine::Confidence>()
+                    .ok()
+                    .map(|confidence| confidence.as_str().to_string()),
             })
             .collect();
         let recorded = findings::record_findings(

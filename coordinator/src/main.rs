@@ -54,6 +54,13 @@ struct Args {
     /// Database connections.
     #[arg(long, env = "LEAKSCAN_DB_POOL_SIZE", default_value_t = 16)]
     db_pool_size: u32,
+    /// Report only findings of this confidence or higher (low, medium, high).
+    #[arg(long, env = "LEAKSCAN_MIN_CONFIDENCE", default_value = "medium", value_parser = parse_confidence)]
+    min_confidence: leakscan_engine::Confidence,
+}
+
+fn parse_confidence(text: &str) -> Result<leakscan_engine::Confidence, String> {
+    text.parse()
 }
 
 #[tokio::main]
@@ -94,6 +101,7 @@ async fn main() -> anyhow::Result<()> {
             .consumer_name
             .unwrap_or_else(|| format!("coordinator-{}", std::process::id())),
         expiry_interval: Duration::from_secs(2),
+        min_confidence: args.min_confidence,
         ..CoordinatorConfig::default()
     };
     let shutdown = CancellationToken::new();

@@ -46,6 +46,7 @@ async fn main() {
                 author_email: "dev@example.com".into(),
                 commit_date: None,
                 secret: format!("AKIA{n:016}").into_bytes(),
+                confidence: Some("HIGH".into()),
             })
             .collect();
         findings::record_findings(&pool, &secrets, repository, "main", 1, &batch)

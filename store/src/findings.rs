@@ -23,6 +23,8 @@ pub struct NewFinding {
     pub author_email: String,
     pub commit_date: Option<DateTime<Utc>>,
     pub secret: Vec<u8>,
+    /// `HIGH`, `MEDIUM` or `LOW` (None: the worker did not say).
+    pub confidence: Option<String>,
 }
 
 impl std::fmt::Debug for NewFinding {
@@ -57,10 +59,12 @@ pub async fn record_findings(
         // A row stored before reviews existed gets its secret hash here.
         let (id, new): (i64, bool) = sqlx::query_as(
             "insert into findings (repository_id, rule_id, rule_name, severity, commit, path, line, author,
-                 author_email, commit_date, fingerprint, redacted, secret_key_id, secret_ciphertext, secret_hash)
-             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+                 author_email, commit_date, fingerprint, redacted, secret_key_id, secret_ciphertext, secret_hash,
+                 confidence)
+             values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16)
              on conflict (repository_id, commit, path, rule_id, fingerprint)
-             do update set secret_hash = coalesce(findings.secret_hash, excluded.secret_hash)
+             do update set secret_hash = coalesce(findings.secret_hash, excluded.secret_hash),
+                           confidence = coalesce(excluded.confidence, findings.confidence)
              returning id, (xmax = 0) as new",
         )
         .bind(repository)
@@ -78,6 +82,7 @@ pub async fn record_findings(
         .bind(key.id())
         .bind(&ciphertext)
         .bind(secrets.secret_hash(&finding.secret))
+        .bind(finding.confidence.as_deref())
         .fetch_one(&mut *transaction)
         .await?;
         if new {
@@ -194,6 +199,8 @@ pub struct ReportedFinding {
     pub secret: String,
     pub fingerprint: String,
     pub reviewed: bool,
+    /// `HIGH`, `MEDIUM` or `LOW` (added after DESIGN §4's fields).
+    pub confidence: String,
 }
 
 /// The findings of `branch` of `repository` as the API reports them,
@@ -320,7 +327,8 @@ pub fn export_findings<'a>(
         "select * from (
              select f.id, f.rule_id as rule, f.rule_name, f.severity, p.key as project, r.slug as repository,
                     b.branch, f.commit, f.path, f.line, f.author, f.author_email, f.commit_date, f.scan_date,
-                    f.redacted as secret, f.fingerprint, {REVIEWED} as reviewed
+                    f.redacted as secret, f.fingerprint, {REVIEWED} as reviewed,
+                    coalesce(f.confidence, 'MEDIUM') as confidence
              from findings f
              join finding_branches b on b.finding_id = f.id
              join repositories r on r.id = f.repository_id

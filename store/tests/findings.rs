@@ -23,6 +23,7 @@ fn finding(rule: &str, path: &str, line: Option<i32>, secret: &str) -> NewFindin
         author_email: "alice@example.com".into(),
         commit_date: None,
         secret: secret.as_bytes().to_vec(),
+        confidence: Some("HIGH".into()),
     }
 }
 

@@ -25,6 +25,7 @@ fn finding(n: usize, severity: &str) -> NewFinding {
         author_email: "dev@example.com".into(),
         commit_date: None,
         secret: format!("sk_test_{n:06}Qw8Er7Ty6Ui5Op4").into_bytes(),
+        confidence: Some("HIGH".into()),
     }
 }
 

@@ -37,6 +37,7 @@ fn finding(n: usize) -> NewFinding {
         author_email: "alice@example.com".into(),
         commit_date: None,
         secret: secret(n).into_bytes(),
+        confidence: Some("HIGH".into()),
     }
 }
 

@@ -395,6 +395,7 @@ impl Slot {
                     author_email: commit.author_email,
                     commit_time: commit.time,
                     secret: finding.secret.expose().to_vec(),
+                    confidence: finding.confidence.to_string(),
                 }
             })
             .collect();

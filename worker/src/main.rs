@@ -43,6 +43,9 @@ struct Args {
 async fn main() -> anyhow::Result<()> {
     leakscan_service::init_logging();
     let args = Args::parse();
+    // Compiled prefilters are kept beside the mirrors (a cache too), so a
+    // restarted worker does not compile the rules again.
+    leakscan_engine::set_prefilter_cache_dir(Some(args.mirror_dir.join(".prefilter-cache")));
     let name = args.name.unwrap_or_else(|| {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
         format!("{}-{}", host.trim(), std::process::id())
