@@ -44,7 +44,8 @@ def looks_placeholder(secret: str, keywords) -> bool:
 def findings(rule, rx, text):
     out = []
     for m in rx.finditer(text):
-        secret = m.group(1) if rx.groups >= 1 else m.group(0)
+        # The first group that took part (alternatives may each capture the secret).
+        secret = next((g for g in m.groups() if g is not None), None) if rx.groups >= 1 else m.group(0)
         if secret is None:
             continue
         lines = text.splitlines()

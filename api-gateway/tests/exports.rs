@@ -321,7 +321,7 @@ async fn csv_exports_filter_quote_and_neutralise() {
     std::io::Read::read_to_string(&mut archive.by_name("PROJ/api.csv").unwrap(), &mut api_csv)
         .unwrap();
     let api_rows: Vec<&str> = api_csv.lines().collect();
-    assert_eq!(api_rows[0].split(',').count(), 16);
+    assert_eq!(api_rows[0].split(',').count(), 17);
     assert_eq!(api_rows.len(), 1 + 3, "{api_csv}");
     assert!(api_csv.contains("'=cmd|"), "{api_csv}");
     let mut web_csv = String::new();

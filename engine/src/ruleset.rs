@@ -1088,7 +1088,16 @@ impl Scanner<'_> {
                 continue;
             };
             for captures in regex.captures_iter(data) {
-                let Some(secret) = captures.get(1).or_else(|| captures.get(0)) else {
+                // Group 1 is the secret; a pattern of alternatives may
+                // capture it in the first group of each (the first group
+                // that took part).
+                let Some(secret) = captures
+                    .iter()
+                    .skip(1)
+                    .flatten()
+                    .next()
+                    .or_else(|| captures.get(0))
+                else {
                     continue;
                 };
                 let secret_bytes = secret.as_bytes();
