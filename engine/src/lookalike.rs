@@ -230,6 +230,11 @@ const NOT_SECRET_NAME_WORDS: &[&str] = &[
     "keystroke",
     "tokenizer",
     "next_token",
+    "nexttoken",
+    "paginationtoken",
+    "pagination_token",
+    "sync_token",
+    "synctoken",
     "page_token",
     "pagetoken",
     "continuation",
@@ -248,6 +253,9 @@ pub fn is_not_secret_name(name: &[u8]) -> bool {
 /// each a word (one case, or capitalised), a number, or at most 3
 /// characters. A random token has long mixed parts.
 pub fn looks_like_identifier(value: &[u8]) -> bool {
+    if is_camel_case_words(value) {
+        return true;
+    }
     let parts: Vec<&[u8]> = value
         .split(|byte| matches!(byte, b'.' | b'_' | b'-' | b'/'))
         .filter(|part| !part.is_empty())
@@ -302,6 +310,45 @@ pub fn is_hash_in_context(secret: &[u8], line: &[u8]) -> bool {
         && [&b"sha256-"[..], b"sha384-", b"sha512-", b"integrity"]
             .iter()
             .any(|word| memchr::memmem::find(&lowered, word).is_some())
+}
+
+/// Words run together in camel case (`PublicIpv4Pools`,
+/// `getTokenFromEnv2`): each part an optional capital, two or more
+/// lower-case letters and at most two digits, at least two parts of three
+/// lower-case letters or more. A
+/// random token has capitals side by side or digits inside a part.
+fn is_camel_case_words(value: &[u8]) -> bool {
+    if value.is_empty() || !value.iter().all(u8::is_ascii_alphanumeric) {
+        return false;
+    }
+    let mut parts: Vec<&[u8]> = Vec::new();
+    let mut start = 0;
+    for index in 1..value.len() {
+        if value[index].is_ascii_uppercase() {
+            parts.push(&value[start..index]);
+            start = index;
+        }
+    }
+    parts.push(&value[start..]);
+    let word = |part: &&[u8]| {
+        let body = part
+            .strip_prefix(&[part[0]][..])
+            .filter(|_| part[0].is_ascii_uppercase());
+        let body = body.unwrap_or(part);
+        let letters = body.iter().take_while(|b| b.is_ascii_lowercase()).count();
+        let digits = &body[letters..];
+        letters >= 2 && digits.len() <= 2 && digits.iter().all(u8::is_ascii_digit)
+    };
+    let lower = |part: &&[u8]| part.iter().filter(|b| b.is_ascii_lowercase()).count();
+    parts.len() >= 2
+        && parts.iter().all(word)
+        && parts.iter().filter(|part| lower(part) >= 3).count() >= 2
+}
+
+/// A generic rule's value that is too weak to report: a glob (`AmazonMSK_*`)
+/// or hex shorter than 20 digits (ids and short hashes, 64 bits or less).
+pub fn is_weak_generic_value(value: &[u8]) -> bool {
+    value.ends_with(b"*") || (value.len() < 20 && value.iter().all(u8::is_ascii_hexdigit))
 }
 
 /// `xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx` (hex).
@@ -512,12 +559,22 @@ mod tests {
     fn identifiers_and_names() {
         assert!(looks_like_identifier(b"DOC_Vector_5_32"));
         assert!(looks_like_identifier(b"jetbrains.mps.v8_elimination"));
+        assert!(looks_like_identifier(b"PublicIpv4Pools"));
+        assert!(looks_like_identifier(b"getTokenFromEnvironment2"));
+        assert!(!looks_like_identifier(
+            b"qFj32Da8vfgXLu9PkXPyAHGrvKrzGTQIN4"
+        ));
+        assert!(!looks_like_identifier(b"Wd8Kq2Nv5Rx7Lp3Tz9Mb4Hc6Jf1Sg0"));
+        assert!(is_weak_generic_value(b"3d104ea0be48564b"));
+        assert!(is_weak_generic_value(b"AmazonMSK_*"));
+        assert!(!is_weak_generic_value(b"77c430a72aa4af9dad98f1ed3e9b042b"));
         assert!(!looks_like_identifier(
             b"qFj32Da8vf-g_-8qLu9P_k8XPyAHGrvKrzGTQIN4"
         ));
         assert!(!looks_like_identifier(b"77c430a72aa4af9dad98f1ed3e9b042b"));
         assert!(is_not_secret_name(b"publicToken = \""));
         assert!(is_not_secret_name(b"csrf-token="));
+        assert!(is_not_secret_name(b"NextToken"));
         assert!(!is_not_secret_name(b"DEPLOY_TOKEN="));
     }
 

@@ -354,6 +354,7 @@ impl CompiledRule {
                 || (self.generic
                     && (lookalike::is_not_secret_name(name)
                         || lookalike::looks_like_identifier(value)
+                        || lookalike::is_weak_generic_value(value)
                         || lookalike::is_encoded_placeholder(value)));
             if rejected {
                 return false;
