@@ -987,6 +987,9 @@ fn feed_custom(hasher: &mut Sha256, custom: &CustomRule) {
 
 fn detection_digest(detection: &[DetectionRule<'_>]) -> String {
     let mut hasher = Sha256::new();
+    // Bump the version whenever what a detector keeps changes without its
+    // rules changing (engine/src/lookalike.rs, how matches are judged): the
+    // cluster's blob-result cache is keyed by this digest.
     hasher.update(b"leakscan-detector-v3\0");
     hasher.update(env!("CARGO_PKG_VERSION").as_bytes());
     for rule in detection {
