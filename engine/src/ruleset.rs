@@ -569,19 +569,35 @@ struct DetectorFacts {
 }
 
 impl DetectorFacts {
-    fn build(rules: &[CompiledRule], specs_keywords: Vec<Vec<u8>>) -> DetectorFacts {
+    fn build(rules: &[CompiledRule]) -> DetectorFacts {
         let mut provider_prefixes: Vec<Vec<u8>> = rules
             .iter()
             .flat_map(|rule| rule.own_prefixes.iter().cloned())
             .collect();
         provider_prefixes.sort();
         provider_prefixes.dedup();
-        let provider_names = if specs_keywords.is_empty() {
+        // Whole alphabetic keywords of 4+ letters that are no common word
+        // (`deepgram`, not `token`). Words inside longer keywords are left
+        // out: `_authToken=` would make `authtoken` a provider.
+        let mut names: Vec<Vec<u8>> = rules
+            .iter()
+            .filter(|rule| rule.builtin && !rule.generic)
+            .flat_map(|rule| rule.strip.iter())
+            .filter(|keyword| {
+                keyword.len() >= 4
+                    && keyword.iter().all(u8::is_ascii_alphabetic)
+                    && !COMMON_NAME_WORDS.contains(&keyword.as_slice())
+            })
+            .cloned()
+            .collect();
+        names.sort();
+        names.dedup();
+        let provider_names = if names.is_empty() {
             None
         } else {
             aho_corasick::AhoCorasick::builder()
                 .ascii_case_insensitive(true)
-                .build(&specs_keywords)
+                .build(&names)
                 .ok()
         };
         DetectorFacts {
@@ -662,23 +678,7 @@ impl Detector {
             })
             .collect();
         let (prefilter, unfiltered) = Prefilter::build(prefilter_kind, &inputs)?;
-        // Whole alphabetic keywords of 4+ letters that are no common word
-        // (`deepgram`, not `token`). Words inside longer keywords are left
-        // out: `_authToken=` would make `authtoken` a provider.
-        let mut provider_names: Vec<Vec<u8>> = rules
-            .iter()
-            .filter(|rule| rule.builtin && !rule.generic)
-            .flat_map(|rule| rule.strip.iter())
-            .filter(|keyword| {
-                keyword.len() >= 4
-                    && keyword.iter().all(u8::is_ascii_alphabetic)
-                    && !COMMON_NAME_WORDS.contains(&keyword.as_slice())
-            })
-            .cloned()
-            .collect();
-        provider_names.sort();
-        provider_names.dedup();
-        let facts = DetectorFacts::build(&rules, provider_names);
+        let facts = DetectorFacts::build(&rules);
         Ok(Detector {
             facts,
             rules,
@@ -820,11 +820,6 @@ impl RuleSet {
     /// what [`Scanner::scan_raw`] gave it.
     pub fn confidence_of(&self, index: RuleIdx, secret: &[u8]) -> Confidence {
         self.rule(index).finding_confidence(secret)
-    }
-
-    /// The lowest confidence this policy reports.
-    pub fn min_confidence(&self) -> Confidence {
-        self.min_confidence
     }
 
     pub fn is_enabled(&self, index: RuleIdx) -> bool {
