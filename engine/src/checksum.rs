@@ -61,7 +61,7 @@ mod tests {
 
     #[test]
     fn a_token_made_with_its_checksum_holds_and_a_changed_one_does_not() {
-        let random = b"R7mQ2vN9xK4pT8cW1zL6gH3sD5fJ0a";
+        let random = b"eKdNnFRIBXuDL7DxtpYlSXpfKtHFq3";
         let mut token = b"ghp_".to_vec();
         token.extend_from_slice(random);
         token.extend_from_slice(&base62_6(crc32(random)));

@@ -58,6 +58,23 @@ const COMMON_NAME_WORDS: &[&[u8]] = &[
     b"https",
     b"begin",
     b"end",
+    // English words that are also a provider's keyword.
+    b"conn",
+    b"active",
+    b"alpha",
+    b"binary",
+    b"center",
+    b"circle",
+    b"daily",
+    b"gate",
+    b"here",
+    b"line",
+    b"linked",
+    b"mount",
+    b"notify",
+    b"modal",
+    b"crate",
+    b"hive",
     b"key",
     b"keys",
     b"api",
@@ -349,7 +366,9 @@ impl CompiledRule {
                 _ => lookalike::is_placeholder(value, &self.strip),
             } || (self.confidence < Confidence::High
                 && lookalike::is_hash_in_context(value, context))
-                || (!self.uuid_format && lookalike::is_uuid(value))
+                || (!self.uuid_format
+                    && lookalike::is_uuid(value)
+                    && !(self.generic && names_a_credential(name)))
                 || (self.generic && detector_facts.defers_to_provider(value, name))
                 || (self.generic
                     && (lookalike::is_not_secret_name(name)
@@ -615,12 +634,77 @@ impl DetectorFacts {
         self.provider_prefixes
             .iter()
             .any(|prefix| lowered.starts_with(prefix))
-            || self
-                .provider_names
-                .as_ref()
-                .is_some_and(|names| names.is_match(name))
+            || (looks_typed_or_short(value)
+                && self
+                    .provider_names
+                    .as_ref()
+                    .is_some_and(|names| names.is_match(name)))
     }
 }
+
+/// Whether a value beside a provider's name is in a shape that provider's
+/// own rule judges better than a generic rule: a typed value (`sk_…`,
+/// `tok_…`, `key-…`: a short lower-case tag and a separator), or one too
+/// short (under 20 characters) to stand on its own. A long untyped random
+/// value beside the name is a credential whatever format the provider
+/// uses, so the generic rule keeps it.
+fn looks_typed_or_short(value: &[u8]) -> bool {
+    if value.len() < 20 {
+        return true;
+    }
+    let tag = value
+        .iter()
+        .take_while(|byte| byte.is_ascii_alphanumeric())
+        .count();
+    (2..=6).contains(&tag)
+        && matches!(value.get(tag), Some(b'_' | b'-'))
+        && value[..tag].iter().all(u8::is_ascii_lowercase)
+}
+
+/// Whether the identifier a generic match's value is assigned to ends in a
+/// credential word (`NPM_TOKEN`, `X-Vaultly-ApiKey`, `interseller_PRIVATE_KEY`):
+/// many services issue their keys as UUIDs, so a UUID named that way is
+/// kept, while one named `clientId` or `UserSecretsId` is an identifier.
+fn names_a_credential(name: &[u8]) -> bool {
+    let identifier = assigned_identifier(name).to_ascii_lowercase();
+    [
+        &b"key"[..],
+        b"token",
+        b"secret",
+        b"tkn",
+        b"password",
+        b"passwd",
+    ]
+    .iter()
+    .any(|word| identifier.ends_with(word))
+        && !UUID_HANDLE_WORDS
+            .iter()
+            .any(|word| memchr::memmem::find(&identifier, word.as_bytes()).is_some())
+}
+
+/// Words in a UUID's name that make it a handle, not a credential: AWS's
+/// `ClientToken`, `RequestToken`, `--lock-token`, idempotency and
+/// pagination tokens, object keys.
+const UUID_HANDLE_WORDS: &[&str] = &[
+    "request",
+    "lock",
+    "client",
+    "action",
+    "idempot",
+    "change",
+    "continu",
+    "next",
+    "page",
+    "sync",
+    "upload",
+    "object",
+    "resource",
+    "correlation",
+    "trace",
+    "message",
+    "event",
+    "instance",
+];
 
 /// The identifier at the end of a match's name: `deepgram_key` in
 /// `deepgram_key = "`, `apiKey` in `{ apiKey: '`; empty for a command line's

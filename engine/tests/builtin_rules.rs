@@ -228,11 +228,16 @@ fn look_alikes_are_not_reported() {
         "sha256_token = \"9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08\"",
         // Template variables and truncated values.
         "API_TOKEN=${{ secrets.API_TOKEN }}",
-        "export OP_SERVICE_ACCOUNT_TOKEN=ops_eyJzaWduSW5BZGRyZXNzIjoiaHR0cHM6...",
+        "export OP_SERVICE_ACCOUNT_TOKEN=ops_eyJzaWduSW5BZGRyZXNzIjoibXkuMXBhc3N3b3Jk...",
         // A provider's prefix on a value that does not fit its format.
-        "BUILDKITE_TOKEN=bkua_hqlh73m51jtho0jh12wcf2758c8fcdbv05z023ly_extra",
-        // A value pasted twice.
-        "TOKEN=R7mQ2vN9xK4pT8cW1zL6gH3sD5fJ0aB7nM2qV9xK4pT8cW1zL6gH3sD5fJ0aB7",
+        "BUILDKITE_TOKEN=bkua_ujzde8gxd6ncf10epf91dhodzdoc9is0j8ht9lgm_extra",
+        // A short unit repeated.
+        "TOKEN=eKdNnFeKdNnFeKdNnFeKdNnFeKdNnF",
+        // UUIDs named as handles, not credentials (AWS idempotency and lock tokens).
+        "        --lock-token 0bc9aa21-03c9-4b98-9433-6229cbf1ef1c",
+        "    \"ClientToken\": \"b64ce422-8c38-fb29-18f1-35d25f557203\",",
+        // Type names of keys.
+        "KeyTypes = PKCS7PrivateKeyTypes",
     ] {
         let found: Vec<String> = scanner
             .scan(text.as_bytes())
@@ -240,5 +245,53 @@ fn look_alikes_are_not_reported() {
             .map(|m| ruleset.rule(m.rule).id.clone())
             .collect();
         assert!(found.is_empty(), "{text:?} reported by {found:?}");
+    }
+}
+
+#[test]
+fn credentials_in_less_usual_shapes_are_reported() {
+    let ruleset = RuleSet::build_with(&Policy::builtin_default(), PrefilterKind::Keywords).unwrap();
+    let mut scanner = ruleset.scanner().unwrap();
+    for (text, secret) in [
+        // A UUID assigned to a credential name: many services issue keys so.
+        (
+            "ORBITMAIL_API_KEY=8d1e5c3a-7b2f-4e96-a0c4-1f3b5d7e9a2c",
+            "8d1e5c3a-7b2f-4e96-a0c4-1f3b5d7e9a2c",
+        ),
+        // A long untyped value beside the name of a provider whose own rule
+        // expects another shape: still that provider's credential.
+        (
+            "deepgram_secret = Hq7RvT2mNc9XpL4sWb8ZyK3dFg6JtV1e",
+            "Hq7RvT2mNc9XpL4sWb8ZyK3dFg6JtV1e",
+        ),
+        // Authorization schemes other than Basic and Bearer, custom headers.
+        (
+            "curl -H \"Authorization: Token 5e1f0c2a9b7d44e08f3a6c1b2d9e7f40a1c3b5d7\" https://api.acme-corp.io/",
+            "5e1f0c2a9b7d44e08f3a6c1b2d9e7f40a1c3b5d7",
+        ),
+        (
+            "  -H \"X-Vaultly-ApiKey: 0b5d6f1e-3c7a-4e29-9b8d-2f4a6c8e1d3b\" \\",
+            "0b5d6f1e-3c7a-4e29-9b8d-2f4a6c8e1d3b",
+        ),
+        // A password with a character URLs should encode but people do not.
+        (
+            "DATABASE_URL=postgres://app:NZu8a21^rsD5q31@db.acme-corp.io:5432/app",
+            "NZu8a21^rsD5q31",
+        ),
+        // A chunk repeated, as hand-made keys in documentation are.
+        (
+            "LOGBRIDGE_TOKEN=eKdNnFRIBXuDL7DxtpeKdNnFRIBXuDL7Dxtp",
+            "eKdNnFRIBXuDL7DxtpeKdNnFRIBXuDL7Dxtp",
+        ),
+    ] {
+        let found: Vec<String> = scanner
+            .scan(text.as_bytes())
+            .iter()
+            .map(|m| String::from_utf8_lossy(&text.as_bytes()[m.start..m.end]).into_owned())
+            .collect();
+        assert!(
+            found.iter().any(|s| s == secret),
+            "{text:?}: expected {secret:?}, found {found:?}"
+        );
     }
 }
