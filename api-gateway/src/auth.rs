@@ -183,6 +183,29 @@ impl Caller {
         check_access(access, needed, || format!("Project {project_key}"))
     }
 
+    /// The project, if the caller has at least `needed` on it or holds the
+    /// security grant (Soteri ranks "explicitly granted Security for
+    /// Bitbucket permissions" above project administrators). A project
+    /// that does not exist, or one a caller without the grant may not read,
+    /// answers 404.
+    pub async fn project_or_security(
+        &self,
+        state: &AppState,
+        project_key: &str,
+        needed: Access,
+    ) -> Result<(), ApiError> {
+        if self.require_security().is_err() {
+            return self.project(state, project_key, needed).await;
+        }
+        catalog::validate_project_key(project_key)?;
+        match catalog::find_project(&state.pool, project_key).await? {
+            Some(_) => Ok(()),
+            None => Err(ApiError::not_found(format!(
+                "Project {project_key} does not exist."
+            ))),
+        }
+    }
+
     /// The repository, if the caller has at least `needed` on it (404 for
     /// one it may not read).
     pub async fn repository(

@@ -123,6 +123,29 @@ impl IntoResponse for ApiError {
 #[from_request(via(axum::Json), rejection(ApiError))]
 pub struct JsonBody<T>(pub T);
 
+/// A JSON body read whatever its `Content-Type` says, or without one:
+/// Bitbucket Data Center's secret-scanning endpoints consume `*/*`, and the
+/// curl examples of its documentation send no JSON content type. A body
+/// that is not JSON of the expected shape is a 400 with the parser's
+/// message; one over the body limit a 413.
+pub struct AnyJsonBody<T>(pub T);
+
+impl<T, S> axum::extract::FromRequest<S> for AnyJsonBody<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(request: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
+        let bytes = axum::body::Bytes::from_request(request, state)
+            .await
+            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+        let Json(value) = Json::<T>::from_bytes(&bytes)?;
+        Ok(AnyJsonBody(value))
+    }
+}
+
 /// `axum::extract::Query` whose rejection is an [`ApiError`].
 #[derive(axum::extract::FromRequestParts)]
 #[from_request(via(axum::extract::Query), rejection(ApiError))]

@@ -167,13 +167,15 @@ fn csv_response(
 #[serde(rename_all = "camelCase")]
 pub struct RepositoryExportQuery {
     branch: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::params::flag")]
     include_whitelisted: bool,
     rule_type: Option<String>,
 }
 
 /// `GET /rest/security/1.0/export-report/{project}/repos/{repo}`
-/// `?branch&includeWhitelisted&ruleType` (repository read).
+/// `?branch&includeWhitelisted&ruleType` (repository read): one branch, the
+/// default branch unless `branch` names another; `ruleType` as
+/// [`crate::policy::findings_rule_filter`] reads it.
 pub async fn repository_report(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -183,11 +185,23 @@ pub async fn repository_report(
     let repository = caller
         .repository(&state, &project_key, &slug, Access::Read)
         .await?;
+    // Soteri: without `branch`, the repository's default branch.
+    let branch = match valid_branch(query.branch)? {
+        Some(branch) => Some(branch),
+        None => valid_branch(repository.default_branch.clone())?,
+    };
+    let rule = crate::policy::findings_rule_filter(
+        &state,
+        &repository,
+        branch.as_deref(),
+        query.rule_type.as_deref(),
+    )
+    .await?;
     let filter = ExportFilter {
         project_key: Some(project_key.clone()),
         repository: Some(repository.id),
-        branch: valid_branch(query.branch)?,
-        rule: query.rule_type.filter(|r| !r.is_empty()),
+        branch,
+        rule,
         include_reviewed: query.include_whitelisted,
         ..ExportFilter::default()
     };
@@ -204,7 +218,7 @@ pub struct ProjectExportQuery {
     branch: Option<String>,
     start_date: Option<String>,
     end_date: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::params::flag")]
     include_whitelisted: bool,
 }
 
@@ -295,9 +309,9 @@ fn file_part(text: &str) -> String {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct InstanceExportQuery {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::params::flag")]
     confirm_expensive_operation: bool,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::params::flag")]
     include_whitelisted: bool,
 }
 

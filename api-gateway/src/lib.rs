@@ -15,6 +15,7 @@ pub mod exports;
 pub mod insights;
 pub mod keys;
 pub mod openapi;
+pub mod params;
 pub mod policy;
 pub mod reviews;
 pub mod routes;

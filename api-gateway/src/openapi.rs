@@ -37,12 +37,18 @@ pub fn generate(context_path: &str) -> Value {
                 Some(name) => (name, true),
                 None => (*name, false),
             };
-            json!({
+            let schema = query_schema(name);
+            let mut parameter = json!({
                 "name": name,
                 "in": "query",
                 "required": required,
-                "schema": query_schema(name),
-            })
+            });
+            if schema["type"] == "boolean" {
+                parameter["description"] =
+                    json!("true or false in any case (True, TRUE), or 1 or 0");
+            }
+            parameter["schema"] = schema;
+            parameter
         }));
         let mut operation = json!({
             "operationId": operation_id(route.method.as_str(), &route.path),
@@ -58,6 +64,17 @@ pub fn generate(context_path: &str) -> Value {
                 operation["requestBody"] = json!({
                     "required": true,
                     "content": {"application/json": {"schema": {"$ref": format!("#/components/schemas/{schema}")}}},
+                });
+            }
+            Body::AnyJson(schema) => {
+                let schema = json!({"$ref": format!("#/components/schemas/{schema}")});
+                operation["requestBody"] = json!({
+                    "required": true,
+                    "description": "JSON, read as such whatever the Content-Type says, or without one",
+                    "content": {
+                        "application/json": {"schema": schema},
+                        "*/*": {"schema": schema},
+                    },
                 });
             }
             Body::Csv => {
@@ -175,6 +192,9 @@ fn body_schemas() -> Map<String, Value> {
             "lineRegex": text(1000),
             "pathRegex": text(1000),
             "severity": {"type": "string", "enum": ["LOW", "MEDIUM", "HIGH", "CRITICAL"]},
+            // What GET shows, accepted back and ignored.
+            "id": {"type": "integer", "readOnly": true},
+            "scope": {"type": "object", "readOnly": true},
         }},
         "CloudReport": {"type": "object", "required": ["title"], "properties": {
             "title": text(450), "details": text(2000), "reporter": text(450), "link": url, "logo_url": url,
@@ -226,6 +246,7 @@ fn query_schema(name: &str) -> Value {
         "start" | "limit" | "page" | "pagelen" => {
             json!({"type": "integer", "minimum": 0, "maximum": u32::MAX})
         }
+        // Read by `crate::params::flag`.
         "includeWhitelisted" => json!({"type": "boolean"}),
         "confirmExpensiveOperation" => json!({"type": "boolean", "enum": [true]}),
         "order" => json!({"type": "string", "enum": ["NAME_ASC", "NAME_DESC"]}),

@@ -7,7 +7,7 @@ use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use axum::{extract::State, http::StatusCode, Json};
 use leakscan_engine::{
-    rules::{builtin_rules, find_builtin},
+    rules::{builtin_rules, find_builtin, RuleSpec},
     ruleset::{compile_regex, CUSTOM_REGEX_SIZE_LIMIT},
     Severity,
 };
@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use crate::{
     auth::Caller,
     catalog::Paging,
-    error::{ApiError, JsonBody, PathParams, QueryParams},
+    error::{AnyJsonBody, ApiError, PathParams, QueryParams},
     AppState,
 };
 
@@ -81,6 +81,9 @@ fn rule_id(path: &ScopePath) -> Result<i64, ApiError> {
 
 /// A rule or allowlist rule as sent by a client (Bitbucket's
 /// `RestSecretScanningRuleSetRequest`, plus our optional `severity`).
+/// Unknown fields are refused; the read-only fields of a rule as `GET`
+/// shows it (`id`, `scope`) are accepted and ignored, so a client may send
+/// back what it read (GET → edit → PUT).
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RuleBody {
@@ -88,6 +91,10 @@ pub struct RuleBody {
     pub line_regex: Option<String>,
     pub path_regex: Option<String>,
     pub severity: Option<String>,
+    /// Read-only: the path names the rule.
+    pub id: Option<serde::de::IgnoredAny>,
+    /// Read-only: the path names the scope.
+    pub scope: Option<serde::de::IgnoredAny>,
 }
 
 /// Checks a body (on update, over the current rule) and makes the input.
@@ -218,7 +225,7 @@ pub async fn create_rule<const ALLOWLIST: bool>(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     PathParams(path): PathParams<ScopePath>,
-    JsonBody(body): JsonBody<RuleBody>,
+    AnyJsonBody(body): AnyJsonBody<RuleBody>,
 ) -> Result<Json<SecretRule>, ApiError> {
     let scope = scope_of(&state, &caller, &path, true).await?;
     let kind = kind_of(ALLOWLIST);
@@ -247,7 +254,7 @@ pub async fn update_rule<const ALLOWLIST: bool>(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     PathParams(path): PathParams<ScopePath>,
-    JsonBody(body): JsonBody<RuleBody>,
+    AnyJsonBody(body): AnyJsonBody<RuleBody>,
 ) -> Result<Json<SecretRule>, ApiError> {
     let id = rule_id(&path)?;
     let scope = scope_of(&state, &caller, &path, true).await?;
@@ -259,7 +266,8 @@ pub async fn update_rule<const ALLOWLIST: bool>(
     ))
 }
 
-/// `DELETE …/secret-scanning/rules|allowlist/{id}`
+/// `DELETE …/secret-scanning/rules|allowlist/{id}`: 204; an id that is not
+/// a rule of this scope is 404, except at project scope (204 there).
 pub async fn delete_rule<const ALLOWLIST: bool>(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -267,8 +275,16 @@ pub async fn delete_rule<const ALLOWLIST: bool>(
 ) -> Result<StatusCode, ApiError> {
     let id = rule_id(&path)?;
     let scope = scope_of(&state, &caller, &path, true).await?;
-    policy::delete_rule(&state.pool, &caller.0.name, kind_of(ALLOWLIST), scope, id).await?;
-    Ok(StatusCode::NO_CONTENT)
+    match policy::delete_rule(&state.pool, &caller.0.name, kind_of(ALLOWLIST), scope, id).await {
+        Ok(()) => Ok(StatusCode::NO_CONTENT),
+        // Bitbucket Data Center documents the project scope's delete as
+        // "Empty response indicating that the rule was deleted, or not
+        // found at this location"; its other scopes promise no such thing.
+        Err(leakscan_store::StoreError::NotFound(_)) if matches!(scope, Scope::Project(_)) => {
+            Ok(StatusCode::NO_CONTENT)
+        }
+        Err(error) => Err(error.into()),
+    }
 }
 
 /// A rule as Soteri lists it.
@@ -276,6 +292,7 @@ pub async fn delete_rule<const ALLOWLIST: bool>(
 pub struct SoteriRule {
     /// The built-in rule's id, or the custom rule's number.
     id: String,
+    /// The built-in rule's display name, or the custom rule's name.
     name: String,
     /// Custom rules only.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -284,10 +301,11 @@ pub struct SoteriRule {
     enabled: bool,
 }
 
-fn soteri_builtin(id: &str, disabled: &[String]) -> SoteriRule {
+fn soteri_builtin(spec: &RuleSpec, disabled: &[String]) -> SoteriRule {
+    let id = &spec.id;
     SoteriRule {
-        id: id.to_string(),
-        name: id.to_string(),
+        id: id.clone(),
+        name: spec.name.clone(),
         regexp: None,
         hardcoded: true,
         enabled: !disabled.iter().any(|off| off == id),
@@ -303,7 +321,7 @@ pub async fn soteri_rules(
     let disabled = policy::disabled_builtins(&state.pool).await?;
     let mut rules: Vec<SoteriRule> = builtin_rules()
         .iter()
-        .map(|spec| soteri_builtin(&spec.id, &disabled))
+        .map(|spec| soteri_builtin(spec, &disabled))
         .collect();
     let mut request = leakscan_store::PageRequest::new(0, leakscan_store::page::MAX_PAGE_LIMIT);
     loop {
@@ -359,7 +377,7 @@ async fn switch_builtin(
         .ok_or_else(|| ApiError::not_found(format!("Built-in rule {name:?} does not exist.")))?;
     policy::set_builtin_enabled(&state.pool, &caller.0.name, &spec.id, enabled).await?;
     let disabled = policy::disabled_builtins(&state.pool).await?;
-    Ok(Json(soteri_builtin(&spec.id, &disabled)))
+    Ok(Json(soteri_builtin(spec, &disabled)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -396,6 +414,58 @@ pub async fn rule_types(
         }
     }
     Ok(Json(names))
+}
+
+/// Longest rule name a findings filter may give.
+const MAX_RULE_FILTER_CHARS: usize = 255;
+
+/// The rule a findings filter (`?rule=` of a scan status, `?ruleType=` of
+/// an export) names, as findings record it. A built-in rule named by its
+/// id, any of its aliases (Soteri's `RSA`, `AWS_CLIENT_ID`) or its display
+/// name, in any case, is its id; a custom rule of the repository's scopes
+/// or of the branch's config file, or a rule name the repository's findings
+/// carry, is itself. Any other name is a 400: an unknown rule is a mistake
+/// to report, not an empty list. No name (or an empty one): no filter.
+pub(crate) async fn findings_rule_filter(
+    state: &AppState,
+    repository: &Repository,
+    branch: Option<&str>,
+    name: Option<&str>,
+) -> Result<Option<String>, ApiError> {
+    let Some(name) = name.filter(|name| !name.is_empty()) else {
+        return Ok(None);
+    };
+    let unknown = || {
+        ApiError::bad_request(format!(
+            "unknown rule {name:?}: give a rule id, alias or name (GET /rest/security/1.0/rules lists them; GET /rest/security/1.0/scan/{{project}}/rule_types/{{repo}} a branch's)"
+        ))
+    };
+    if name.chars().count() > MAX_RULE_FILTER_CHARS || name.chars().any(char::is_control) {
+        return Err(unknown());
+    }
+    if let Some(spec) = find_builtin(name) {
+        return Ok(Some(spec.id.clone()));
+    }
+    let spec = policy::base_policy(&state.pool, repository.id).await?;
+    if spec.custom.iter().any(|rule| rule.name == name) {
+        return Ok(Some(name.to_string()));
+    }
+    if let Some(builtin) = builtin_rules()
+        .iter()
+        .find(|builtin| builtin.name.eq_ignore_ascii_case(name))
+    {
+        return Ok(Some(builtin.id.clone()));
+    }
+    if leakscan_store::findings::repository_has_rule(&state.pool, repository.id, name).await? {
+        return Ok(Some(name.to_string()));
+    }
+    if let Some(branch) = branch {
+        let from_config = config_rule_names(repository, branch, &spec).await?;
+        if from_config.iter().any(|rule| rule == name) {
+            return Ok(Some(name.to_string()));
+        }
+    }
+    Err(unknown())
 }
 
 /// The custom rule names a branch's config file adds, read from the
@@ -436,23 +506,18 @@ fn local_source(clone_url: &str) -> Option<PathBuf> {
     (path.is_absolute() && path.exists()).then_some(path)
 }
 
-#[derive(Debug, Serialize)]
-pub struct Exemption {
-    exempt: bool,
-}
-
-/// `GET /projects/{p}/repos/{r}/secret-scanning/exempt`
+/// `GET /projects/{p}/repos/{r}/secret-scanning/exempt`: the body is `true`
+/// or `false` itself, as Bitbucket Data Center answers ("True if the
+/// repository is exempt from secret scanning, false otherwise").
 pub async fn repository_exemption(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     PathParams((project_key, slug)): PathParams<(String, String)>,
-) -> Result<Json<Exemption>, ApiError> {
+) -> Result<Json<bool>, ApiError> {
     let repository = caller
         .repository(&state, &project_key, &slug, Access::Read)
         .await?;
-    Ok(Json(Exemption {
-        exempt: repository.exempt,
-    }))
+    Ok(Json(repository.exempt))
 }
 
 /// `PUT` (exempt) and `DELETE` (scan again) of a repository's exemption.
@@ -526,7 +591,7 @@ pub async fn bulk_exempt(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     PathParams(path): PathParams<ScopePath>,
-    JsonBody(selectors): JsonBody<Vec<RepositorySelector>>,
+    AnyJsonBody(selectors): AnyJsonBody<Vec<RepositorySelector>>,
 ) -> Result<StatusCode, ApiError> {
     let project = path.get("project");
     match project {

@@ -39,6 +39,9 @@ pub enum Permission {
     Security,
     /// At least this access to the path's `{project}` (404 without read).
     Project(Access),
+    /// The security grant (or a system administrator), or at least this
+    /// access to the path's `{project}` (404 without either).
+    ProjectOrSecurity(Access),
     /// At least this access to the path's `{project}`/`{repo}` (404 without read).
     Repository(Access),
     /// The user the path's `{user}` names, or a system administrator.
@@ -56,6 +59,9 @@ impl Permission {
             Permission::Project(Access::Admin) => "project admin",
             Permission::Project(Access::Write) => "project write",
             Permission::Project(_) => "project read",
+            Permission::ProjectOrSecurity(Access::Admin) => "project admin or security grant",
+            Permission::ProjectOrSecurity(Access::Write) => "project write or security grant",
+            Permission::ProjectOrSecurity(_) => "project read or security grant",
             Permission::Repository(Access::Admin) => "repository admin",
             Permission::Repository(Access::Write) => "repository write",
             Permission::Repository(_) => "repository read",
@@ -70,6 +76,9 @@ pub enum Body {
     None,
     /// JSON of the named schema in the OpenAPI document's components.
     Json(&'static str),
+    /// The same, read as JSON whatever the `Content-Type` says or without
+    /// one (Bitbucket Data Center's secret-scanning endpoints consume `*/*`).
+    AnyJson(&'static str),
     Csv,
 }
 
@@ -112,6 +121,12 @@ impl Route {
     /// A JSON body of the named schema (`openapi::body_schemas`).
     fn json(mut self, schema: &'static str) -> Route {
         self.body = Body::Json(schema);
+        self
+    }
+
+    /// A JSON body of the named schema, whatever its content type says.
+    fn any_json(mut self, schema: &'static str) -> Route {
+        self.body = Body::AnyJson(schema);
         self
     }
 
@@ -181,7 +196,7 @@ const EMAIL: &[&str] = &["email"];
 /// The table.
 pub fn routes() -> Vec<Route> {
     use Access::{Admin, Read, Write};
-    use Permission::{Project, Public, Repository, Security, SysAdmin, User};
+    use Permission::{Project, ProjectOrSecurity, Public, Repository, Security, SysAdmin, User};
     let security = "/rest/security/latest";
     let mut routes = vec![
         get("/health/live", Public, "Liveness", crate::live),
@@ -206,7 +221,7 @@ pub fn routes() -> Vec<Route> {
         delete(format!("{security}/permissions/users"), SysAdmin, "Take the security grant from a user", users::revoke_security).query(&["name!"]),
         // Scans
         put(format!("{security}/status/total_rescan"), Security, "Rescan every repository", scans::total_rescan).query(EMAIL),
-        put(format!("{security}/status/projects/{{project}}"), Project(Admin), "Rescan a project", scans::project_rescan).query(EMAIL),
+        put(format!("{security}/status/projects/{{project}}"), ProjectOrSecurity(Admin), "Rescan a project", scans::project_rescan).query(EMAIL),
         put(format!("{security}/status/projects/{{project}}/repos/{{repo}}"), Repository(Write), "Rescan a repository", scans::repository_rescan).query(EMAIL),
         put(format!("{security}/status/projects/{{project}}/repos/{{repo}}/branches"), Repository(Write), "Rescan a branch", scans::branch_rescan).query(&["name!", "email"]),
         delete(format!("{security}/status/scheduled"), SysAdmin, "Cancel queued jobs", scans::cancel_scheduled),
@@ -226,13 +241,13 @@ pub fn routes() -> Vec<Route> {
         post("/rest/security/1.0/hardcoded/{rule}", Security, "Switch a built-in rule on", policy::enable_builtin),
         delete("/rest/security/1.0/hardcoded/{rule}", Security, "Switch a built-in rule off", policy::disable_builtin),
         get("/rest/security/1.0/scan/{project}/rule_types/{repo}", Repository(Read), "Rule names that apply to a branch", policy::rule_types).query(&["branch"]),
-        get("/rest/api/latest/projects/{project}/repos/{repo}/secret-scanning/exempt", Repository(Read), "Whether a repository is exempt", policy::repository_exemption),
+        get("/rest/api/latest/projects/{project}/repos/{repo}/secret-scanning/exempt", Repository(Read), "Whether a repository is exempt: the body is true or false", policy::repository_exemption),
         put("/rest/api/latest/projects/{project}/repos/{repo}/secret-scanning/exempt", Repository(Admin), "Exempt a repository", policy::exempt_repository),
         delete("/rest/api/latest/projects/{project}/repos/{repo}/secret-scanning/exempt", Repository(Admin), "Scan a repository again", policy::unexempt_repository),
         get("/rest/api/latest/projects/{project}/secret-scanning/exempt", Project(Read), "A project's exempt repositories", policy::list_exempt).query(PAGE),
-        post("/rest/api/latest/projects/{project}/secret-scanning/exempt", Project(Admin), "Exempt repositories of a project", policy::bulk_exempt).json("RepositorySelectors"),
+        post("/rest/api/latest/projects/{project}/secret-scanning/exempt", Project(Admin), "Exempt repositories of a project", policy::bulk_exempt).any_json("RepositorySelectors"),
         get("/rest/api/latest/secret-scanning/exempt", Security, "Every exempt repository", policy::list_exempt).query(PAGE),
-        post("/rest/api/latest/secret-scanning/exempt", Security, "Exempt repositories", policy::bulk_exempt).json("RepositorySelectors"),
+        post("/rest/api/latest/secret-scanning/exempt", Security, "Exempt repositories", policy::bulk_exempt).any_json("RepositorySelectors"),
         get(format!("{security}/audit"), Security, "The audit log", policy::audit_log).query(PAGE),
         // Reviews
         get(format!("{security}/reviewed"), Security, "Every review", reviews::list_all).query(PAGE),
@@ -280,21 +295,31 @@ pub fn routes() -> Vec<Route> {
 /// repository scope.
 fn secret_scanning_routes<const ALLOWLIST: bool>(noun: &'static str) -> Vec<Route> {
     use Access::{Admin, Read};
+    // Bitbucket documents the project scope's delete alone as answering
+    // 204 also for an id "not found at this location".
+    let delete_rule = "Delete a rule";
     let scopes = [
-        ("/rest/api/latest", Permission::User, Permission::Security),
+        (
+            "/rest/api/latest",
+            Permission::User,
+            Permission::Security,
+            delete_rule,
+        ),
         (
             "/rest/api/latest/projects/{project}",
             Permission::Project(Read),
             Permission::Project(Admin),
+            "Delete a rule (204 also when this project has no rule of that id)",
         ),
         (
             "/rest/api/latest/projects/{project}/repos/{repo}",
             Permission::Repository(Read),
             Permission::Repository(Admin),
+            delete_rule,
         ),
     ];
     let mut routes = Vec::new();
-    for (scope, read, change) in scopes {
+    for (scope, read, change, delete_summary) in scopes {
         let list = format!("{scope}/secret-scanning/{noun}");
         let one = format!("{list}/{{id}}");
         routes.extend([
@@ -311,7 +336,7 @@ fn secret_scanning_routes<const ALLOWLIST: bool>(noun: &'static str) -> Vec<Rout
                 "Create a rule in this scope",
                 policy::create_rule::<ALLOWLIST>,
             )
-            .json("Rule"),
+            .any_json("Rule"),
             get(&one, read, "A rule", policy::get_rule::<ALLOWLIST>),
             put(
                 &one,
@@ -319,11 +344,11 @@ fn secret_scanning_routes<const ALLOWLIST: bool>(noun: &'static str) -> Vec<Rout
                 "Update a rule",
                 policy::update_rule::<ALLOWLIST>,
             )
-            .json("Rule"),
+            .any_json("Rule"),
             delete(
                 &one,
                 change,
-                "Delete a rule",
+                delete_summary,
                 policy::delete_rule::<ALLOWLIST>,
             ),
         ]);
@@ -479,6 +504,11 @@ async fn check(
         Permission::SysAdmin => caller.require_sys_admin()?,
         Permission::Security => caller.require_security()?,
         Permission::Project(access) => caller.project(state, &param("project")?, access).await?,
+        Permission::ProjectOrSecurity(access) => {
+            caller
+                .project_or_security(state, &param("project")?, access)
+                .await?
+        }
         Permission::OwnUser => {
             if caller.0.name != param("user")? {
                 caller.require_sys_admin()?;

@@ -153,7 +153,9 @@ pub async fn project_rescan(
     PathParams(project_key): PathParams<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Json<JobView>, ApiError> {
-    caller.project(&state, &project_key, Access::Admin).await?;
+    caller
+        .project_or_security(&state, &project_key, Access::Admin)
+        .await?;
     let emails = emails(&query_values(&query))?;
     let scope = JobScope::Project { project_key };
     Ok(Json(
@@ -277,7 +279,7 @@ pub struct BranchStatus {
 #[serde(rename_all = "camelCase")]
 pub struct StatusQuery {
     branch: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::params::flag")]
     include_whitelisted: bool,
     rule: Option<String>,
 }
@@ -347,12 +349,19 @@ pub async fn scan_status(
         .repository(&state, &project_key, &slug, Access::Read)
         .await?;
     let branch = branch_of(&repository, query.branch.as_deref())?;
+    let rule = crate::policy::findings_rule_filter(
+        &state,
+        &repository,
+        Some(&branch),
+        query.rule.as_deref(),
+    )
+    .await?;
     Ok(Json(
         branch_status(
             &state,
             &repository,
             &branch,
-            query.rule.as_deref(),
+            rule.as_deref(),
             query.include_whitelisted,
         )
         .await?,
@@ -389,6 +398,9 @@ pub struct CancelQuery {
     scan_key: Option<String>,
 }
 
+/// `DELETE /rest/security/1.0/scan/{p}/repos/{r}?scanKey=`: cancels the
+/// job of that key if it scans this repository, whatever its scope (the key
+/// `GET` shows may be a total, project or repository rescan's).
 pub async fn scan_cancel(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -403,19 +415,41 @@ pub async fn scan_cancel(
         .ok_or_else(|| ApiError::bad_request("the scan is required: ?scanKey=KEY"))?;
     let job = jobs::find_job(&state.pool, &scan_key)
         .await?
-        .filter(|job| {
-            job.scope == "branch"
-                && job.project_key.as_deref() == Some(repository.project_key.as_str())
-                && job.repository_slug.as_deref() == Some(repository.slug.as_str())
-        })
+        .filter(|job| job_covers(job, &repository))
         .ok_or_else(|| {
             ApiError::not_found(format!(
                 "Scan {scan_key} of {project_key}/{slug} does not exist."
             ))
         })?;
+    // The key `GET /scan/…` shows may be a total, project or repository
+    // rescan's: cancelling it cancels that whole job, so it takes what
+    // starting it took.
+    match job.scope.as_str() {
+        "total" => caller.require_security()?,
+        "project" => {
+            caller
+                .project_or_security(&state, &repository.project_key, Access::Admin)
+                .await?
+        }
+        _ => {}
+    }
     jobs::cancel_job(&state.pool, &job.scan_key).await?;
     info!(%scan_key, by = %caller.0.name, "scan cancelled");
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// Whether `job` scans (some branch of) `repository`: a total rescan, a
+/// rescan of its project, or one of the repository or of its branch.
+fn job_covers(job: &Job, repository: &Repository) -> bool {
+    let same_project = job.project_key.as_deref() == Some(repository.project_key.as_str());
+    let same_repository =
+        same_project && job.repository_slug.as_deref() == Some(repository.slug.as_str());
+    match job.scope.as_str() {
+        "total" => true,
+        "project" => same_project,
+        "repository" | "branch" => same_repository,
+        _ => false,
+    }
 }
 
 /// Jobs a caller sees: all of them for administrators and security-granted

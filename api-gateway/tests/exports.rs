@@ -134,7 +134,8 @@ async fn csv_exports_filter_quote_and_neutralise() {
     )
     .await;
 
-    // One repository: header row, DESIGN §4 columns in order, one row per branch.
+    // One repository: header row, DESIGN §4 columns in order; without
+    // `branch`, the default branch's findings.
     let (status, rows) = export(
         &fixture,
         "/rest/security/1.0/export-report/PROJ/repos/api",
@@ -164,7 +165,7 @@ async fn csv_exports_filter_quote_and_neutralise() {
             "confidence"
         ]
     );
-    assert_eq!(rows.len(), 1 + 4);
+    assert_eq!(rows.len(), 1 + 3);
     let main_rows: Vec<&Vec<String>> = rows[1..].iter().filter(|r| r[5] == "main").collect();
     assert_eq!(main_rows.len(), 3);
     // The engine's confidence, as the worker reported it (the added column).

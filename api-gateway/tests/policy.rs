@@ -285,8 +285,11 @@ async fn exercise_rules(fixture: &Fixture, scope: &str, noun: &str, scope_type: 
     fixture
         .expect("DELETE", &one(id), ADMIN_USER, None, 204)
         .await;
+    // Deleting it again: Bitbucket answers 204 at project scope ("or not
+    // found at this location"), 404 elsewhere.
+    let again = if scope_type == "PROJECT" { 204 } else { 404 };
     fixture
-        .expect("DELETE", &one(id), ADMIN_USER, None, 404)
+        .expect("DELETE", &one(id), ADMIN_USER, None, again)
         .await;
     fixture.expect("GET", &one(id), ADMIN_USER, None, 404).await;
 }
@@ -547,9 +550,12 @@ async fn builtin_switches_and_soteri_rules() {
             .unwrap_or(Value::Null)
     };
     let aws = find(&rules, "AWS_ACCESS_KEY_ID");
+    let display_name = &leakscan_engine::rules::find_builtin("AWS_ACCESS_KEY_ID")
+        .unwrap()
+        .name;
     assert_eq!(
         aws,
-        json!({"id": "AWS_ACCESS_KEY_ID", "name": "AWS_ACCESS_KEY_ID", "hardcoded": true, "enabled": true})
+        json!({"id": "AWS_ACCESS_KEY_ID", "name": display_name, "hardcoded": true, "enabled": true})
     );
     // Switching off by a Soteri alias, as the security-granted user.
     fixture
@@ -645,7 +651,7 @@ async fn exemptions() {
     let exempt = "/rest/api/latest/projects/PROJ/repos/api/secret-scanning/exempt";
     assert_eq!(
         fixture.expect("GET", exempt, ADMIN_USER, None, 200).await,
-        json!({"exempt": false})
+        json!(false)
     );
     fixture.expect("GET", exempt, None, None, 401).await;
     fixture.expect("PUT", exempt, Some("bob"), None, 404).await;
@@ -667,7 +673,7 @@ async fn exemptions() {
     fixture.expect("PUT", exempt, Some("bob"), None, 204).await;
     assert_eq!(
         fixture.expect("GET", exempt, Some("bob"), None, 200).await,
-        json!({"exempt": true})
+        json!(true)
     );
     // An exempt repository is not scanned: a branch scan says why.
     let error = fixture
@@ -777,7 +783,7 @@ async fn exemptions() {
         .await;
     assert_eq!(
         fixture.expect("GET", exempt, ADMIN_USER, None, 200).await,
-        json!({"exempt": false})
+        json!(false)
     );
     fixture
         .expect(

@@ -203,6 +203,19 @@ pub struct ReportedFinding {
     pub confidence: String,
 }
 
+/// Whether any finding of `repository` names `rule` as its rule id or rule
+/// name (on any branch, reviewed or not).
+pub async fn repository_has_rule(pool: &PgPool, repository: RepoId, rule: &str) -> Result<bool> {
+    Ok(sqlx::query_scalar(
+        "select exists (select 1 from findings
+                        where repository_id = $1 and (rule_id = $2 or rule_name = $2))",
+    )
+    .bind(repository)
+    .bind(rule)
+    .fetch_one(pool)
+    .await?)
+}
+
 /// The findings of `branch` of `repository` as the API reports them,
 /// optionally only those of one rule; reviewed ones only when asked for.
 pub async fn reported_findings(
