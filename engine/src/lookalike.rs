@@ -257,7 +257,7 @@ pub fn looks_like_identifier(value: &[u8]) -> bool {
         return true;
     }
     let parts: Vec<&[u8]> = value
-        .split(|byte| matches!(byte, b'.' | b'_' | b'-' | b'/'))
+        .split(|byte| matches!(byte, b'.' | b'_' | b'-' | b'/' | b'='))
         .filter(|part| !part.is_empty())
         .collect();
     parts.len() >= 2
@@ -265,7 +265,14 @@ pub fn looks_like_identifier(value: &[u8]) -> bool {
             let word = part.iter().all(u8::is_ascii_alphabetic)
                 && (part[1..].iter().all(u8::is_ascii_lowercase)
                     || part.iter().all(u8::is_ascii_uppercase));
-            word || part.iter().all(u8::is_ascii_digit) || part.len() <= 3
+            // `SQLITE3`, `SHA1DC`, `utf8`: one case, a digit or two.
+            let numbered_word = part.len() <= 10
+                && part.iter().all(u8::is_ascii_alphanumeric)
+                && (part.iter().all(|b| !b.is_ascii_lowercase())
+                    || part.iter().all(|b| !b.is_ascii_uppercase()))
+                && part.iter().filter(|b| b.is_ascii_digit()).count() <= 2
+                && part.iter().filter(|b| b.is_ascii_alphabetic()).count() >= 3;
+            word || numbered_word || part.iter().all(u8::is_ascii_digit) || part.len() <= 3
         })
 }
 
@@ -567,6 +574,13 @@ mod tests {
         assert!(looks_like_identifier(b"PublicIpv4Pools"));
         assert!(looks_like_identifier(b"getTokenFromEnvironment2"));
         assert!(looks_like_identifier(b"PKCS7PrivateKeyTypes"));
+        // CMake definitions after `PRIVATE`.
+        assert!(looks_like_identifier(b"SHA1DC_NO_STANDARD_INCLUDES=1"));
+        assert!(looks_like_identifier(b"DEP_SQLITE3_LINK_TARGET"));
+        assert!(!looks_like_identifier(
+            b"hqlh73m51_jtho0jh12wcf_2758c8fcdbv"
+        ));
+        assert!(!looks_like_identifier(b"da2-qwpzkrhvd47mbtlxenaocgyfsu"));
         assert!(looks_like_identifier(b"x25519.X25519PublicKey"));
         assert!(!looks_like_identifier(
             b"qFj32Da8vfgXLu9PkXPyAHGrvKrzGTQIN4"
