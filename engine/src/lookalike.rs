@@ -452,6 +452,10 @@ pub fn is_placeholder_basic(decoded: &[u8]) -> bool {
     if !is_printable_text(decoded) {
         return true;
     }
+    // JSON (a JWT header, a Docker config) holds colons but no pair.
+    if matches!(decoded.first(), Some(b'{' | b'[')) {
+        return true;
+    }
     let Some(colon) = memchr::memchr(b':', decoded) else {
         return true;
     };
@@ -643,5 +647,6 @@ mod tests {
         }
         assert!(!is_placeholder_basic(b"ci-deployer:kxXdQLiFjVQAiCwh"));
         assert!(!is_placeholder_basic(b"svc_backup:UOJAF1f4EHVYpu5xihgt"));
+        assert!(is_placeholder_basic(br#"{"alg":"HS256","typ":"JWT"}"#));
     }
 }
