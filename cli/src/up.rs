@@ -59,6 +59,15 @@ pub struct UpArgs {
     /// Where mirrors and the generated master key file are kept.
     #[arg(long, env = "LEAKSCAN_DATA_DIR", default_value = ".leakscan")]
     data_dir: PathBuf,
+    /// Report only findings of this confidence or higher (high, medium,
+    /// low), as `leakscan scan --min-confidence` and the coordinator's
+    /// setting of the same name.
+    #[arg(long, env = "LEAKSCAN_MIN_CONFIDENCE", default_value = "medium", value_parser = parse_confidence)]
+    min_confidence: leakscan_engine::Confidence,
+}
+
+fn parse_confidence(text: &str) -> Result<leakscan_engine::Confidence, String> {
+    text.parse()
 }
 
 pub fn run_up(args: UpArgs) -> Result<()> {
@@ -106,6 +115,7 @@ async fn up(args: UpArgs) -> Result<()> {
     let coordinator = tokio::spawn(leakscan_coordinator::run(
         CoordinatorConfig {
             consumer_name: format!("up-{}", std::process::id()),
+            min_confidence: args.min_confidence,
             ..CoordinatorConfig::default()
         },
         pool.clone(),
@@ -152,4 +162,32 @@ async fn up(args: UpArgs) -> Result<()> {
     }
     coordinator.await??;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(flatten)]
+        up: UpArgs,
+    }
+
+    #[test]
+    fn min_confidence_is_a_flag_of_up_and_defaults_to_medium() {
+        let base = ["up", "--repos-root", "/srv/repos", "--admin-password", "pw"];
+        let parsed = Cli::try_parse_from(base).unwrap();
+        assert_eq!(
+            parsed.up.min_confidence,
+            leakscan_engine::Confidence::Medium
+        );
+        let parsed =
+            Cli::try_parse_from(base.iter().copied().chain(["--min-confidence", "high"])).unwrap();
+        assert_eq!(parsed.up.min_confidence, leakscan_engine::Confidence::High);
+        let error = Cli::try_parse_from(base.iter().copied().chain(["--min-confidence", "sure"]))
+            .unwrap_err();
+        assert!(error.to_string().contains("sure"), "{error}");
+    }
 }
