@@ -143,6 +143,79 @@ fn slug_of(name: &str) -> String {
     slug.trim_matches('-').to_string()
 }
 
+/// Bitbucket Data Center's repository object (`RestRepository`) of an
+/// exempt repository, with what leakscan knows truthfully: leakscan
+/// scans git repositories (`scmId` git), which are available once in the
+/// catalog; it offers no anonymous access (`public` false), no forks
+/// (`forkable` false) and no archiving (`archived` false); the clone link
+/// is where leakscan clones from (`http` for an http(s) URL, its user
+/// information left out; `file` for a path on the gateway's machine).
+/// Bitbucket's `self` links point at its web pages, which leakscan does
+/// not have, so there are none. `exempt` (always true here) is leakscan's.
+pub fn bitbucket_repository(
+    repository: &leakscan_store::policy::ExemptRepository,
+) -> serde_json::Value {
+    use serde_json::json;
+    let personal = repository.project_key.starts_with('~');
+    let mut project = json!({
+        "key": repository.project_key,
+        "id": repository.project_id,
+        "name": repository.project_name,
+        "public": false,
+        "type": if personal { "PERSONAL" } else { "NORMAL" },
+    });
+    if let (Some(id), Some(name)) = (repository.owner_id, &repository.owner_name) {
+        project["owner"] = json!({
+            "name": name,
+            "id": id,
+            "displayName": repository.owner_display_name.as_deref().unwrap_or(name),
+            "emailAddress": repository.owner_email.as_deref().unwrap_or_default(),
+            "slug": name,
+            "active": true,
+            "type": "NORMAL",
+        });
+    }
+    let mut body = json!({
+        "slug": repository.slug,
+        "id": repository.id.0,
+        "name": repository.name,
+        "scmId": "git",
+        "state": "AVAILABLE",
+        "statusMessage": "Available",
+        "forkable": false,
+        "public": false,
+        "archived": false,
+        "project": project,
+        "links": {"clone": clone_links(&repository.clone_url)},
+        "exempt": true,
+    });
+    if let Some(branch) = &repository.default_branch {
+        body["defaultBranch"] = json!(branch);
+    }
+    body
+}
+
+/// Bitbucket's `links.clone` of a clone source.
+fn clone_links(clone_url: &str) -> serde_json::Value {
+    use serde_json::json;
+    let lower = clone_url.to_ascii_lowercase();
+    if lower.starts_with("http://") || lower.starts_with("https://") {
+        let (scheme, rest) = clone_url.split_once("://").unwrap_or(("https", clone_url));
+        let authority_end = rest.find('/').unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(authority_end);
+        let host = authority
+            .rsplit_once('@')
+            .map_or(authority, |(_, host)| host);
+        json!([{"href": format!("{scheme}://{host}{path}"), "name": "http"}])
+    } else if lower.starts_with("file://") {
+        json!([{"href": clone_url, "name": "file"}])
+    } else if clone_url.starts_with('/') {
+        json!([{"href": format!("file://{clone_url}"), "name": "file"}])
+    } else {
+        json!([])
+    }
+}
+
 /// Only transports that cannot run commands: http(s), file URLs and
 /// absolute paths (never `ext::`, never something git reads as an option).
 pub fn validate_clone_url(url: &str) -> Result<(), ApiError> {

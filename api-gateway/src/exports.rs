@@ -11,7 +11,7 @@ use axum::{
     http::header,
     response::{IntoResponse, Response},
 };
-use chrono::{DateTime, NaiveDate, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use futures::StreamExt as _;
 use leakscan_store::{
     findings::{self, ExportFilter, ReportedFinding},
@@ -222,40 +222,76 @@ pub struct ProjectExportQuery {
     include_whitelisted: bool,
 }
 
-/// An ISO 8601 date (`2026-01-31`, midnight UTC) or date-time with offset.
+/// The forms `startDate` and `endDate` take, for error messages and the
+/// OpenAPI document.
+pub const DATE_FORMS: &str = "an ISO 8601 date (2023-01-31, midnight UTC) or date-time \
+     (2023-01-31T10:00:00 or 2023-01-31 10:00, UTC unless it ends with Z or an offset such as +02:00)";
+
+/// `startDate` / `endDate`: an ISO 8601 date (`2023-01-31`, midnight UTC)
+/// or date-time, as Soteri's examples write them (`2023-01-31T10:00:00`,
+/// UTC), with seconds or not, fractions of a second, a `T` or a space, and
+/// optionally `Z` or an offset.
 pub fn parse_date(field: &str, text: &str) -> Result<DateTime<Utc>, ApiError> {
+    let text = text.trim();
+    // A `+` left unencoded in a query string arrives as a space:
+    // `2023-01-31T10:00:00 02:00` meant `+02:00`.
+    let offset_plus;
+    let text = match text.rsplit_once(' ') {
+        Some((moment, offset))
+            if moment.len() > 10
+                && offset.len() == 5
+                && offset.as_bytes()[2] == b':'
+                && offset.bytes().filter(u8::is_ascii_digit).count() == 4 =>
+        {
+            offset_plus = format!("{moment}+{offset}");
+            offset_plus.as_str()
+        }
+        _ => text,
+    };
     if let Ok(moment) = DateTime::parse_from_rfc3339(text) {
         return Ok(moment.with_timezone(&Utc));
+    }
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f%:z",
+        "%Y-%m-%dT%H:%M%:z",
+        "%Y-%m-%d %H:%M:%S%.f%:z",
+        "%Y-%m-%d %H:%M%:z",
+    ] {
+        if let Ok(moment) = DateTime::parse_from_str(text, format) {
+            return Ok(moment.with_timezone(&Utc));
+        }
+    }
+    let local = text.strip_suffix(['Z', 'z']).unwrap_or(text);
+    for format in [
+        "%Y-%m-%dT%H:%M:%S%.f",
+        "%Y-%m-%dT%H:%M",
+        "%Y-%m-%d %H:%M:%S%.f",
+        "%Y-%m-%d %H:%M",
+    ] {
+        if let Ok(moment) = NaiveDateTime::parse_from_str(local, format) {
+            return Ok(moment.and_utc());
+        }
     }
     NaiveDate::parse_from_str(text, "%Y-%m-%d")
         .ok()
         .and_then(|date| date.and_hms_opt(0, 0, 0))
         .map(|moment| moment.and_utc())
-        .ok_or_else(|| {
-            ApiError::bad_request(format!(
-                "{field} {text:?} is not an ISO 8601 date (2026-01-31) or date-time (2026-01-31T12:00:00Z)"
-            ))
-        })
+        .ok_or_else(|| ApiError::bad_request(format!("{field} {text:?} is not {DATE_FORMS}")))
 }
 
-/// `GET /rest/security/latest/export-report/projects/{p}[/repos/{r}]`
-/// `?branch&startDate&endDate`: findings whose commit date is in
-/// [startDate, endDate), of the repositories the caller may read.
-pub async fn project_report(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    PathParams(path): PathParams<std::collections::HashMap<String, String>>,
-    QueryParams(query): QueryParams<ProjectExportQuery>,
-) -> Result<Response, ApiError> {
-    let project_key = path.get("project").cloned().unwrap_or_default();
-    let start = query
-        .start_date
-        .as_deref()
+/// A range of scan dates: from (inclusive), before (exclusive); `None`
+/// leaves that side open.
+type DateRange = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
+/// The scan-date range of `startDate` (inclusive) and `endDate`
+/// (exclusive); a start after the end is a 400.
+fn date_range(start: Option<&str>, end: Option<&str>) -> Result<DateRange, ApiError> {
+    let start = start
+        .filter(|text| !text.is_empty())
         .map(|text| parse_date("startDate", text))
         .transpose()?;
-    let end = query
-        .end_date
-        .as_deref()
+    let end = end
+        .filter(|text| !text.is_empty())
         .map(|text| parse_date("endDate", text))
         .transpose()?;
     if let (Some(start), Some(end)) = (start, end) {
@@ -263,6 +299,21 @@ pub async fn project_report(
             return Err(ApiError::bad_request("startDate is after endDate"));
         }
     }
+    Ok((start, end))
+}
+
+/// `GET /rest/security/latest/export-report/projects/{p}[/repos/{r}]`
+/// `?branch&startDate&endDate`: findings scanned in [startDate, endDate)
+/// (Soteri: the lines scanned in that period; a finding's scan date is
+/// when a scan first found it), of the repositories the caller may read.
+pub async fn project_report(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    PathParams(path): PathParams<std::collections::HashMap<String, String>>,
+    QueryParams(query): QueryParams<ProjectExportQuery>,
+) -> Result<Response, ApiError> {
+    let project_key = path.get("project").cloned().unwrap_or_default();
+    let (start, end) = date_range(query.start_date.as_deref(), query.end_date.as_deref())?;
     let (repository, file_name) = match path.get("repo") {
         Some(slug) => {
             let repository = caller
@@ -313,6 +364,8 @@ pub struct InstanceExportQuery {
     confirm_expensive_operation: bool,
     #[serde(default, deserialize_with = "crate::params::flag")]
     include_whitelisted: bool,
+    start_date: Option<String>,
+    end_date: Option<String>,
 }
 
 /// What the database reader hands the zip writer thread.
@@ -357,8 +410,10 @@ impl std::io::Write for ChannelWriter {
 
 /// `GET /rest/security/latest/export-report?confirmExpensiveOperation=true`:
 /// a zip with one CSV per repository (`PROJECT/slug.csv`), for system
-/// administrators and the security grant. Streamed: rows go from the
-/// database through the compressor to the client a chunk at a time.
+/// administrators and the security grant; `startDate` / `endDate` select
+/// the findings scanned in [startDate, endDate), as the project export
+/// does. Streamed: rows go from the database through the compressor to the
+/// client a chunk at a time.
 pub async fn instance_report(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -370,6 +425,7 @@ pub async fn instance_report(
             "exporting every repository is expensive: add ?confirmExpensiveOperation=true",
         ));
     }
+    let (start, end) = date_range(query.start_date.as_deref(), query.end_date.as_deref())?;
     let repositories: Vec<(String, i64, String)> = sqlx::query_as(
         "select p.key, r.id, r.slug from repositories r join projects p on p.id = r.project_id
          order by p.key, r.slug",
@@ -397,6 +453,8 @@ pub async fn instance_report(
                 project_key: Some(project_key),
                 repository: Some(leakscan_store::catalog::RepoId(id)),
                 include_reviewed,
+                start,
+                end,
                 ..ExportFilter::default()
             };
             let mut writer = csv::Writer::from_writer(Vec::with_capacity(CHUNK_BYTES));

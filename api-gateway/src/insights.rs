@@ -19,7 +19,7 @@ use std::sync::Arc;
 
 use axum::{
     extract::{Path, RawQuery, State},
-    http::StatusCode,
+    http::{HeaderMap, StatusCode, Uri},
     response::{IntoResponse, Response},
     routing::get,
     Json, Router,
@@ -155,9 +155,83 @@ impl ListParams {
     }
 }
 
-/// Cloud's page shape `{pagelen, page, size, values[, next]}` (`next`: the
-/// query of the following page).
-fn cloud_page(request: PageRequest, total: i64, last: bool, values: Vec<Value>) -> Value {
+/// Where a Cloud list was asked for: the request's own absolute URL, from
+/// which the links to the other pages are made.
+struct PageLinks {
+    /// `scheme://host` (from `X-Forwarded-Proto` / `X-Forwarded-Host` when
+    /// a proxy sets them, else the `Host` header) and the path as the
+    /// client sent it (context path included).
+    base: String,
+    /// The query's other parameters, in their order.
+    query: Vec<(String, String)>,
+}
+
+impl PageLinks {
+    /// `uri` is the request's within the context path (which a nested
+    /// router strips).
+    fn new(headers: &HeaderMap, context_path: &str, uri: &Uri) -> PageLinks {
+        let header = |name: &str| {
+            headers
+                .get(name)
+                .and_then(|value| value.to_str().ok())
+                .and_then(|value| value.split(',').next())
+                .map(str::trim)
+                .filter(|value| !value.is_empty())
+        };
+        let scheme = header("x-forwarded-proto")
+            .map(str::to_ascii_lowercase)
+            .filter(|scheme| scheme == "http" || scheme == "https")
+            .or_else(|| uri.scheme_str().map(str::to_string))
+            .unwrap_or_else(|| "http".to_string());
+        let is_host = |host: &&str| {
+            host.len() <= 255
+                && host
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".-:[]_".contains(&b))
+        };
+        let host = header("x-forwarded-host")
+            .filter(is_host)
+            .or_else(|| header("host").filter(is_host))
+            .or_else(|| uri.authority().map(|authority| authority.as_str()))
+            .unwrap_or("localhost")
+            .to_string();
+        let query = form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes())
+            .filter(|(key, _)| key != "page" && key != "pagelen")
+            .map(|(key, value)| (key.into_owned(), value.into_owned()))
+            .collect();
+        PageLinks {
+            base: format!(
+                "{scheme}://{host}{}{}",
+                context_path.trim_end_matches('/'),
+                uri.path()
+            ),
+            query,
+        }
+    }
+
+    /// The absolute URL of page `page` (from 1) of `pagelen` values.
+    fn page(&self, page: u32, pagelen: u32) -> String {
+        let mut query = form_urlencoded::Serializer::new(String::new());
+        for (key, value) in &self.query {
+            query.append_pair(key, value);
+        }
+        query.append_pair("page", &page.to_string());
+        query.append_pair("pagelen", &pagelen.to_string());
+        format!("{}?{}", self.base, query.finish())
+    }
+}
+
+/// Cloud's page shape `{pagelen, page, size, values[, next][, previous]}`:
+/// `next` and `previous` are the absolute URLs of the following and the
+/// preceding page ("Link to the next page if it exists", "Link to previous
+/// page if it exists"), absent on the last and on the first page.
+fn cloud_page(
+    request: PageRequest,
+    total: i64,
+    last: bool,
+    values: Vec<Value>,
+    links: &PageLinks,
+) -> Value {
     let page = request.start / request.limit + 1;
     let mut body = json!({
         "pagelen": request.limit,
@@ -166,7 +240,10 @@ fn cloud_page(request: PageRequest, total: i64, last: bool, values: Vec<Value>) 
         "values": values,
     });
     if !last {
-        body["next"] = json!(format!("?page={}&pagelen={}", page + 1, request.limit));
+        body["next"] = json!(links.page(page + 1, request.limit));
+    }
+    if page > 1 {
+        body["previous"] = json!(links.page(page - 1, request.limit));
     }
     body
 }
@@ -235,6 +312,8 @@ pub async fn list_reports<const DC: bool>(
     caller: Caller,
     Path(path): Path<CommitPath>,
     QueryParams(params): QueryParams<ListParams>,
+    uri: Uri,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let commit = commit_id(&path.commit)?;
     let repo = caller
@@ -250,7 +329,8 @@ pub async fn list_reports<const DC: bool>(
     }
     let last = page.is_last_page;
     let values = page.values.iter().map(report_json::<false>).collect();
-    Ok(Json(cloud_page(request, total, last, values)))
+    let links = PageLinks::new(&headers, &state.config.context_path, &uri);
+    Ok(Json(cloud_page(request, total, last, values, &links)))
 }
 
 pub async fn get_report<const DC: bool>(
@@ -294,6 +374,8 @@ pub async fn list_annotations<const DC: bool>(
     caller: Caller,
     Path(path): Path<ReportPath>,
     QueryParams(params): QueryParams<ListParams>,
+    uri: Uri,
+    headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let report = path.report(&state, &caller, Access::Read).await?;
     let request = params.request::<DC>()?;
@@ -316,7 +398,8 @@ pub async fn list_annotations<const DC: bool>(
     }
     let last = page.is_last_page;
     let values = page.values.iter().map(annotation_json::<false>).collect();
-    Ok(Json(cloud_page(request, total, last, values)))
+    let links = PageLinks::new(&headers, &state.config.context_path, &uri);
+    Ok(Json(cloud_page(request, total, last, values, &links)))
 }
 
 /// Bulk create or update: Cloud sends an array, Data Center
@@ -667,11 +750,28 @@ fn parse_report<const DC: bool>(body: &Value) -> Result<NewReport, ApiError> {
 }
 
 /// One data field, stored in Cloud's form (`LINK` values `{text, href}`).
+/// Without a `type`, both documents take a number, a string or a boolean
+/// as the value (Cloud: "Number, String or Boolean (not an array or
+/// object)", shown as plain text; Data Center: "a raw value (string,
+/// number or boolean)"); it is stored as given, without a type.
 fn data_field(field: &Value) -> Result<Value, ApiError> {
     let map = object(field, "data field")?;
     let title = required(map, "title", MAX_TITLE_CHARS)?;
-    let kind = one_of(map, "type", DATA_TYPES)?.unwrap_or_else(|| "TEXT".into());
     let value = map.get("value").cloned().unwrap_or(Value::Null);
+    let Some(kind) = one_of(map, "type", DATA_TYPES)? else {
+        return match value {
+            Value::Bool(_) | Value::Number(_) => Ok(json!({"title": title, "value": value})),
+            Value::String(text) if text.chars().count() <= MAX_DETAILS_CHARS => {
+                Ok(json!({"title": title, "value": text}))
+            }
+            Value::String(_) => Err(ApiError::bad_request(format!(
+                "the value of {title:?} is longer than {MAX_DETAILS_CHARS} characters"
+            ))),
+            _ => Err(ApiError::bad_request(format!(
+                "the value of {title:?} has no type, so it must be a number, a string or a boolean (not an array, an object or null)"
+            ))),
+        };
+    };
     let value = match (kind.as_str(), value) {
         ("BOOLEAN", Value::Bool(value)) => json!(value),
         ("DATE" | "DURATION", Value::Number(value)) if value.as_i64().is_some_and(|v| v >= 0) => {

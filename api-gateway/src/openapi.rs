@@ -47,6 +47,17 @@ pub fn generate(context_path: &str) -> Value {
                 parameter["description"] =
                     json!("true or false in any case (True, TRUE), or 1 or 0");
             }
+            let date_side = match name {
+                "startDate" => Some("from (inclusive)"),
+                "endDate" => Some("before (exclusive)"),
+                _ => None,
+            };
+            if let Some(side) = date_side {
+                parameter["description"] = json!(format!(
+                    "the findings' scan date, {side}: {}",
+                    crate::exports::DATE_FORMS
+                ));
+            }
             parameter["schema"] = schema;
             parameter
         }));
@@ -133,11 +144,11 @@ fn body_schemas() -> Map<String, Value> {
     let slug = json!({"type": "string", "pattern": "^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"});
     let url = json!({"type": "string", "format": "uri", "pattern": "^https?://"});
     let data = json!({"type": "array", "maxItems": 10, "items": {
-        "type": "object", "required": ["title", "type", "value"],
+        "type": "object", "required": ["title"],
         "properties": {
             "title": text(450),
             "type": {"type": "string", "enum": ["BOOLEAN", "DATE", "DURATION", "LINK", "NUMBER", "PERCENTAGE", "TEXT"]},
-            "value": {},
+            "value": {"description": "of the type's form; without a type, a number, a string or a boolean"},
         },
     }});
     let cloud_annotation = json!({
@@ -250,7 +261,10 @@ fn query_schema(name: &str) -> Value {
         "includeWhitelisted" => json!({"type": "boolean"}),
         "confirmExpensiveOperation" => json!({"type": "boolean", "enum": [true]}),
         "order" => json!({"type": "string", "enum": ["NAME_ASC", "NAME_DESC"]}),
-        "startDate" | "endDate" => json!({"type": "string", "format": "date"}),
+        "startDate" | "endDate" => json!({
+            "type": "string",
+            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]+)?)?([Zz]|[+ -][0-9]{2}:[0-9]{2})?)?$",
+        }),
         "permission" => json!({"type": "string", "enum": [
             "SYS_ADMIN", "PROJECT_ADMIN", "PROJECT_WRITE", "PROJECT_READ", "REPO_ADMIN", "REPO_WRITE", "REPO_READ"
         ]}),

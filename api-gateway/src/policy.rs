@@ -557,21 +557,38 @@ async fn set_exemption(
     Ok(StatusCode::NO_CONTENT)
 }
 
-/// `GET /secret-scanning/exempt` and `GET /projects/{p}/secret-scanning/exempt`.
+#[derive(Debug, Deserialize)]
+pub struct ExemptListQuery {
+    // Not a flattened `Paging`: flattening loses the numbers' types.
+    #[serde(default)]
+    start: u32,
+    limit: Option<u32>,
+    order: Option<String>,
+}
+
+/// `GET /secret-scanning/exempt` and `GET /projects/{p}/secret-scanning/exempt`:
+/// a page of Bitbucket repository objects, ordered by project name, then
+/// repository name (`order=NAME_ASC`, the default, or `NAME_DESC`).
 pub async fn list_exempt(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     PathParams(path): PathParams<ScopePath>,
-    QueryParams(paging): QueryParams<Paging>,
-) -> Result<Json<Page<Repository>>, ApiError> {
+    QueryParams(query): QueryParams<ExemptListQuery>,
+) -> Result<Json<Page<serde_json::Value>>, ApiError> {
     let project = path.get("project").map(String::as_str);
     match project {
         Some(project) => caller.project(&state, project, Access::Read).await?,
         None => caller.require_security()?,
     }
-    Ok(Json(
-        policy::exempt_repositories(&state.pool, project, paging.request()).await?,
-    ))
+    let order = name_order(query.order.as_deref())?;
+    let paging = Paging {
+        start: query.start,
+        limit: query.limit,
+    };
+    let page = policy::exempt_repositories(&state.pool, project, order, paging.request()).await?;
+    Ok(Json(page.map(|repository| {
+        crate::catalog::bitbucket_repository(&repository)
+    })))
 }
 
 /// A repository as Bitbucket's bulk exemption names it.

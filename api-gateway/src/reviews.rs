@@ -1,8 +1,9 @@
 //! Reviews: marking a secret a false positive for one repository or for the
-//! whole instance, listing and unmarking reviews, importing global reviews
-//! from CSV and exporting reviews as CSV.
+//! whole instance, listing and unmarking reviews, and exporting reviews as
+//! CSV and importing them (an export imports back as the same reviews;
+//! plain secrets import too).
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
 use axum::{
     extract::State,
@@ -11,7 +12,8 @@ use axum::{
     Json,
 };
 use leakscan_store::{
-    reviews::{self, Review, ReviewFilter, ReviewTarget},
+    catalog::RepoId,
+    reviews::{self, NewReview, Review, ReviewFilter, ReviewTarget},
     secrets::redact,
     users::Access,
     Page,
@@ -179,13 +181,16 @@ pub async fn delete(
 #[derive(Debug, Serialize)]
 pub struct Imported {
     imported: usize,
-    /// Rows whose secret was already reviewed globally.
+    /// Rows whose secret was already reviewed in their scope.
     skipped: usize,
 }
 
-/// `POST /rest/security/latest/reviewed/import`: global reviews from CSV
-/// (a header row naming a `secret` column, optionally `comment` and
-/// `rule`). All rows or none.
+/// `POST /rest/security/latest/reviewed/import`: reviews from CSV, all
+/// rows or none. A row names its secret by the plain `secret` (hashed
+/// here), or by the `secretHash` a reviews export wrote (matched as it is:
+/// exporting reviews and importing the file makes the same reviews). A row
+/// is global unless its `scope` is `REPOSITORY` (or it has none and names
+/// a `project` and `repository`), as an export writes it.
 pub async fn import(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -193,20 +198,50 @@ pub async fn import(
 ) -> Result<Json<Imported>, ApiError> {
     caller.require_security()?;
     let rows = parse_review_csv(&body)?;
-    let secrets = state.secrets().await?;
-    let entries: Vec<(String, String, String, String)> = rows
-        .into_iter()
-        .map(|row| {
-            (
-                secrets.secret_hash(row.secret.as_bytes()),
-                row.rule,
-                redact(row.secret.as_bytes()),
-                row.comment,
-            )
-        })
-        .collect();
-    let created =
-        reviews::insert_reviews(&state.pool, &caller.0.name, None, &entries, true).await?;
+    // The master key only when a plain secret must be hashed.
+    let secrets = if rows.iter().any(|row| row.secret_hash.is_none()) {
+        Some(state.secrets().await?)
+    } else {
+        None
+    };
+    let mut repositories: HashMap<(String, String), RepoId> = HashMap::new();
+    let mut entries = Vec::with_capacity(rows.len());
+    for row in rows {
+        let repository = match &row.repository {
+            None => None,
+            Some(key) => Some(match repositories.get(key) {
+                Some(id) => *id,
+                None => {
+                    let (project, slug) = key;
+                    let found =
+                        leakscan_store::catalog::find_repository(&state.pool, project, slug)
+                            .await?
+                            .ok_or_else(|| {
+                                ApiError::bad_request(format!(
+                                    "row {}: repository {project}/{slug} does not exist",
+                                    row.line
+                                ))
+                            })?;
+                    repositories.insert(key.clone(), found.id);
+                    found.id
+                }
+            }),
+        };
+        let secret_hash = match (&row.secret_hash, &secrets) {
+            (Some(hash), _) => hash.clone(),
+            (None, Some(secrets)) => secrets.secret_hash(row.secret.as_bytes()),
+            (None, None) => return Err(ApiError::internal()),
+        };
+        entries.push(NewReview {
+            repository,
+            secret_hash,
+            rule: row.rule,
+            // An export's cell is redacted already; redacting again keeps it.
+            redacted: redact(row.secret.as_bytes()),
+            comment: row.comment,
+        });
+    }
+    let created = reviews::insert_reviews(&state.pool, &caller.0.name, &entries, true).await?;
     Ok(Json(Imported {
         imported: created.len(),
         skipped: entries.len() - created.len(),
@@ -216,14 +251,31 @@ pub async fn import(
 /// One row of a review import. Its `secret` never appears in an error.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImportRow {
+    /// Its line in the CSV (the header is line 1).
+    pub line: usize,
+    /// The plain secret; beside a `secret_hash`, what an export wrote (the
+    /// redacted form) or nothing.
     pub secret: String,
+    /// The keyed hash of the secret, as a reviews export writes it
+    /// (64 hex digits, lowercase).
+    pub secret_hash: Option<String>,
     pub comment: String,
     pub rule: String,
+    /// `(project, repository)` of a repository's review; `None`: global.
+    pub repository: Option<(String, String)>,
+}
+
+/// Whether a secret cell holds a redacted secret (its first 4 characters
+/// and `…`, as reviews exports and lists show secrets): hashing it would
+/// make a review that matches nothing.
+fn is_redacted(secret: &str) -> bool {
+    secret.ends_with('…') && secret.chars().count() <= 5
 }
 
 /// Parses a review import: UTF-8 CSV with a header row naming a `secret`
-/// column (any case), optionally `comment` and `rule`; at most
-/// [`MAX_IMPORT_ROWS`] rows.
+/// or a `secretHash` column (any case), optionally `comment`, `rule`,
+/// `scope`, `project` and `repository` (a reviews export's columns); at
+/// most [`MAX_IMPORT_ROWS`] rows.
 pub fn parse_review_csv(body: &[u8]) -> Result<Vec<ImportRow>, ApiError> {
     let text = std::str::from_utf8(body)
         .map_err(|error| ApiError::bad_request(format!("the CSV is not UTF-8: {error}")))?;
@@ -242,9 +294,15 @@ pub fn parse_review_csv(body: &[u8]) -> Result<Vec<ImportRow>, ApiError> {
             .iter()
             .position(|header| header.trim().eq_ignore_ascii_case(name))
     };
-    let secret_column = column("secret")
-        .ok_or_else(|| ApiError::bad_request("the CSV header needs a \"secret\" column"))?;
+    let (secret_column, hash_column) = (column("secret"), column("secretHash"));
+    if secret_column.is_none() && hash_column.is_none() {
+        return Err(ApiError::bad_request(
+            "the CSV header needs a \"secret\" column (plain secrets) or the \"secretHash\" column of a reviews export",
+        ));
+    }
     let (comment_column, rule_column) = (column("comment"), column("rule"));
+    let (scope_column, project_column, repository_column) =
+        (column("scope"), column("project"), column("repository"));
     let mut rows = Vec::new();
     for (index, record) in reader.records().enumerate() {
         let line = index + 2;
@@ -262,11 +320,31 @@ pub fn parse_review_csv(body: &[u8]) -> Result<Vec<ImportRow>, ApiError> {
                 .unwrap_or_default()
                 .to_string()
         };
-        let secret = cell(Some(secret_column));
-        if secret.is_empty() {
-            return Err(ApiError::bad_request(format!(
-                "row {line} has an empty secret"
-            )));
+        let secret = cell(secret_column);
+        let hash = cell(hash_column);
+        let secret_hash = if hash.trim().is_empty() {
+            None
+        } else {
+            let hash = hash.trim();
+            if hash.len() != 64 || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+                return Err(ApiError::bad_request(format!(
+                    "row {line}: the secretHash is not 64 hexadecimal digits"
+                )));
+            }
+            Some(hash.to_ascii_lowercase())
+        };
+        if secret_hash.is_none() {
+            if secret.is_empty() {
+                return Err(ApiError::bad_request(format!(
+                    "row {line} has an empty secret"
+                )));
+            }
+            if is_redacted(&secret) {
+                return Err(ApiError::bad_request(format!(
+                    "row {line}: the secret is redacted, as reviews exports show it; \
+                     import an export with its secretHash column, or the plain secret"
+                )));
+            }
         }
         let comment = cell(comment_column);
         if comment.chars().count() > MAX_COMMENT_CHARS {
@@ -274,10 +352,33 @@ pub fn parse_review_csv(body: &[u8]) -> Result<Vec<ImportRow>, ApiError> {
                 "row {line}: a comment has at most {MAX_COMMENT_CHARS} characters"
             )));
         }
+        let scope = cell(scope_column);
+        let (project, repository) = (cell(project_column), cell(repository_column));
+        let named = !project.trim().is_empty() && !repository.trim().is_empty();
+        let repository = match scope.trim().to_ascii_uppercase().as_str() {
+            "GLOBAL" => None,
+            "" if !named => None,
+            "REPOSITORY" | "" if named => {
+                Some((project.trim().to_string(), repository.trim().to_string()))
+            }
+            "REPOSITORY" => {
+                return Err(ApiError::bad_request(format!(
+                    "row {line}: a REPOSITORY review needs its project and repository"
+                )))
+            }
+            _ => {
+                return Err(ApiError::bad_request(format!(
+                    "row {line}: the scope is GLOBAL or REPOSITORY"
+                )))
+            }
+        };
         rows.push(ImportRow {
+            line,
             secret,
+            secret_hash,
             comment,
             rule: cell(rule_column),
+            repository,
         });
     }
     Ok(rows)
@@ -304,7 +405,9 @@ pub fn csv_cell(text: &str) -> std::borrow::Cow<'_, str> {
 }
 
 /// `GET /rest/security/latest/export/reviewed[/projects/{p}[/repos/{r}]]`:
-/// reviews as CSV (who, when, scope, rule, the redacted string).
+/// reviews as CSV (who, when, scope, rule, the redacted string, and the
+/// keyed hash the review matches, which `POST …/reviewed/import` takes
+/// back).
 pub async fn export(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -347,6 +450,7 @@ pub async fn export(
             "comment",
             "reviewedBy",
             "reviewedDate",
+            "secretHash",
         ],
     )?;
     for review in &rows {
@@ -362,6 +466,7 @@ pub async fn export(
                 &review.comment,
                 &review.reviewed_by,
                 &review.reviewed_date.to_rfc3339(),
+                &review.secret_hash,
             ],
         )?;
     }

@@ -244,15 +244,15 @@ pub fn routes() -> Vec<Route> {
         get("/rest/api/latest/projects/{project}/repos/{repo}/secret-scanning/exempt", Repository(Read), "Whether a repository is exempt: the body is true or false", policy::repository_exemption),
         put("/rest/api/latest/projects/{project}/repos/{repo}/secret-scanning/exempt", Repository(Admin), "Exempt a repository", policy::exempt_repository),
         delete("/rest/api/latest/projects/{project}/repos/{repo}/secret-scanning/exempt", Repository(Admin), "Scan a repository again", policy::unexempt_repository),
-        get("/rest/api/latest/projects/{project}/secret-scanning/exempt", Project(Read), "A project's exempt repositories", policy::list_exempt).query(PAGE),
+        get("/rest/api/latest/projects/{project}/secret-scanning/exempt", Project(Read), "A project's exempt repositories: Bitbucket repository objects by project name, then repository name", policy::list_exempt).query(&["start", "limit", "order"]),
         post("/rest/api/latest/projects/{project}/secret-scanning/exempt", Project(Admin), "Exempt repositories of a project", policy::bulk_exempt).any_json("RepositorySelectors"),
-        get("/rest/api/latest/secret-scanning/exempt", Security, "Every exempt repository", policy::list_exempt).query(PAGE),
+        get("/rest/api/latest/secret-scanning/exempt", Security, "Every exempt repository: Bitbucket repository objects by project name, then repository name", policy::list_exempt).query(&["start", "limit", "order"]),
         post("/rest/api/latest/secret-scanning/exempt", Security, "Exempt repositories", policy::bulk_exempt).any_json("RepositorySelectors"),
         get(format!("{security}/audit"), Security, "The audit log", policy::audit_log).query(PAGE),
         // Reviews
         get(format!("{security}/reviewed"), Security, "Every review", reviews::list_all).query(PAGE),
         post(format!("{security}/reviewed"), Security, "Mark a secret reviewed everywhere", reviews::create_global).json("NewReview"),
-        post(format!("{security}/reviewed/import"), Security, "Import global reviews from CSV", reviews::import).csv(),
+        post(format!("{security}/reviewed/import"), Security, "Import reviews from CSV: a reviews export as it is (its secretHash column), or plain secrets", reviews::import).csv(),
         delete(format!("{security}/reviewed/{{id}}"), User, "Unmark a review (security grant for a global one, repository write for a repository's)", reviews::delete),
         get(format!("{security}/reviewed/projects/{{project}}"), Project(Read), "A project's reviews", reviews::list_project).query(PAGE),
         get(format!("{security}/reviewed/projects/{{project}}/repos/{{repo}}"), Repository(Read), "A repository's reviews", reviews::list_repository).query(PAGE),
@@ -264,7 +264,7 @@ pub fn routes() -> Vec<Route> {
         get("/rest/security/1.0/export-report/{project}/repos/{repo}", Repository(Read), "A repository's findings as CSV", exports::repository_report)
             .query(&["branch", "includeWhitelisted", "ruleType"]),
         get(format!("{security}/export-report"), Security, "Every repository's findings: a zip of CSVs", exports::instance_report)
-            .query(&["confirmExpensiveOperation!"]),
+            .query(&["confirmExpensiveOperation!", "startDate", "endDate", "includeWhitelisted"]),
         get(format!("{security}/export-report/projects/{{project}}"), Project(Read), "A project's findings as CSV", exports::project_report)
             .query(&["branch", "startDate", "endDate", "includeWhitelisted"]),
         get(format!("{security}/export-report/projects/{{project}}/repos/{{repo}}"), Repository(Read), "A repository's findings as CSV", exports::project_report)

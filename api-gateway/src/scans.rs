@@ -384,7 +384,9 @@ pub async fn scan_start(
         .await?;
     let branch = branch_of(&repository, query.branch.as_deref())?;
     let job = start_branch_job(&state, &caller, &repository, &branch, Vec::new()).await?;
-    // The new job, until a coordinator expands it into the branch's task.
+    // The status shows the new job as queued (see `jobs::branch_scan`);
+    // its key and state are set here too, whatever else a concurrent
+    // request queued meanwhile.
     let mut status = branch_status(&state, &repository, &branch, None, false).await?;
     status.scan_key = Some(job.scan_key);
     status.scheduled = true;

@@ -721,3 +721,821 @@ async fn soteri_rules_name_built_in_rules_by_their_display_name() {
     );
     fixture.finish().await;
 }
+
+/// `project/slug` of each value of a page of repository objects.
+fn repository_names(page: &Value) -> Vec<String> {
+    page["values"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no values in {page}"))
+        .iter()
+        .map(|repository| {
+            format!(
+                "{}/{}",
+                repository["project"]["key"].as_str().unwrap_or("?"),
+                repository["slug"].as_str().unwrap_or("?")
+            )
+        })
+        .collect()
+}
+
+// Issue 4: the exempt lists ignored `order` and held leakscan's flat
+// repository rows (`projectKey`, `cloneUrl`). Bitbucket Data Center: the
+// answer is a "Page of repositories" (its repository object: `slug`, `id`,
+// `name`, `scmId`, `state`, `forkable`, `public`, `project` with `key`,
+// `id`, `name`, `public`, `type`, and `links`), and `order` is "Order by
+// project name followed by repository name either ascending or descending,
+// defaults to ascending" (`NAME_ASC`, `NAME_DESC`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exempt_lists_are_bitbucket_repositories_in_the_documented_order() {
+    let fixture = Fixture::new().await;
+    let source = fixture.root.join("PROJ/api.git").display().to_string();
+    // Two projects whose names sort otherwise than their keys.
+    for (key, name) in [("AAA", "Zulu tools"), ("ZZZ", "Alpha tools")] {
+        fixture
+            .expect(
+                "POST",
+                "/rest/api/latest/projects",
+                ADMIN_USER,
+                Some(json!({"key": key, "name": name})),
+                201,
+            )
+            .await;
+        fixture
+            .expect(
+                "POST",
+                &format!("/rest/api/latest/projects/{key}/repos"),
+                ADMIN_USER,
+                Some(json!({"name": "lib", "cloneUrl": source})),
+                201,
+            )
+            .await;
+    }
+    fixture
+        .expect(
+            "POST",
+            "/rest/api/latest/secret-scanning/exempt",
+            ADMIN_USER,
+            Some(json!([
+                {"projectKey": "AAA", "slug": "lib"},
+                {"projectKey": "PROJ", "slug": "web"},
+                {"projectKey": "ZZZ", "slug": "lib"},
+                {"projectKey": "PROJ", "slug": "api"},
+            ])),
+            204,
+        )
+        .await;
+    let global = "/rest/api/latest/secret-scanning/exempt";
+    let ascending = ["ZZZ/lib", "PROJ/api", "PROJ/web", "AAA/lib"];
+    for uri in [global.to_string(), format!("{global}?order=NAME_ASC")] {
+        let page = fixture.expect("GET", &uri, ADMIN_USER, None, 200).await;
+        assert_eq!(repository_names(&page), ascending, "{uri}");
+    }
+    let descending: Vec<&str> = ascending.iter().rev().copied().collect();
+    let page = fixture
+        .expect(
+            "GET",
+            &format!("{global}?order=NAME_DESC"),
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(repository_names(&page), descending);
+    // Paged in that order, in Bitbucket's envelope.
+    let first = fixture
+        .expect(
+            "GET",
+            &format!("{global}?order=NAME_DESC&limit=3"),
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(repository_names(&first), descending[..3]);
+    assert_eq!(
+        (
+            first["size"].clone(),
+            first["limit"].clone(),
+            first["start"].clone(),
+            first["isLastPage"].clone(),
+            first["nextPageStart"].clone()
+        ),
+        (json!(3), json!(3), json!(0), json!(false), json!(3))
+    );
+    let rest = fixture
+        .expect(
+            "GET",
+            &format!("{global}?order=NAME_DESC&start=3&limit=3"),
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(repository_names(&rest), descending[3..]);
+    assert_eq!(rest["isLastPage"], true);
+    // The project scope, the same way.
+    let project = "/rest/api/latest/projects/PROJ/secret-scanning/exempt";
+    let page = fixture
+        .expect(
+            "GET",
+            &format!("{project}?order=NAME_DESC"),
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(repository_names(&page), ["PROJ/web", "PROJ/api"]);
+    // Bitbucket's repository object, not leakscan's row.
+    let api = page["values"][1].clone();
+    let id = repository_id(&fixture, "PROJ", "api").await;
+    assert_eq!(api["id"], json!(id.0), "{api}");
+    for (field, expected) in [
+        ("slug", json!("api")),
+        ("name", json!("api")),
+        ("scmId", json!("git")),
+        ("state", json!("AVAILABLE")),
+        ("public", json!(false)),
+    ] {
+        assert_eq!(api[field], expected, "{field} in {api}");
+    }
+    assert!(api["forkable"].is_boolean(), "{api}");
+    assert!(
+        api.get("projectKey").is_none() && api.get("cloneUrl").is_none(),
+        "{api}"
+    );
+    let owner = &api["project"];
+    assert!(owner["id"].is_i64(), "{api}");
+    assert_eq!(
+        (
+            owner["key"].clone(),
+            owner["name"].clone(),
+            owner["public"].clone(),
+            owner["type"].clone()
+        ),
+        (json!("PROJ"), json!("PROJ"), json!(false), json!("NORMAL"))
+    );
+    let clone = &api["links"]["clone"][0];
+    assert_eq!(clone["name"], "file", "{api}");
+    assert!(
+        clone["href"].as_str().unwrap().starts_with("file:///"),
+        "{api}"
+    );
+    let zzz = fixture
+        .expect(
+            "GET",
+            "/rest/api/latest/projects/ZZZ/secret-scanning/exempt",
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(zzz["values"][0]["project"]["name"], "Alpha tools");
+    // Any other order is a mistake, said so.
+    for uri in [
+        format!("{global}?order=SIZE"),
+        format!("{project}?order=name_asc"),
+    ] {
+        let error = fixture.expect("GET", &uri, ADMIN_USER, None, 400).await;
+        assert!(
+            error_message(&error).contains("NAME_ASC or NAME_DESC"),
+            "{uri}: {error}"
+        );
+    }
+    fixture.finish().await;
+}
+
+/// (scanKey, scheduled, running) of a branch's Soteri scan status.
+async fn scan_state(fixture: &Fixture, slug: &str, branch: &str) -> (Value, Value, Value) {
+    let status = fixture
+        .expect(
+            "GET",
+            &format!("/rest/security/1.0/scan/PROJ/repos/{slug}?branch={branch}"),
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    (
+        status["scanKey"].clone(),
+        status["scheduled"].clone(),
+        status["running"].clone(),
+    )
+}
+
+// Issue 6: right after a scan request (`POST /scan/…`, `PUT …/status/…`)
+// and until a coordinator expanded the job into branch tasks, `GET
+// /scan/…` said `scheduled: false, running: false` with the previous
+// scanKey, so a Soteri client polling "while running or scheduled" stopped
+// at once. The branch is scheduled, under the new key, from the moment the
+// request is accepted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requested_scan_reads_scheduled_before_the_coordinator_expands_it() {
+    let fixture = Fixture::new().await;
+    let pool = &fixture.database.pool;
+    let scheduled = |key: &str| (json!(key), json!(true), json!(false));
+    // Soteri's branch scan.
+    let started = fixture
+        .expect(
+            "POST",
+            "/rest/security/1.0/scan/PROJ/repos/api?branch=main",
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    let branch_key = started["scanKey"].as_str().unwrap().to_string();
+    assert_eq!(
+        scan_state(&fixture, "api", "main").await,
+        scheduled(&branch_key)
+    );
+    // The repository's other branches are not in that job.
+    assert_eq!(scan_state(&fixture, "api", "dev").await.1, json!(false));
+    // A project rescan (Soteri's mass scanning), not expanded either: every
+    // branch of every repository of the project, under the newer key.
+    let job = fixture
+        .expect(
+            "PUT",
+            "/rest/security/latest/status/projects/PROJ",
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    let project_key = job["scanKey"].as_str().unwrap().to_string();
+    for (slug, branch) in [("api", "main"), ("api", "dev"), ("web", "main")] {
+        assert_eq!(
+            scan_state(&fixture, slug, branch).await,
+            scheduled(&project_key),
+            "{slug} {branch}"
+        );
+    }
+    // Once expanded, the job's tasks say the same.
+    for key in [&branch_key, &project_key] {
+        let id = jobs::find_job(pool, key).await.unwrap().unwrap().id;
+        assert!(jobs::expand_job(pool, id).await.unwrap() > 0);
+    }
+    assert_eq!(
+        scan_state(&fixture, "api", "main").await,
+        scheduled(&project_key)
+    );
+    // A total rescan skips exempt repositories, as its expansion will.
+    fixture
+        .expect(
+            "PUT",
+            "/rest/api/latest/projects/PROJ/repos/web/secret-scanning/exempt",
+            ADMIN_USER,
+            None,
+            204,
+        )
+        .await;
+    let job = fixture
+        .expect(
+            "PUT",
+            "/rest/security/latest/status/total_rescan",
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    let total_key = job["scanKey"].as_str().unwrap().to_string();
+    assert_eq!(
+        scan_state(&fixture, "api", "dev").await,
+        scheduled(&total_key)
+    );
+    assert_eq!(
+        scan_state(&fixture, "web", "main").await.0,
+        json!(project_key),
+        "an exempt repository is not in a total rescan"
+    );
+    // A repository rescan elsewhere does not touch this repository.
+    fixture
+        .expect(
+            "PUT",
+            "/rest/security/latest/status/projects/OTHER/repos/tool",
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(
+        scan_state(&fixture, "api", "main").await,
+        scheduled(&total_key)
+    );
+    // Cancelled before it was expanded: the branch reads what it was.
+    fixture
+        .expect(
+            "DELETE",
+            &format!("/rest/security/1.0/scan/PROJ/repos/api?scanKey={total_key}"),
+            ADMIN_USER,
+            None,
+            204,
+        )
+        .await;
+    assert_eq!(
+        scan_state(&fixture, "api", "main").await,
+        scheduled(&project_key)
+    );
+    fixture.finish().await;
+}
+
+/// The paths of an export's rows (header left out), in order.
+fn row_paths(rows: &[Vec<String>]) -> Vec<&str> {
+    rows.iter().map(|row| row[7].as_str()).collect()
+}
+
+// Issue 8: `startDate` / `endDate` filtered on the commit date and the
+// instance export (zip) ignored them. Soteri: the export holds the lines
+// scanned in that period, i.e. the findings' scan date; dates are ISO 8601
+// dates or date-times as in the document's example (`2023-01-31T10:00:00`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_dates_select_findings_by_scan_date_in_every_export() {
+    let fixture = Fixture::new().await;
+    let pool = &fixture.database.pool;
+    plant(
+        &fixture,
+        "PROJ",
+        "api",
+        "main",
+        &[
+            ("AWS_ACCESS_KEY_ID", "old-commit.env", AWS_KEY),
+            ("GITHUB_PAT_CLASSIC", "new-commit.env", GITHUB_TOKEN),
+        ],
+    )
+    .await;
+    // An old commit scanned in January, a January commit scanned in March.
+    for (path, commit_date, scan_date) in [
+        (
+            "old-commit.env",
+            "2020-01-10T00:00:00Z",
+            "2023-01-15T10:00:00Z",
+        ),
+        (
+            "new-commit.env",
+            "2023-01-20T00:00:00Z",
+            "2023-03-01T08:00:00Z",
+        ),
+    ] {
+        sqlx::query(
+            "update findings set commit_date = $2::timestamptz, scan_date = $3::timestamptz
+             where path = $1",
+        )
+        .bind(path)
+        .bind(commit_date)
+        .bind(scan_date)
+        .execute(pool)
+        .await
+        .unwrap();
+    }
+    let project = "/rest/security/latest/export-report/projects/PROJ";
+    let repository = format!("{project}/repos/api");
+    for (query, expected) in [
+        (
+            "startDate=2023-01-01&endDate=2023-01-31",
+            &["old-commit.env"][..],
+        ),
+        ("startDate=2023-02-01", &["new-commit.env"][..]),
+        (
+            "startDate=2023-01-15T09:00:00&endDate=2023-01-15T11:00:00",
+            &["old-commit.env"][..],
+        ),
+        ("startDate=2023-01-15T10:30:00", &["new-commit.env"][..]),
+        (
+            "startDate=2023-01-15%2010:00",
+            &["new-commit.env", "old-commit.env"][..],
+        ),
+        ("endDate=2023-01-15T10:00:00Z", &[][..]),
+        (
+            "startDate=2023-03-01T09:00:00%2B02:00",
+            &["new-commit.env"][..],
+        ),
+        // A `+` a client left unencoded arrives as a space.
+        (
+            "startDate=2023-03-01T09:00:00+02:00",
+            &["new-commit.env"][..],
+        ),
+        ("startDate=2023-03-01T10:00:00.5%2B02:00", &[][..]),
+    ] {
+        for uri in [project.to_string(), repository.clone()] {
+            let (status, rows) = export_rows(&fixture, &format!("{uri}?{query}")).await;
+            assert_eq!(status, 200, "{uri}?{query}");
+            let mut paths = row_paths(&rows);
+            paths.sort();
+            assert_eq!(paths, expected, "{uri}?{query}");
+        }
+    }
+    let (_, rows) = export_rows(&fixture, &format!("{project}?endDate=2023-02-01")).await;
+    assert_eq!(rows[0][12], "2023-01-15T10:00:00+00:00", "{rows:?}");
+    // The instance export takes them too.
+    let caller = &fixture;
+    let zip_paths = |query: &'static str| async move {
+        let (status, _, body) = caller
+            .call_raw(
+                "GET",
+                &format!(
+                    "/rest/security/latest/export-report?confirmExpensiveOperation=true{query}"
+                ),
+                ADMIN_USER,
+                "text/plain",
+                Vec::new(),
+            )
+            .await;
+        assert_eq!(status.as_u16(), 200, "{query}");
+        let mut archive = zip::ZipArchive::new(std::io::Cursor::new(body)).unwrap();
+        let entry = archive.by_name("PROJ/api.csv").unwrap();
+        let mut reader = csv::Reader::from_reader(entry);
+        let mut paths: Vec<String> = reader
+            .records()
+            .map(|record| record.unwrap()[7].to_string())
+            .collect();
+        paths.sort();
+        paths
+    };
+    assert_eq!(zip_paths("").await, ["new-commit.env", "old-commit.env"]);
+    assert_eq!(
+        zip_paths("&startDate=2023-01-01&endDate=2023-01-31").await,
+        ["old-commit.env"]
+    );
+    assert_eq!(
+        zip_paths("&startDate=2023-02-01T00:00:00").await,
+        ["new-commit.env"]
+    );
+    // Anything else is a clear 400 naming the forms.
+    for uri in [
+        format!("{project}?startDate=31/01/2023"),
+        format!("{repository}?endDate=2023-01-31T25:00:00"),
+        "/rest/security/latest/export-report?confirmExpensiveOperation=true&startDate=soon"
+            .to_string(),
+        "/rest/security/latest/export-report?confirmExpensiveOperation=true&startDate=2023-02-01&endDate=2023-01-01"
+            .to_string(),
+    ] {
+        let error = fixture.expect("GET", &uri, ADMIN_USER, None, 400).await;
+        let message = error_message(&error);
+        assert!(
+            message.contains("2023-01-31T10:00:00") || message.contains("after endDate"),
+            "{uri}: {error}"
+        );
+    }
+    fixture.finish().await;
+}
+
+// Issue 9: Code Insights lists in Bitbucket Cloud's shape gave `next` as a
+// bare query string and never `previous`; Bitbucket Cloud's paged
+// responses give "Link to the next page if it exists" and "Link to
+// previous page if it exists", absolute URLs a client follows as they are.
+// And a data field without `type` took only a string; both documents take
+// a number, a string or a boolean there ("Number, String or Boolean (not
+// an array or object)").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn insight_pages_link_absolutely_and_untyped_data_takes_raw_values() {
+    let fixture = Fixture::new().await;
+    let commit = "4f1c2a9be07d3c58a6f2e91d0b7c4a3e5d6f8a01";
+    let reports = format!("/2.0/repositories/PROJ/api/commit/{commit}/reports");
+    let dc_reports =
+        format!("/rest/insights/latest/projects/PROJ/repos/api/commits/{commit}/reports");
+    let untyped = json!([
+        {"title": "Findings", "value": 3},
+        {"title": "Safe to merge", "value": false},
+        {"title": "Coverage", "value": 87.5},
+        {"title": "Scanner", "value": "leakscan"},
+    ]);
+    for uri in [format!("{reports}/scan-1"), format!("{dc_reports}/scan-2")] {
+        let stored = fixture
+            .expect(
+                "PUT",
+                &uri,
+                ADMIN_USER,
+                Some(json!({"title": "Secret scan", "data": untyped})),
+                200,
+            )
+            .await;
+        assert_eq!(stored["data"], untyped, "{uri}");
+        let read = fixture.expect("GET", &uri, ADMIN_USER, None, 200).await;
+        assert_eq!(read["data"], untyped, "{uri}");
+    }
+    // Not an array, an object or null; a type still checks its value.
+    for value in [json!([1, 2]), json!({"a": 1}), Value::Null] {
+        let error = fixture
+            .expect(
+                "PUT",
+                &format!("{reports}/scan-3"),
+                ADMIN_USER,
+                Some(json!({"title": "t", "data": [{"title": "x", "value": value}]})),
+                400,
+            )
+            .await;
+        assert!(
+            error_message(&error).contains("a number, a string or a boolean"),
+            "{value}: {error}"
+        );
+    }
+    fixture
+        .expect(
+            "PUT",
+            &format!("{reports}/scan-3"),
+            ADMIN_USER,
+            Some(json!({"title": "t", "data": [{"title": "x", "type": "NUMBER", "value": "3"}]})),
+            400,
+        )
+        .await;
+
+    // 25 annotations, 10 a page: links as the client reached the API.
+    let annotations: Vec<Value> = (0..25)
+        .map(|id| {
+            json!({
+                "external_id": format!("ann-{id:02}"),
+                "annotation_type": "VULNERABILITY",
+                "summary": format!("finding {id}"),
+            })
+        })
+        .collect();
+    fixture
+        .expect(
+            "POST",
+            &format!("{reports}/scan-1/annotations"),
+            ADMIN_USER,
+            Some(Value::Array(annotations)),
+            200,
+        )
+        .await;
+    let proxied = [
+        ("Host", "internal:7990"),
+        ("X-Forwarded-Host", "bitbucket.example.com"),
+        ("X-Forwarded-Proto", "https"),
+    ];
+    let page_url = |page: u32| {
+        format!("https://bitbucket.example.com{reports}/scan-1/annotations?page={page}&pagelen=10")
+    };
+    let mut uri = format!("{reports}/scan-1/annotations?pagelen=10");
+    let mut seen = Vec::new();
+    for page in 1..=3u32 {
+        let (status, body) = fixture
+            .call_with("GET", &uri, ADMIN_USER, &proxied, Vec::new())
+            .await;
+        assert_eq!(status.as_u16(), 200, "{uri}: {body}");
+        assert_eq!(body["page"], page, "{body}");
+        let previous = (page > 1).then(|| json!(page_url(page - 1)));
+        let next = (page < 3).then(|| json!(page_url(page + 1)));
+        assert_eq!(body.get("previous").cloned(), previous, "page {page}");
+        assert_eq!(body.get("next").cloned(), next, "page {page}");
+        seen.extend(
+            body["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|annotation| annotation["external_id"].as_str().unwrap().to_string()),
+        );
+        // Follow `next` as it is given.
+        if let Some(next) = body["next"].as_str() {
+            uri = next
+                .strip_prefix("https://bitbucket.example.com")
+                .unwrap()
+                .to_string();
+        }
+    }
+    let expected: Vec<String> = (0..25).map(|id| format!("ann-{id:02}")).collect();
+    assert_eq!(seen, expected);
+    // Without a proxy: the Host the client sent.
+    let (_, body) = fixture
+        .call_with(
+            "GET",
+            &format!("{reports}?pagelen=1"),
+            ADMIN_USER,
+            &[("Host", "leakscan.local:7990")],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(
+        body["next"],
+        format!("http://leakscan.local:7990{reports}?page=2&pagelen=1")
+    );
+    assert!(body.get("previous").is_none(), "{body}");
+    fixture.finish().await;
+}
+
+/// (status, JSON answer) of a CSV review import as the admin.
+async fn import_reviews(fixture: &Fixture, csv: Vec<u8>) -> (u16, Value) {
+    let (status, _, body) = fixture
+        .call_raw(
+            "POST",
+            "/rest/security/latest/reviewed/import",
+            ADMIN_USER,
+            "text/csv",
+            csv,
+        )
+        .await;
+    (
+        status.as_u16(),
+        serde_json::from_slice(&body).unwrap_or(Value::Null),
+    )
+}
+
+// Issue 14: the reviewed-secrets export wrote only redacted secrets
+// (`AKIA…`), which the import then hashed as if they were secrets: a
+// re-import answered success and made reviews that hide nothing. The
+// export now carries the keyed hash each review matches (`secretHash`) and
+// the import takes it, so export → import restores the same reviews (scope,
+// repository, rule, comment); plain secrets still import.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exported_reviews_import_back_as_the_same_reviews() {
+    let fixture = Fixture::new().await;
+    plant(
+        &fixture,
+        "PROJ",
+        "api",
+        "main",
+        &[
+            ("AWS_ACCESS_KEY_ID", "aws.env", AWS_KEY),
+            ("SLACK_BOT_TOKEN", "slack.env", SLACK_TOKEN),
+        ],
+    )
+    .await;
+    plant(
+        &fixture,
+        "PROJ",
+        "web",
+        "main",
+        &[("GITHUB_PAT_CLASSIC", "github.env", GITHUB_TOKEN)],
+    )
+    .await;
+    let status_of =
+        |slug: &'static str| format!("/rest/security/1.0/scan/PROJ/repos/{slug}?branch=main");
+    let finding_id = |status: &Value, path: &str| {
+        status["invalidLines"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|line| line["path"] == path)
+            .unwrap()["id"]
+            .clone()
+    };
+    let api = fixture
+        .expect("GET", &status_of("api"), ADMIN_USER, None, 200)
+        .await;
+    let web = fixture
+        .expect("GET", &status_of("web"), ADMIN_USER, None, 200)
+        .await;
+    // A global review and a repository's review.
+    let global = fixture
+        .expect(
+            "POST",
+            "/rest/security/latest/reviewed",
+            ADMIN_USER,
+            Some(json!({"findingId": finding_id(&api, "aws.env"), "comment": "test key"})),
+            201,
+        )
+        .await;
+    let in_web = fixture
+        .expect(
+            "POST",
+            "/rest/security/latest/reviewed/projects/PROJ/repos/web",
+            ADMIN_USER,
+            Some(json!({"findingId": finding_id(&web, "github.env"), "comment": "fixture"})),
+            201,
+        )
+        .await;
+    let (status, _, exported) = fixture
+        .call_raw(
+            "GET",
+            "/rest/security/latest/export/reviewed",
+            ADMIN_USER,
+            "text/plain",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 200);
+    let text = String::from_utf8(exported.clone()).unwrap();
+    assert!(
+        !text.contains(AWS_KEY) && !text.contains(GITHUB_TOKEN),
+        "{text}"
+    );
+    let mut reader = csv::Reader::from_reader(exported.as_slice());
+    let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+    assert!(header.contains(&"secretHash".to_string()), "{header:?}");
+    assert_eq!(reader.records().count(), 2);
+    // Unmark both: the findings show again.
+    for review in [&global, &in_web] {
+        fixture
+            .expect(
+                "DELETE",
+                &format!("/rest/security/latest/reviewed/{}", review["id"]),
+                ADMIN_USER,
+                None,
+                204,
+            )
+            .await;
+    }
+    let shown = |slug: &'static str| {
+        let caller = &fixture;
+        async move {
+            let status = caller
+                .expect("GET", &status_of(slug), ADMIN_USER, None, 200)
+                .await;
+            paths_of(&status)
+        }
+    };
+    assert_eq!(shown("api").await, ["aws.env", "slack.env"]);
+    assert_eq!(shown("web").await, ["github.env"]);
+    // The export, imported as it is, hides them again.
+    assert_eq!(
+        import_reviews(&fixture, exported.clone()).await,
+        (200, json!({"imported": 2, "skipped": 0}))
+    );
+    assert_eq!(shown("api").await, ["slack.env"]);
+    assert_eq!(shown("web").await, Vec::<String>::new());
+    let listed = fixture
+        .expect(
+            "GET",
+            "/rest/security/latest/reviewed",
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    let mut restored: Vec<(Value, Value, Value, Value, Value, Value)> = listed["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|review| {
+            (
+                review["scope"].clone(),
+                review["project"].clone(),
+                review["repository"].clone(),
+                review["rule"].clone(),
+                review["secret"].clone(),
+                review["comment"].clone(),
+            )
+        })
+        .collect();
+    restored.sort_by_key(|review| review.0.to_string());
+    let original = |review: &Value| {
+        (
+            review["scope"].clone(),
+            review["project"].clone(),
+            review["repository"].clone(),
+            review["rule"].clone(),
+            review["secret"].clone(),
+            review["comment"].clone(),
+        )
+    };
+    assert_eq!(restored, [original(&global), original(&in_web)]);
+    // Again: nothing new.
+    assert_eq!(
+        import_reviews(&fixture, exported).await,
+        (200, json!({"imported": 0, "skipped": 2}))
+    );
+    // Plain secrets still import (global reviews).
+    assert_eq!(
+        import_reviews(
+            &fixture,
+            format!("secret,comment\n{SLACK_TOKEN},plain\n").into_bytes()
+        )
+        .await,
+        (200, json!({"imported": 1, "skipped": 0}))
+    );
+    assert_eq!(shown("api").await, Vec::<String>::new());
+    // A redacted secret (an export without its hashes) is refused, not
+    // turned into a review that hides nothing; so are bad hashes and
+    // repositories that do not exist. Nothing of a refused file is kept.
+    let before = fixture
+        .expect(
+            "GET",
+            "/rest/security/latest/reviewed",
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await["size"]
+        .clone();
+    let hash = "ab".repeat(32);
+    for (csv, needle) in [
+        ("secret,comment\nAKIA…,old export\n".to_string(), "redacted"),
+        (
+            "scope,project,repository,secret,secretHash\nGLOBAL,,,AKIA…,xyz\n".to_string(),
+            "secretHash",
+        ),
+        (
+            format!("scope,project,repository,secret,secretHash\nGLOBAL,,,ghp_…,{hash}\nREPOSITORY,PROJ,nope,AKIA…,{hash}\n"),
+            "PROJ/nope",
+        ),
+        (
+            format!("scope,secretHash\nPROJECT,{hash}\n"),
+            "GLOBAL or REPOSITORY",
+        ),
+    ] {
+        let (status, error) = import_reviews(&fixture, csv.into_bytes()).await;
+        assert_eq!(status, 400, "{error}");
+        assert!(error_message(&error).contains(needle), "{error}");
+    }
+    let after = fixture
+        .expect(
+            "GET",
+            "/rest/security/latest/reviewed",
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await["size"]
+        .clone();
+    assert_eq!(after, before);
+    fixture.finish().await;
+}

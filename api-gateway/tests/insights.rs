@@ -245,7 +245,13 @@ async fn cloud_reports_and_annotations_round_trip_within_their_limits() {
     assert_eq!(first["size"], 1000);
     assert_eq!(first["values"].as_array().unwrap().len(), 100);
     assert_eq!(first["values"][0]["summary"], "updated");
-    assert_eq!(first["next"], "?page=2&pagelen=100");
+    assert_eq!(
+        first["next"],
+        format!(
+            "http://localhost{}",
+            cloud("/scan-1/annotations?page=2&pagelen=100")
+        )
+    );
     let last = fixture
         .expect(
             "GET",

@@ -1094,7 +1094,7 @@ async fn reviews_hide_a_secret_everywhere_in_their_scope() {
     let lines: Vec<&str> = csv.lines().collect();
     assert_eq!(
         lines[0],
-        "id,scope,project,repository,rule,secret,comment,reviewedBy,reviewedDate"
+        "id,scope,project,repository,rule,secret,comment,reviewedBy,reviewedDate,secretHash"
     );
     assert_eq!(lines.len(), 3, "{csv}");
     assert!(

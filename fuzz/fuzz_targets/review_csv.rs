@@ -6,7 +6,9 @@ use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     match leakscan_gateway::reviews::parse_review_csv(data) {
-        Ok(rows) => assert!(rows.iter().all(|row| !row.secret.is_empty())),
+        Ok(rows) => assert!(rows
+            .iter()
+            .all(|row| row.secret_hash.is_some() || !row.secret.is_empty())),
         Err(error) => assert_eq!(error.status.as_u16(), 400),
     }
 });

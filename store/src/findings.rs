@@ -321,9 +321,10 @@ pub struct ExportFilter {
     /// A rule id or name.
     pub rule: Option<String>,
     pub include_reviewed: bool,
-    /// Commit date at or after.
+    /// Scan date (when the finding was first found) at or after: Soteri's
+    /// `startDate` selects the lines scanned in a period.
     pub start: Option<DateTime<Utc>>,
-    /// Commit date before.
+    /// Scan date before.
     pub end: Option<DateTime<Utc>>,
     /// Only repositories this user may read (`None`: all).
     pub viewer: Option<crate::users::UserId>,
@@ -348,8 +349,8 @@ pub fn export_findings<'a>(
              join projects p on p.id = r.project_id
              where ($1::text is null or p.key = $1) and ($2::bigint is null or r.id = $2) and ($3::text is null or b.branch = $3)
                and ($4::text is null or f.rule_id = $4 or f.rule_name = $4)
-               and ($5::timestamptz is null or f.commit_date >= $5)
-               and ($6::timestamptz is null or f.commit_date < $6)
+               and ($5::timestamptz is null or f.scan_date >= $5)
+               and ($6::timestamptz is null or f.scan_date < $6)
                and ($7::bigint is null or p.owner_user_id = $7
                     or exists (select 1 from project_permissions pp where pp.user_id = $7 and pp.project_id = p.id)
                     or exists (select 1 from repository_permissions rp where rp.user_id = $7 and rp.repository_id = r.id))

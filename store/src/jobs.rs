@@ -327,21 +327,46 @@ impl BranchScan {
 
 /// The scan state of `branch` of `repository`; `None` when the branch is
 /// not in the catalog.
+///
+/// A job is recorded queued and expanded into branch tasks later, by the
+/// coordinator; until then it has no task. A queued job whose scope takes
+/// in this branch (a total or project rescan only when the repository is
+/// not exempt, as [`expand_job`] decides) and that is newer than the
+/// branch's latest task counts as that branch's queued task, so the branch
+/// reads scheduled, under the new job's key, from the moment the request
+/// was accepted.
 pub async fn branch_scan(
     pool: &PgPool,
     repository: RepoId,
     branch: &str,
 ) -> Result<Option<BranchScan>> {
     Ok(sqlx::query_as::<_, BranchScan>(
-        "select b.head_commit, b.last_scanned_commit, b.last_scanned_base, t.scan_key, t.state as task_state,
-                t.commits_total, t.commits_done
+        "select b.head_commit, b.last_scanned_commit, b.last_scanned_base,
+                case when q.id is not null then q.scan_key else t.scan_key end as scan_key,
+                case when q.id is not null then 'queued' else t.state end as task_state,
+                case when q.id is null then t.commits_total end as commits_total,
+                case when q.id is null then t.commits_done end as commits_done
          from branches b
+         join repositories r on r.id = b.repository_id
+         join projects p on p.id = r.project_id
          left join lateral (
-             select j.scan_key, t.state, t.commits_total, t.commits_done
+             select j.id as job_id, j.scan_key, t.state, t.commits_total, t.commits_done
              from scan_tasks t join scan_jobs j on j.id = t.job_id
              where t.repository_id = b.repository_id and t.branch = b.name
              order by t.id desc limit 1
          ) t on true
+         left join lateral (
+             select j.id, j.scan_key from scan_jobs j
+             where j.state = 'queued'
+               and j.id > coalesce(t.job_id, 0)
+               and case j.scope
+                   when 'total' then not r.exempt
+                   when 'project' then j.project_key = p.key and not r.exempt
+                   when 'repository' then j.project_key = p.key and j.repository_slug = r.slug
+                   else j.project_key = p.key and j.repository_slug = r.slug and j.branch = b.name
+               end
+             order by j.id desc limit 1
+         ) q on true
          where b.repository_id = $1 and b.name = $2",
     )
     .bind(repository)

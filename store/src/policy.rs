@@ -528,20 +528,50 @@ pub async fn exempt_all(
     Ok(changed)
 }
 
-/// Exempt repositories, of one project or of the whole instance, by
-/// project key and slug.
+/// An exempt repository with what Bitbucket's repository object shows of
+/// it and of its project.
+#[derive(Debug, Clone, PartialEq, Eq, sqlx::FromRow)]
+pub struct ExemptRepository {
+    pub id: RepoId,
+    pub slug: String,
+    pub name: String,
+    pub clone_url: String,
+    pub default_branch: Option<String>,
+    pub project_id: i64,
+    pub project_key: String,
+    pub project_name: String,
+    /// The owner of a personal project (`~user`): id, name, display name
+    /// and e-mail address.
+    pub owner_id: Option<i64>,
+    pub owner_name: Option<String>,
+    pub owner_display_name: Option<String>,
+    pub owner_email: Option<String>,
+}
+
+/// Exempt repositories, of one project or of the whole instance, ordered
+/// as Bitbucket documents it: by project name, then repository name
+/// (ascending or descending; keys and slugs break ties).
 pub async fn exempt_repositories(
     pool: &PgPool,
     project_key: Option<&str>,
+    order: NameOrder,
     page: PageRequest,
-) -> Result<Page<crate::catalog::Repository>> {
-    let rows = sqlx::query_as::<_, crate::catalog::Repository>(concat!(
-        "select ",
-        repository_columns!(),
-        " from repositories r join projects p on p.id = r.project_id
+) -> Result<Page<ExemptRepository>> {
+    let direction = match order {
+        NameOrder::Ascending => "asc",
+        NameOrder::Descending => "desc",
+    };
+    let rows = sqlx::query_as::<_, ExemptRepository>(AssertSqlSafe(format!(
+        "select r.id, r.slug, r.name, r.clone_url, r.default_branch,
+                p.id as project_id, p.key as project_key, p.name as project_name,
+                u.id as owner_id, u.name as owner_name, u.display_name as owner_display_name,
+                u.email as owner_email
+         from repositories r join projects p on p.id = r.project_id
+         left join users u on u.id = p.owner_user_id
          where r.exempt and ($1::text is null or p.key = $1)
-         order by p.key, r.slug offset $2 limit $3"
-    ))
+         order by lower(p.name) {direction}, p.key {direction}, lower(r.name) {direction}, r.slug {direction}
+         offset $2 limit $3"
+    )))
     .bind(project_key)
     .bind(i64::from(page.start))
     .bind(i64::from(page.limit) + 1)

@@ -38,12 +38,28 @@ pub struct Review {
     pub reviewed_date: DateTime<Utc>,
     #[serde(skip)]
     pub repository_id: Option<RepoId>,
+    /// The keyed hash the review matches (what a reviews export carries
+    /// so that importing it again makes the same review).
+    #[serde(skip)]
+    pub secret_hash: String,
 }
 
 const REVIEW_SELECT: &str = "select v.id, case when v.repository_id is null then 'GLOBAL' else 'REPOSITORY' end as scope,
         p.key as project, r.slug as repository, v.rule_id as rule, v.redacted as secret, v.comment,
-        v.created_by as reviewed_by, v.created_at as reviewed_date, v.repository_id
+        v.created_by as reviewed_by, v.created_at as reviewed_date, v.repository_id, v.secret_hash
  from reviews v left join repositories r on r.id = v.repository_id left join projects p on p.id = r.project_id ";
+
+/// A review to record: the keyed hash of the secret it hides, for one
+/// repository or (`None`) everywhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewReview {
+    pub repository: Option<RepoId>,
+    pub secret_hash: String,
+    pub rule: String,
+    /// The secret's redacted form (what lists and exports show).
+    pub redacted: String,
+    pub comment: String,
+}
 
 /// Which reviews a list shows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,40 +107,40 @@ pub async fn create_review(
             "this finding was stored before reviews existed; rescan the branch first".into(),
         )
     })?;
-    insert_reviews(
-        pool,
-        actor,
+    let review = NewReview {
         repository,
-        &[(secret_hash, rule, redacted, comment.to_string())],
-        false,
-    )
-    .await?
-    .pop()
-    .ok_or_else(|| StoreError::Conflict("this secret is already reviewed in this scope".into()))
+        secret_hash,
+        rule,
+        redacted,
+        comment: comment.to_string(),
+    };
+    insert_reviews(pool, actor, &[review], false)
+        .await?
+        .pop()
+        .ok_or_else(|| StoreError::Conflict("this secret is already reviewed in this scope".into()))
 }
 
-/// Inserts reviews (secret hash, rule, redacted form, comment) in one
-/// transaction with their audit entries. With `skip_existing`, a secret
-/// already reviewed in the scope is skipped; without, it is a conflict.
+/// Inserts reviews in one transaction with their audit entries. With
+/// `skip_existing`, a secret already reviewed in the review's scope is
+/// skipped; without, it is a conflict.
 pub async fn insert_reviews(
     pool: &PgPool,
     actor: &str,
-    repository: Option<RepoId>,
-    reviews: &[(String, String, String, String)],
+    reviews: &[NewReview],
     skip_existing: bool,
 ) -> Result<Vec<Review>> {
     let mut transaction = pool.begin().await?;
     let mut created = Vec::with_capacity(reviews.len());
-    for (secret_hash, rule, redacted, comment) in reviews {
+    for review in reviews {
         let id: Option<i64> = sqlx::query_scalar(
             "insert into reviews (repository_id, secret_hash, rule_id, redacted, comment, created_by)
              values ($1, $2, $3, $4, $5, $6) on conflict (repository_id, secret_hash) do nothing returning id",
         )
-        .bind(repository)
-        .bind(secret_hash)
-        .bind(rule)
-        .bind(redacted)
-        .bind(comment)
+        .bind(review.repository)
+        .bind(&review.secret_hash)
+        .bind(&review.rule)
+        .bind(&review.redacted)
+        .bind(&review.comment)
         .bind(actor)
         .fetch_optional(&mut *transaction)
         .await?;
@@ -136,7 +152,7 @@ pub async fn insert_reviews(
                 "this secret is already reviewed in this scope".into(),
             ));
         };
-        let review =
+        let stored =
             sqlx::query_as::<_, Review>(AssertSqlSafe(format!("{REVIEW_SELECT} where v.id = $1")))
                 .bind(id)
                 .fetch_one(&mut *transaction)
@@ -145,11 +161,11 @@ pub async fn insert_reviews(
             &mut transaction,
             actor,
             "review.created",
-            &review_target(&review),
-            &review,
+            &review_target(&stored),
+            &stored,
         )
         .await?;
-        created.push(review);
+        created.push(stored);
     }
     transaction.commit().await?;
     Ok(created)
