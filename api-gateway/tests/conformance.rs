@@ -7,7 +7,7 @@ mod common;
 
 use common::{error_message, Fixture, ADMIN};
 use leakscan_engine::rules::{builtin_rules, find_builtin};
-use leakscan_store::{catalog::RepoId, findings, jobs, policy, secrets::SecretBox};
+use leakscan_store::{catalog::RepoId, jobs};
 use serde_json::{json, Value};
 
 const ADMIN_USER: Option<&str> = Some(ADMIN.0);
@@ -33,42 +33,8 @@ async fn plant(
     branch: &str,
     found: &[(&str, &str, &str)],
 ) {
-    let pool = &fixture.database.pool;
     let repository = repository_id(fixture, project, slug).await;
-    let secrets = SecretBox::load(pool, fixture.master_key.clone())
-        .await
-        .unwrap();
-    let batch: Vec<findings::NewFinding> = found
-        .iter()
-        .enumerate()
-        .map(|(index, (rule, path, secret))| findings::NewFinding {
-            rule_id: rule.to_string(),
-            rule_name: format!("{rule} display name"),
-            severity: "HIGH".into(),
-            commit: format!("{:040x}", index + 1),
-            path: path.to_string(),
-            line: Some(1),
-            author: "Dev".into(),
-            author_email: "dev@example.com".into(),
-            commit_date: None,
-            secret: secret.as_bytes().to_vec(),
-            confidence: Some("HIGH".into()),
-        })
-        .collect();
-    findings::record_findings(pool, &secrets, repository, branch, 1, &batch)
-        .await
-        .unwrap();
-    let base = policy::base_digest(&policy::base_policy(pool, repository).await.unwrap());
-    sqlx::query(
-        "update branches set last_scanned_commit = head_commit, last_scanned_base = $3
-         where repository_id = $1 and name = $2",
-    )
-    .bind(repository)
-    .bind(branch)
-    .bind(base)
-    .execute(pool)
-    .await
-    .unwrap();
+    common::plant_findings(fixture, repository, branch, found).await;
 }
 
 /// The paths of a scan status's `invalidLines`, sorted.

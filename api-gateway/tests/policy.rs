@@ -6,7 +6,7 @@
 mod common;
 
 use common::{error_message, Fixture, ADMIN};
-use leakscan_store::{catalog::RepoId, findings, policy, secrets::SecretBox};
+use leakscan_store::catalog::RepoId;
 use leakscan_testkit::GitRepo;
 use serde_json::{json, Value};
 
@@ -807,51 +807,6 @@ async fn exemptions() {
     fixture.finish().await;
 }
 
-/// Records findings for `branch` of a repository as a scan would, and marks
-/// the branch scanned at its head.
-async fn plant_findings(
-    fixture: &Fixture,
-    repository: RepoId,
-    branch: &str,
-    found: &[(&str, &str, &str)],
-) {
-    let pool = &fixture.database.pool;
-    let secrets = SecretBox::load(pool, fixture.master_key.clone())
-        .await
-        .unwrap();
-    let batch: Vec<findings::NewFinding> = found
-        .iter()
-        .enumerate()
-        .map(|(index, (rule, path, secret))| findings::NewFinding {
-            rule_id: rule.to_string(),
-            rule_name: rule.to_string(),
-            severity: "HIGH".into(),
-            commit: format!("{:040x}", index + 1),
-            path: path.to_string(),
-            line: Some(1),
-            author: "Dev".into(),
-            author_email: "dev@example.com".into(),
-            commit_date: None,
-            secret: secret.as_bytes().to_vec(),
-            confidence: Some("HIGH".into()),
-        })
-        .collect();
-    findings::record_findings(pool, &secrets, repository, branch, 1, &batch)
-        .await
-        .unwrap();
-    let base = policy::base_digest(&policy::base_policy(pool, repository).await.unwrap());
-    sqlx::query(
-        "update branches set last_scanned_commit = head_commit, last_scanned_base = $3
-         where repository_id = $1 and name = $2",
-    )
-    .bind(repository)
-    .bind(branch)
-    .bind(base)
-    .execute(pool)
-    .await
-    .unwrap();
-}
-
 async fn repository_id(fixture: &Fixture, project: &str, slug: &str) -> RepoId {
     leakscan_store::catalog::find_repository(&fixture.database.pool, project, slug)
         .await
@@ -889,7 +844,7 @@ async fn reviews_hide_a_secret_everywhere_in_their_scope() {
     fixture.user("reader").await;
     let api = repository_id(&fixture, "PROJ", "api").await;
     let tool = repository_id(&fixture, "OTHER", "tool").await;
-    plant_findings(
+    common::plant_findings(
         &fixture,
         api,
         "main",
@@ -900,7 +855,7 @@ async fn reviews_hide_a_secret_everywhere_in_their_scope() {
         ],
     )
     .await;
-    plant_findings(&fixture, tool, "main", &[("GITHUB_PAT", "x.env", KEY_B)]).await;
+    common::plant_findings(&fixture, tool, "main", &[("GITHUB_PAT", "x.env", KEY_B)]).await;
     let status_uri = "/rest/security/1.0/scan/PROJ/repos/api?branch=main";
     let status = fixture
         .expect("GET", status_uri, ADMIN_USER, None, 200)
@@ -1338,7 +1293,7 @@ async fn rule_types_follow_the_branch_config_and_rule_changes_outdate_scans() {
 
     // A scan is actual until the rules of its scopes change.
     let api = repository_id(&fixture, "PROJ", "api").await;
-    plant_findings(
+    common::plant_findings(
         &fixture,
         api,
         "main",
@@ -1383,7 +1338,7 @@ async fn rule_types_follow_the_branch_config_and_rule_changes_outdate_scans() {
             .await["actual"],
         false
     );
-    plant_findings(&fixture, api, "main", &[]).await;
+    common::plant_findings(&fixture, api, "main", &[]).await;
     assert_eq!(
         fixture
             .expect("GET", status_uri, ADMIN_USER, None, 200)

@@ -242,3 +242,54 @@ pub fn basic_auth(user: &str) -> String {
 pub fn error_message(body: &Value) -> &str {
     body["errors"][0]["message"].as_str().unwrap_or_default()
 }
+
+/// Records findings for `branch` of a repository as a scan would, and marks
+/// the branch scanned at its head.
+pub async fn plant_findings(
+    fixture: &Fixture,
+    repository: leakscan_store::catalog::RepoId,
+    branch: &str,
+    found: &[(&str, &str, &str)],
+) {
+    let pool = &fixture.database.pool;
+    let secrets = leakscan_store::secrets::SecretBox::load(pool, fixture.master_key.clone())
+        .await
+        .unwrap();
+    let batch: Vec<leakscan_store::findings::NewFinding> = found
+        .iter()
+        .enumerate()
+        .map(
+            |(index, (rule, path, secret))| leakscan_store::findings::NewFinding {
+                rule_id: rule.to_string(),
+                rule_name: rule.to_string(),
+                severity: "HIGH".into(),
+                commit: format!("{:040x}", index + 1),
+                path: path.to_string(),
+                line: Some(1),
+                author: "Dev".into(),
+                author_email: "dev@example.com".into(),
+                commit_date: None,
+                secret: secret.as_bytes().to_vec(),
+                confidence: Some("HIGH".into()),
+            },
+        )
+        .collect();
+    leakscan_store::findings::record_findings(pool, &secrets, repository, branch, 1, &batch)
+        .await
+        .unwrap();
+    let base = leakscan_store::policy::base_digest(
+        &leakscan_store::policy::base_policy(pool, repository)
+            .await
+            .unwrap(),
+    );
+    sqlx::query(
+        "update branches set last_scanned_commit = head_commit, last_scanned_base = $3
+         where repository_id = $1 and name = $2",
+    )
+    .bind(repository)
+    .bind(branch)
+    .bind(base)
+    .execute(pool)
+    .await
+    .unwrap();
+}
