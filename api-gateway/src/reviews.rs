@@ -265,13 +265,6 @@ pub struct ImportRow {
     pub repository: Option<(String, String)>,
 }
 
-/// Whether a secret cell holds a redacted secret (its first 4 characters
-/// and `…`, as reviews exports and lists show secrets): hashing it would
-/// make a review that matches nothing.
-fn is_redacted(secret: &str) -> bool {
-    secret.ends_with('…') && secret.chars().count() <= 5
-}
-
 /// Parses a review import: UTF-8 CSV with a header row naming a `secret`
 /// or a `secretHash` column (any case), optionally `comment`, `rule`,
 /// `scope`, `project` and `repository` (a reviews export's columns); at
@@ -339,7 +332,7 @@ pub fn parse_review_csv(body: &[u8]) -> Result<Vec<ImportRow>, ApiError> {
                     "row {line} has an empty secret"
                 )));
             }
-            if is_redacted(&secret) {
+            if leakscan_engine::secret::is_redacted(&secret) {
                 return Err(ApiError::bad_request(format!(
                     "row {line}: the secret is redacted, as reviews exports show it; \
                      import an export with its secretHash column, or the plain secret"

@@ -661,12 +661,13 @@ fn looks_typed_or_short(value: &[u8]) -> bool {
         && value[..tag].iter().all(u8::is_ascii_lowercase)
 }
 
-/// Whether the identifier a generic match's value is assigned to ends in a
-/// credential word (`NPM_TOKEN`, `X-Vaultly-ApiKey`, `interseller_PRIVATE_KEY`):
-/// many services issue their keys as UUIDs, so a UUID named that way is
-/// kept, while one named `clientId` or `UserSecretsId` is an identifier.
+/// Whether the identifier a generic match's value is assigned to (`name`,
+/// see [`assigned_identifier`]) ends in a credential word (`NPM_TOKEN`,
+/// `X-Vaultly-ApiKey`, `ORBITMAIL_PRIVATE_KEY`): many services issue their
+/// keys as UUIDs, so a UUID named that way is kept, while one named
+/// `clientId` or `UserSecretsId` is an identifier.
 fn names_a_credential(name: &[u8]) -> bool {
-    let identifier = assigned_identifier(name).to_ascii_lowercase();
+    let identifier = name.to_ascii_lowercase();
     [
         &b"key"[..],
         b"token",

@@ -31,9 +31,7 @@ impl Secret {
 
     /// The first 4 characters, then `…` (DESIGN §4).
     pub fn redacted(&self) -> String {
-        let text = String::from_utf8_lossy(&self.0);
-        let prefix: String = text.chars().take(4).collect();
-        format!("{prefix}…")
+        redact(&self.0)
     }
 
     /// Keyed hash (HMAC-SHA256) of rule and secret, hex: stable across scans,
@@ -74,6 +72,23 @@ pub fn shannon_entropy(data: &[u8]) -> f64 {
         .sum()
 }
 
+/// The first 4 characters of a secret, then `…`: how secrets are shown
+/// wherever they are not needed in full (DESIGN §4).
+pub fn redact(secret: &[u8]) -> String {
+    let text = String::from_utf8_lossy(secret);
+    let prefix: String = text.chars().take(REDACTED_CHARS).collect();
+    format!("{prefix}…")
+}
+
+/// Whether `text` is a secret as [`redact`] shows it (at most 4
+/// characters, then `…`), not the secret itself.
+pub fn is_redacted(text: &str) -> bool {
+    text.ends_with('…') && text.chars().count() <= REDACTED_CHARS + 1
+}
+
+/// How many characters of a secret a redacted one keeps.
+const REDACTED_CHARS: usize = 4;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,6 +99,15 @@ mod tests {
         let shown = format!("{secret:?}");
         assert!(!shown.contains("supersecret"), "{shown}");
         assert!(shown.contains("len=20"));
+    }
+
+    #[test]
+    fn a_redacted_secret_is_recognised_as_one() {
+        let shown = redact(b"AKIAQ7LXZT2M4KD9PW3E");
+        assert_eq!(shown, "AKIA…");
+        assert!(is_redacted(&shown));
+        assert!(!is_redacted("AKIAQ7LXZT2M4KD9PW3E"));
+        assert!(!is_redacted("a longer value…"));
     }
 
     #[test]

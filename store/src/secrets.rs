@@ -300,12 +300,7 @@ fn unwrap_key(master: &MasterKey, id: i32, wrapped: &[u8]) -> Result<[u8; 32]> {
         .map_err(|_| StoreError::Invalid(format!("data key {id} has the wrong length")))
 }
 
-/// The first 4 characters of a secret, then `…` (DESIGN §4).
-pub fn redact(secret: &[u8]) -> String {
-    let text = String::from_utf8_lossy(secret);
-    let prefix: String = text.chars().take(4).collect();
-    format!("{prefix}…")
-}
+pub use leakscan_engine::secret::redact;
 
 #[cfg(test)]
 mod tests {
