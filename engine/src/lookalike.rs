@@ -248,8 +248,8 @@ pub fn is_not_secret_name(name: &[u8]) -> bool {
         .any(|word| memchr::memmem::find(&lowered, word.as_bytes()).is_some())
 }
 
-/// Whether `value` reads as an identifier (`DOC_Vector_5_32`,
-/// `jetbrains.mps.v8_elimination`): parts split by `.`, `_`, `-` or `/`,
+/// Whether `value` reads as an identifier (`CFG_Layer_4_16`,
+/// `acme.build.v3_inlining`): parts split by `.`, `_`, `-` or `/`,
 /// each a word (one case, or capitalised), a number, or at most 3
 /// characters. A random token has long mixed parts.
 pub fn looks_like_identifier(value: &[u8]) -> bool {
@@ -272,7 +272,10 @@ pub fn looks_like_identifier(value: &[u8]) -> bool {
                     || part.iter().all(|b| !b.is_ascii_uppercase()))
                 && part.iter().filter(|b| b.is_ascii_digit()).count() <= 2
                 && part.iter().filter(|b| b.is_ascii_alphabetic()).count() >= 3;
-            word || numbered_word || part.iter().all(u8::is_ascii_digit) || part.len() <= 3
+            word || numbered_word
+                || is_camel_case_words(part)
+                || part.iter().all(u8::is_ascii_digit)
+                || part.len() <= 3
         })
 }
 
@@ -307,6 +310,32 @@ pub fn is_hash_in_context(secret: &[u8], line: &[u8]) -> bool {
             .any(|word| memchr::memmem::find(&lowered, word).is_some())
 }
 
+/// File extensions of web assets whose names carry a content hash
+/// (`video_box.ico-7a388b….png`, `main.3f9c….js`).
+const ASSET_EXTENSIONS: &[&str] = &[
+    ".png", ".jpg", ".jpeg", ".gif", ".svg", ".webp", ".ico", ".css", ".js", ".mjs", ".map",
+    ".woff", ".woff2", ".ttf", ".html",
+];
+
+/// Whether `secret` is part of a file name in its line: directly followed
+/// by a web asset's extension and then no more name characters. Build
+/// tools fingerprint assets with a hash in the name, which can take any
+/// token's shape (`ico-` + 32 hex is also Infracost's format).
+pub fn is_asset_file_name(secret: &[u8], line: &[u8]) -> bool {
+    let Some(start) = memchr::memmem::find(line, secret) else {
+        return false;
+    };
+    let after = &line[start + secret.len()..];
+    ASSET_EXTENSIONS.iter().any(|extension| {
+        let extension = extension.as_bytes();
+        after.len() >= extension.len()
+            && after[..extension.len()].eq_ignore_ascii_case(extension)
+            && after
+                .get(extension.len())
+                .is_none_or(|next| !next.is_ascii_alphanumeric())
+    })
+}
+
 /// Type names of keys and tokens (`PKCS7PrivateKeyTypes`,
 /// `x25519.X25519PublicKey`): camel-case words naming a kind of key.
 fn names_a_key_type(value: &[u8]) -> bool {
@@ -323,13 +352,23 @@ fn names_a_key_type(value: &[u8]) -> bool {
 }
 
 /// Words run together in camel case (`PublicIpv4Pools`,
-/// `getTokenFromEnv2`): each part an optional capital, two or more
-/// lower-case letters and at most two digits, at least two parts of three
-/// lower-case letters or more. A
-/// random token has capitals side by side or digits inside a part.
+/// `getTokenFromEnv2`, `S3AccessPointAttachments`): each part an optional
+/// capital, two or more lower-case letters and at most two digits, or a
+/// numbered abbreviation (`S3`, `V2`; one at most), and at least two parts
+/// of three lower-case letters or more. A random token has capitals side by
+/// side or digits inside a part.
 fn is_camel_case_words(value: &[u8]) -> bool {
+    camel_case_parts(value).is_some_and(|parts| {
+        let lower = |part: &&[u8]| part.iter().filter(|b| b.is_ascii_lowercase()).count();
+        parts.len() >= 2 && parts.iter().filter(|part| lower(part) >= 3).count() >= 2
+    })
+}
+
+/// The camel-case parts of `value` when every part is a word or a
+/// numbered abbreviation (see [`is_camel_case_words`]).
+fn camel_case_parts(value: &[u8]) -> Option<Vec<&[u8]>> {
     if value.is_empty() || !value.iter().all(u8::is_ascii_alphanumeric) {
-        return false;
+        return None;
     }
     let mut parts: Vec<&[u8]> = Vec::new();
     let mut start = 0;
@@ -349,10 +388,18 @@ fn is_camel_case_words(value: &[u8]) -> bool {
         let digits = &body[letters..];
         letters >= 2 && digits.len() <= 2 && digits.iter().all(u8::is_ascii_digit)
     };
-    let lower = |part: &&[u8]| part.iter().filter(|b| b.is_ascii_lowercase()).count();
-    parts.len() >= 2
-        && parts.iter().all(word)
-        && parts.iter().filter(|part| lower(part) >= 3).count() >= 2
+    let numbered_abbreviation = |part: &&[u8]| {
+        part.len() <= 3 && part[0].is_ascii_uppercase() && part.iter().any(u8::is_ascii_digit)
+    };
+    let abbreviations = parts
+        .iter()
+        .filter(|part| numbered_abbreviation(part))
+        .count();
+    (abbreviations <= 1
+        && parts
+            .iter()
+            .all(|part| word(part) || numbered_abbreviation(part)))
+    .then_some(parts)
 }
 
 /// A generic rule's value that is too weak to report: a glob (`AmazonMSK_*`)
@@ -474,6 +521,25 @@ pub fn is_placeholder_basic(decoded: &[u8]) -> bool {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_hash_in_an_asset_file_name_is_no_credential() {
+        let line = b"<img src=\"/media/box.ico-4f1c9a2be07d36c5a81e92f04b6d7c3e.png\">";
+        assert!(is_asset_file_name(
+            b"ico-4f1c9a2be07d36c5a81e92f04b6d7c3e",
+            line
+        ));
+        // The same value assigned, or followed by more of a name, stays.
+        assert!(!is_asset_file_name(
+            b"ico-4f1c9a2be07d36c5a81e92f04b6d7c3e",
+            b"INFRACOST_API_KEY=ico-4f1c9a2be07d36c5a81e92f04b6d7c3e"
+        ));
+        assert!(!is_asset_file_name(
+            b"k7Hq2ZrT9vLm4Xp8",
+            b"token = \"k7Hq2ZrT9vLm4Xp8.jsonwebtoken\""
+        ));
+        assert!(is_asset_file_name(b"3f9c0d7e1a", b"main.3f9c0d7e1a.JS?v=2"));
+    }
+
     use super::*;
 
     #[test]
@@ -500,7 +566,7 @@ mod tests {
         }
         for value in [
             &b"q8Zr2vLp9xTkW3mN7yHd"[..],
-            b"ghp_L7DxtpYlSXpfKtHF4vUCsMehD5fJ0aB7nM2q",
+            b"ghp_kN5Mz71DtSw7RZFNrRfs0ABMU0etfNYIcj2B",
             b"77c430a72aa4af9dad98f1ed3e9b042b",
         ] {
             assert!(
@@ -573,8 +639,8 @@ mod tests {
 
     #[test]
     fn identifiers_and_names() {
-        assert!(looks_like_identifier(b"DOC_Vector_5_32"));
-        assert!(looks_like_identifier(b"jetbrains.mps.v8_elimination"));
+        assert!(looks_like_identifier(b"CFG_Layer_4_16"));
+        assert!(looks_like_identifier(b"acme.build.v3_inlining"));
         assert!(looks_like_identifier(b"PublicIpv4Pools"));
         assert!(looks_like_identifier(b"getTokenFromEnvironment2"));
         assert!(looks_like_identifier(b"PKCS7PrivateKeyTypes"));
@@ -582,19 +648,28 @@ mod tests {
         assert!(looks_like_identifier(b"SHA1DC_NO_STANDARD_INCLUDES=1"));
         assert!(looks_like_identifier(b"DEP_SQLITE3_LINK_TARGET"));
         assert!(!looks_like_identifier(
-            b"hqlh73m51_jtho0jh12wcf_2758c8fcdbv"
+            b"zfkwjr5vs_pacmr3tg0p2x_ers87vlnl1q"
         ));
         assert!(!looks_like_identifier(b"da2-qwpzkrhvd47mbtlxenaocgyfsu"));
         assert!(looks_like_identifier(b"x25519.X25519PublicKey"));
+        // A numbered abbreviation in camel case, camel case in a dotted name
+        // (issue 12: AWS CLI and pywin32 sources in the noise figure), but
+        // not a random value of short capitalised chunks.
+        assert!(looks_like_identifier(b"S3AccessPointAttachments"));
+        assert!(looks_like_identifier(b"ServerlessV2PlatformVersions"));
+        assert!(looks_like_identifier(b"win32api.RegisterEventSource"));
+        assert!(!looks_like_identifier(b"Xpzm6BnxFhdEu1"));
+        assert!(!looks_like_identifier(b"k_A7B2C9D4E1F6G3H8"));
+        assert!(!looks_like_identifier(b"K9xVq2R7mTz4Lw8Np3Hc"));
         assert!(!looks_like_identifier(
-            b"qFj32Da8vfgXLu9PkXPyAHGrvKrzGTQIN4"
+            b"9KAe9zpnuiBFQ7jMekqCBgm1riwhnwjjWY"
         ));
         assert!(!looks_like_identifier(b"Wd8Kq2Nv5Rx7Lp3Tz9Mb4Hc6Jf1Sg0"));
         assert!(is_weak_generic_value(b"3d104ea0be48564b"));
         assert!(is_weak_generic_value(b"AmazonMSK_*"));
         assert!(!is_weak_generic_value(b"77c430a72aa4af9dad98f1ed3e9b042b"));
         assert!(!looks_like_identifier(
-            b"qFj32Da8vf-g_-8qLu9P_k8XPyAHGrvKrzGTQIN4"
+            b"39SNTTnxXt-l_-6TOfjjxdA_sb1BJMa6wTSPEb3EIcW"
         ));
         assert!(!looks_like_identifier(b"77c430a72aa4af9dad98f1ed3e9b042b"));
         assert!(is_not_secret_name(b"publicToken = \""));

@@ -370,6 +370,7 @@ impl CompiledRule {
                     && lookalike::is_uuid(value)
                     && !(self.generic && names_a_credential(name)))
                 || (self.generic && detector_facts.defers_to_provider(value, name))
+                || lookalike::is_asset_file_name(secret, context)
                 || (self.generic
                     && (lookalike::is_not_secret_name(name)
                         || lookalike::looks_like_identifier(value)
@@ -663,15 +664,17 @@ fn looks_typed_or_short(value: &[u8]) -> bool {
 
 /// Whether the identifier a generic match's value is assigned to (`name`,
 /// see [`assigned_identifier`]) ends in a credential word (`NPM_TOKEN`,
-/// `X-Vaultly-ApiKey`, `ORBITMAIL_PRIVATE_KEY`): many services issue their
-/// keys as UUIDs, so a UUID named that way is kept, while one named
-/// `clientId` or `UserSecretsId` is an identifier.
+/// `X-Vaultly-ApiKey`, `ORBITMAIL_PRIVATE_KEY`, `quotehub ACCESS`): many
+/// services issue their keys as UUIDs, so a UUID named that way is kept,
+/// while one named `clientId` or `UserSecretsId` is an identifier.
 fn names_a_credential(name: &[u8]) -> bool {
     let identifier = name.to_ascii_lowercase();
     [
         &b"key"[..],
         b"token",
         b"secret",
+        b"access",
+        b"private",
         b"tkn",
         b"password",
         b"passwd",

@@ -238,6 +238,8 @@ fn look_alikes_are_not_reported() {
         "    \"ClientToken\": \"b64ce422-8c38-fb29-18f1-35d25f557203\",",
         // Type names of keys.
         "KeyTypes = PKCS7PrivateKeyTypes",
+        // A hashed asset name whose hash has a token's shape (issue 12).
+        "<img src=\"/media/box.ico-4f1c9a2be07d36c5a81e92f04b6d7c3e.png\">",
     ] {
         let found: Vec<String> = scanner
             .scan(text.as_bytes())
@@ -257,6 +259,15 @@ fn credentials_in_less_usual_shapes_are_reported() {
         (
             "ORBITMAIL_API_KEY=8d1e5c3a-7b2f-4e96-a0c4-1f3b5d7e9a2c",
             "8d1e5c3a-7b2f-4e96-a0c4-1f3b5d7e9a2c",
+        ),
+        (
+            "quotehub ACCESS 5b0e7c1d-93af-4e62-b8d4-7a1f2c9e6d30",
+            "5b0e7c1d-93af-4e62-b8d4-7a1f2c9e6d30",
+        ),
+        // A service's name and credential word joined to the value by `-`.
+        (
+            "brightpathPRIVATE-Qm7Tz2Xk9RvL4wNc8HpB",
+            "Qm7Tz2Xk9RvL4wNc8HpB",
         ),
         // A long untyped value beside the name of a provider whose own rule
         // expects another shape: still that provider's credential.
