@@ -62,7 +62,12 @@ const PLACEHOLDER_WORDS: &[&str] = &[
 
 /// Template and interpolation markers: a value containing one is code, not a
 /// literal.
-const TEMPLATE_MARKERS: &[&str] = &["${", "{{", "}}", "%(", "#{", "<%", "%>", "$(", "[[", "]]"];
+const TEMPLATE_MARKERS: &[&str] = &["${", "{{", "}}", "#{", "<%", "%>", "[[", "]]"];
+
+/// Markers that open an interpolation only before a name and a closing
+/// parenthesis (`%(user)s`, `$(cat key)`): Django's generated keys hold
+/// `%(` and `$(` anywhere (`%(^+=`, `%(s*2`), and are no template.
+const NAMED_TEMPLATE_MARKERS: &[&str] = &["%(", "$("];
 
 /// Words in a line that say its hex or base64 values are digests.
 const HASH_CONTEXT_WORDS: &[&str] = &[
@@ -101,6 +106,20 @@ pub fn is_placeholder(secret: &[u8], strip: &[Vec<u8>]) -> bool {
         .iter()
         .any(|marker| memchr::memmem::find(&lowered, marker.as_bytes()).is_some())
     {
+        return true;
+    }
+    if NAMED_TEMPLATE_MARKERS.iter().any(|marker| {
+        memchr::memmem::find_iter(&lowered, marker.as_bytes()).any(|position| {
+            let rest = &lowered[position + marker.len()..];
+            let name = rest
+                .iter()
+                .take_while(|byte| byte.is_ascii_alphanumeric() || **byte == b'_')
+                .count();
+            rest.first()
+                .is_some_and(|first| first.is_ascii_alphabetic() || *first == b'_')
+                && rest[name..].contains(&b')')
+        })
+    }) {
         return true;
     }
     if lowered.first() == Some(&b'$') && lowered.get(1).is_some_and(|c| c.is_ascii_alphabetic()) {
@@ -557,6 +576,7 @@ mod tests {
             b"__SECRET__",
             b"sk-ant-...",
             b"process.env.TOKEN",
+            b"$(cat /run/secrets/token)",
         ] {
             assert!(
                 is_placeholder(value, &[]),
@@ -568,6 +588,10 @@ mod tests {
             &b"q8Zr2vLp9xTkW3mN7yHd"[..],
             b"ghp_kN5Mz71DtSw7RZFNrRfs0ABMU0etfNYIcj2B",
             b"77c430a72aa4af9dad98f1ed3e9b042b",
+            // Django's alphabet holds `%(` and `$(`; before a symbol they
+            // open no interpolation (issue 12).
+            b"w9%(^+=k2@x7qz!m4t8$(#p1r6n3b5c&j0h*f=g+d_s-l2e7u4a",
+            b"bw$d9k@py=@%(s*2m!&_8^!9ec2nzeet%2+l8gob7",
         ] {
             assert!(
                 !is_placeholder(value, &[]),
