@@ -99,7 +99,7 @@ PROVIDERS = [
     ("Pulumi token", lambda g: "pul-" + g.hex(40), "PULUMI_ACCESS_TOKEN"),
     ("Vault service token", lambda g: "hvs." + g.b64url(90), "VAULT_TOKEN"),
     ("New Relic user key", lambda g: "NRAK-" + g.upper(27), "NEW_RELIC_API_KEY"),
-    ("Atlassian API token", lambda g: "ATATT3xFfGF0" + g.b64url(180) + "=" + g.upper(8), "JIRA_API_TOKEN"),
+    ("Atlassian API token", lambda g: "ATATT3xFfGF0" + g.b64url(180) + "=" + g.hex(8).upper(), "JIRA_API_TOKEN"),
     ("Perplexity key", lambda g: "pplx-" + g.b62(48), "PERPLEXITY_API_KEY"),
     ("Groq key", lambda g: "gsk_" + g.b62(52), "GROQ_API_KEY"),
 ]
@@ -165,6 +165,8 @@ def password_rows(g, per):
         ("terraform", "resource \"aws_db_instance\" \"db\" {{\n  password = \"{p}\"\n}}\n", "resource \"aws_db_instance\" \"db\" {{\n  password = var.db_password\n}}\n"),
         ("dockerfile", "ENV POSTGRES_PASSWORD={p}\n", "ENV POSTGRES_PASSWORD=${{POSTGRES_PASSWORD}}\n"),
         ("ini", "[database]\npassword = {p}\n", "[database]\npassword = <password>\n"),
+        ("python env default", "SECRET_KEY = os.environ.get(\"APP_SECRET_KEY\", \"{p}\")\n", "SECRET_KEY = os.environ.get(\"APP_SECRET_KEY\", \"\")\n"),
+        ("node env default", "const token = process.env.SYNC_API_TOKEN || \"{p}\";\n", "const token = process.env.SYNC_API_TOKEN || defaults.token;\n"),
     ]
     rows = []
     for name, positive, negative in templates:
@@ -192,6 +194,7 @@ def connection_rows(g, per):
             f"smtp_url: smtps://{u}:{p}@smtp.acme-corp.io:465",
             f"ftp://{u}:{p}@files.acme-corp.io/upload",
             f"https://{u}:{p}@git.acme-corp.io/team/repo.git",
+            f"MONGO_URI=mongodb://{u}:{p[:4]}@{p[4:]}@{h}:27017/app",
         ]:
             rows.append(("connection string", "positive", text + "\n", None))
     for text in [
@@ -216,6 +219,8 @@ def command_rows(g, per):
             f"mysql -u root -p{p} shop < dump.sql",
             f"sshpass -p '{p}' ssh admin@10.0.0.12",
             f"PGPASSWORD={p} psql -h db.internal -U app app",
+            f"curl -s -X POST https://ci.acme-corp.io/api/builds \\\n  -H 'Accept: application/json' \\\n  -u deploy:{p}",
+            f"curl -d client_secret={g.b62(32)} https://auth.acme-corp.io/oauth/token",
         ]:
             rows.append(("command line", "positive", text + "\n", None))
     for text in [
