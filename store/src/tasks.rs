@@ -370,6 +370,14 @@ pub async fn cancel_jobs(pool: &PgPool, state: &str) -> Result<u64> {
 
 /// Recomputes a job's counts and state from its tasks.
 async fn settle_job(transaction: &mut Transaction<'_, Postgres>, job: JobId) -> Result<()> {
+    // Under the job's row lock: a task completing at the same moment waits
+    // here until this transaction commits, and its count (a new statement,
+    // so a new snapshot) then sees this task's state. Without the lock both
+    // count before either commits and the job stays running for ever.
+    sqlx::query("select 1 from scan_jobs where id = $1 for update")
+        .bind(job)
+        .execute(&mut **transaction)
+        .await?;
     let (total, done, failed, cancelled, blobs): (i64, i64, i64, i64, i64) = sqlx::query_as(
         "select count(*), count(*) filter (where state = 'done'), count(*) filter (where state = 'failed'),
                 count(*) filter (where state = 'cancelled'), coalesce(sum(blobs_read), 0)::bigint

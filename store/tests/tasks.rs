@@ -153,6 +153,44 @@ async fn completing_every_task_finishes_the_job_and_records_the_scanned_commit()
     database.drop_database().await.unwrap();
 }
 
+/// Regression (issue 13): tasks completing at the same moment each counted
+/// the job's tasks before the others committed, so every one of them saw
+/// the job unfinished and it stayed `running` for ever. Settling under the
+/// job's row lock makes the last one see them all.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tasks_completing_together_finish_their_job() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    for round in 0..10 {
+        let job = running_job(pool, 12).await;
+        let mut leased = Vec::new();
+        while let Some(task) = tasks::lease_next_task(pool, "w", LEASE_MS, limits(100, 100))
+            .await
+            .unwrap()
+        {
+            leased.push(task);
+        }
+        assert_eq!(leased.len(), 12, "round {round}");
+        let completions = leased.into_iter().enumerate().map(|(index, task)| {
+            let pool = pool.clone();
+            let completion = done_at(&format!("head-{round}-{index}"), 1);
+            tokio::spawn(async move {
+                tasks::complete_task(&pool, task.task_id, &task.lease_id, &completion).await
+            })
+        });
+        for result in futures::future::join_all(completions).await {
+            result.unwrap().unwrap();
+        }
+        let job = jobs::job(pool, job.id).await.unwrap();
+        assert_eq!(
+            (job.state.as_str(), job.tasks_done),
+            ("done", 12),
+            "round {round}"
+        );
+    }
+    database.drop_database().await.unwrap();
+}
+
 #[tokio::test]
 async fn failures_and_expired_leases_retry_then_fail_with_the_last_error() {
     let database = TestDatabase::create().await.unwrap();
