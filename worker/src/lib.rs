@@ -329,7 +329,7 @@ impl Slot {
                 })?
         };
         let policy_digest = effective.digest();
-        let incremental =
+        let mut incremental =
             !task.last_scanned_commit.is_empty() && task.last_scanned_digest == policy_digest;
         if incremental && head == task.last_scanned_commit {
             return Ok(Scanned {
@@ -338,6 +338,17 @@ impl Slot {
                 policy_digest,
                 full_scan: false,
             });
+        }
+        // After a force-push the last scanned commit may be gone from the
+        // mirror (a fresh mirror never fetched it) or no longer behind the
+        // head: scanning "since" it would fail or keep findings of commits
+        // the branch lost, so the branch is scanned whole instead.
+        if incremental && !is_ancestor(&mirror, &task.last_scanned_commit, &head).await {
+            tracing::info!(
+                branch = %task.branch,
+                "the last scanned commit is not behind the head (force-push): full scan"
+            );
+            incremental = false;
         }
         let request = GitScanRequest {
             refs: RefSelection::Branch(task.branch.clone()),
@@ -628,6 +639,17 @@ fn staging_suffix() -> String {
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// Whether `ancestor` is a commit of `repository` that `head` descends from
+/// (false when it is missing).
+async fn is_ancestor(repository: &Path, ancestor: &str, head: &str) -> bool {
+    // Both are object names this worker read with `rev-parse`; a value that
+    // is not hex (an option) is no commit.
+    ancestor.bytes().all(|byte| byte.is_ascii_hexdigit())
+        && git_output(repository, &["merge-base", "--is-ancestor", ancestor, head])
+            .await
+            .is_ok()
 }
 
 async fn git_output(repository: &Path, args: &[&str]) -> Result<String, String> {

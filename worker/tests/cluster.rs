@@ -1,7 +1,8 @@
 //! Coordinator and two workers in one process, talking gRPC on loopback,
 //! against a fresh database, a fresh Redis prefix and real git repositories:
-//! a total rescan stores exactly the findings `leakscan scan` reports, and a
-//! second rescan with no new commits reads no blob.
+//! a total rescan stores exactly the findings `leakscan scan` reports, a
+//! second rescan with no new commits reads no blob, and a force-pushed branch
+//! is scanned whole.
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
@@ -105,80 +106,130 @@ async fn wait_for_job(pool: &sqlx::PgPool, scan_key: &str) -> jobs::Job {
     }
 }
 
+/// A coordinator and two workers sharing one mirror directory, on loopback,
+/// with a Redis prefix of their own.
+struct Cluster {
+    prefix: String,
+    queue: JobQueue,
+    shutdown: CancellationToken,
+    coordinator: tokio::task::JoinHandle<Result<(), leakscan_coordinator::CoordinatorError>>,
+    workers: Vec<tokio::task::JoinHandle<Result<(), leakscan_worker::WorkerError>>>,
+    mirrors: tempfile::TempDir,
+}
+
+impl Cluster {
+    async fn start(pool: &sqlx::PgPool) -> Cluster {
+        let prefix = format!("{}:", unique_name("leakscan-test"));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let coordinator_url = format!("http://{}", listener.local_addr().unwrap());
+        let shutdown = CancellationToken::new();
+        let secrets = Arc::new(SecretBox::load(pool, MasterKey::generate()).await.unwrap());
+        let coordinator = tokio::spawn(leakscan_coordinator::run(
+            CoordinatorConfig::default(),
+            pool.clone(),
+            JobQueue::connect(&redis_url(), &prefix).await.unwrap(),
+            secrets,
+            listener,
+            Arc::new(CoordinatorState::default()),
+            shutdown.clone(),
+        ));
+        let mirrors = tempfile::tempdir().unwrap();
+        let workers: Vec<_> = (0..2)
+            .map(|index| {
+                tokio::spawn(leakscan_worker::run(
+                    WorkerConfig {
+                        coordinator_url: coordinator_url.clone(),
+                        name: format!("worker-{index}"),
+                        slots: 2,
+                        // Regression: both workers share one mirror directory, as
+                        // in `leakscan up`; concurrent clones of one repository
+                        // used to remove each other's half-made mirror.
+                        mirror_dir: mirrors.path().to_path_buf(),
+                        threads: 1,
+                        lease_wait_ms: 500,
+                    },
+                    shutdown.clone(),
+                ))
+            })
+            .collect();
+        let queue = JobQueue::connect(&redis_url(), &prefix).await.unwrap();
+        Cluster {
+            prefix,
+            queue,
+            shutdown,
+            coordinator,
+            workers,
+            mirrors,
+        }
+    }
+
+    /// A total rescan, run to its end.
+    async fn total_rescan(&self, pool: &sqlx::PgPool) -> jobs::Job {
+        let job = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+            .await
+            .unwrap();
+        self.queue.enqueue(job.id).await.unwrap();
+        wait_for_job(pool, &job.scan_key).await
+    }
+
+    async fn stop(self) {
+        self.shutdown.cancel();
+        for worker in self.workers {
+            worker.await.unwrap().unwrap();
+        }
+        self.coordinator.await.unwrap().unwrap();
+        let _: () = redis::cmd("DEL")
+            .arg(format!("{}jobs", self.prefix))
+            .query_async(
+                &mut redis::Client::open(redis_url())
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+    }
+}
+
+/// Registers `repo` as PROJ/`slug` with the branches it has now.
+async fn register(pool: &sqlx::PgPool, slug: &str, repo: &GitRepo) -> catalog::RepoId {
+    catalog::upsert_project(pool, "PROJ", "Project")
+        .await
+        .unwrap();
+    let registered = catalog::upsert_repository(pool, "PROJ", slug, repo.path().to_str().unwrap())
+        .await
+        .unwrap();
+    let refs = repo.git(&[
+        "for-each-ref",
+        "refs/heads",
+        "--format=%(refname:short) %(objectname)",
+    ]);
+    let branches: Vec<(String, String)> = refs
+        .lines()
+        .map(|line| {
+            let (name, head) = line.split_once(' ').unwrap();
+            (name.to_string(), head.to_string())
+        })
+        .collect();
+    catalog::replace_branches(pool, registered.id, &branches)
+        .await
+        .unwrap();
+    registered.id
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_total_rescan_stores_what_leakscan_scan_reports_and_a_rescan_reads_nothing() {
     let database = TestDatabase::create().await.unwrap();
     let pool = &database.pool;
     let repos: Vec<GitRepo> = (0..4).map(repository).collect();
-    catalog::upsert_project(pool, "PROJ", "Project")
-        .await
-        .unwrap();
     let mut ids = Vec::new();
     for (index, repo) in repos.iter().enumerate() {
-        let slug = format!("repo{index}");
-        let registered =
-            catalog::upsert_repository(pool, "PROJ", &slug, repo.path().to_str().unwrap())
-                .await
-                .unwrap();
-        let refs = repo.git(&[
-            "for-each-ref",
-            "refs/heads",
-            "--format=%(refname:short) %(objectname)",
-        ]);
-        let branches: Vec<(String, String)> = refs
-            .lines()
-            .map(|line| {
-                let (name, head) = line.split_once(' ').unwrap();
-                (name.to_string(), head.to_string())
-            })
-            .collect();
-        assert_eq!(branches.len(), 3);
-        catalog::replace_branches(pool, registered.id, &branches)
-            .await
-            .unwrap();
-        ids.push(registered.id);
+        ids.push(register(pool, &format!("repo{index}"), repo).await);
     }
+    let cluster = Cluster::start(pool).await;
 
-    let prefix = format!("{}:", unique_name("leakscan-test"));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let coordinator_url = format!("http://{}", listener.local_addr().unwrap());
-    let shutdown = CancellationToken::new();
-    let secrets = Arc::new(SecretBox::load(pool, MasterKey::generate()).await.unwrap());
-    let coordinator = tokio::spawn(leakscan_coordinator::run(
-        CoordinatorConfig::default(),
-        pool.clone(),
-        JobQueue::connect(&redis_url(), &prefix).await.unwrap(),
-        secrets,
-        listener,
-        Arc::new(CoordinatorState::default()),
-        shutdown.clone(),
-    ));
-    let mirrors = tempfile::tempdir().unwrap();
-    let workers: Vec<_> = (0..2)
-        .map(|index| {
-            tokio::spawn(leakscan_worker::run(
-                WorkerConfig {
-                    coordinator_url: coordinator_url.clone(),
-                    name: format!("worker-{index}"),
-                    slots: 2,
-                    // Regression: both workers share one mirror directory, as
-                    // in `leakscan up`; concurrent clones of one repository
-                    // used to remove each other's half-made mirror.
-                    mirror_dir: mirrors.path().to_path_buf(),
-                    threads: 1,
-                    lease_wait_ms: 500,
-                },
-                shutdown.clone(),
-            ))
-        })
-        .collect();
-
-    let queue = JobQueue::connect(&redis_url(), &prefix).await.unwrap();
-    let first = jobs::create_job(pool, &JobScope::Total, "admin", &[])
-        .await
-        .unwrap();
-    queue.enqueue(first.id).await.unwrap();
-    let done = wait_for_job(pool, &first.scan_key).await;
+    let done = cluster.total_rescan(pool).await;
     assert_eq!(
         (done.state.as_str(), done.tasks_total, done.tasks_done),
         ("done", 12, 12)
@@ -201,11 +252,7 @@ async fn a_total_rescan_stores_what_leakscan_scan_reports_and_a_rescan_reads_not
     );
 
     // Nothing changed: the second total rescan reads no blob and adds nothing.
-    let second = jobs::create_job(pool, &JobScope::Total, "admin", &[])
-        .await
-        .unwrap();
-    queue.enqueue(second.id).await.unwrap();
-    let again = wait_for_job(pool, &second.scan_key).await;
+    let again = cluster.total_rescan(pool).await;
     assert_eq!(
         (again.state.as_str(), again.tasks_done, again.blobs_read),
         ("done", 12, 0)
@@ -216,21 +263,48 @@ async fn a_total_rescan_stores_what_leakscan_scan_reports_and_a_rescan_reads_not
         .unwrap();
     assert_eq!(total, 12);
 
-    shutdown.cancel();
-    for worker in workers {
-        worker.await.unwrap().unwrap();
+    cluster.stop().await;
+    database.drop_database().await.unwrap();
+}
+
+/// Regression (issue 13): after a force-push the last scanned commit is gone
+/// from a fresh mirror; the incremental scan "since" it failed three times
+/// and the branch could never be scanned again. It now scans the branch
+/// whole, and the findings of the commits the branch lost go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_force_pushed_branch_is_scanned_whole() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let repo = GitRepo::new();
+    repo.write("app.env", format!("{}\n", example("AWS_ACCESS_KEY_ID")));
+    let first = repo.commit_all("init");
+    repo.write("deploy.sh", format!("{}\n", example("GITHUB_PAT_CLASSIC")));
+    repo.commit_all("deploy script");
+    let id = register(pool, "rewritten", &repo).await;
+    let cluster = Cluster::start(pool).await;
+    assert_eq!(cluster.total_rescan(pool).await.state, "done");
+    assert_eq!(stored_findings(pool, id).await, expected_findings(&repo));
+
+    // Rewrite main: the commit with the token is no longer on it, and a new
+    // mirror (another worker's disk) never saw it.
+    repo.git(&["reset", "--hard", &first]);
+    repo.write("notify.yml", format!("{}\n", example("SLACK_BOT_TOKEN")));
+    repo.commit_all("notifications instead");
+    repo.git(&["reflog", "expire", "--expire=now", "--all"]);
+    repo.git(&["gc", "--prune=now", "--quiet"]);
+    for entry in std::fs::read_dir(cluster.mirrors.path()).unwrap() {
+        std::fs::remove_dir_all(entry.unwrap().path()).unwrap();
     }
-    coordinator.await.unwrap().unwrap();
-    let _: () = redis::cmd("DEL")
-        .arg(format!("{prefix}jobs"))
-        .query_async(
-            &mut redis::Client::open(redis_url())
-                .unwrap()
-                .get_multiplexed_async_connection()
-                .await
-                .unwrap(),
-        )
-        .await
-        .unwrap();
+    let rescan = cluster.total_rescan(pool).await;
+    assert_eq!(
+        (rescan.state.as_str(), rescan.tasks_done),
+        ("done", 1),
+        "{rescan:?}"
+    );
+    let expected = expected_findings(&repo);
+    assert_eq!(expected.len(), 2);
+    assert_eq!(stored_findings(pool, id).await, expected);
+
+    cluster.stop().await;
     database.drop_database().await.unwrap();
 }
