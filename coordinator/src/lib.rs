@@ -65,6 +65,9 @@ pub struct CoordinatorConfig {
     pub claim_idle_ms: u64,
     /// How often expired leases are looked for.
     pub expiry_interval: Duration,
+    /// How often the leader expands jobs PostgreSQL has as queued whatever
+    /// the stream says (an enqueue that failed, entries Redis lost).
+    pub reconcile_interval: Duration,
     /// Blob size limit sent with each task.
     pub max_blob_size: u64,
     /// Findings of lower confidence are not reported (sent in each task's
@@ -86,6 +89,7 @@ impl Default for CoordinatorConfig {
             consumer_name: "coordinator".into(),
             claim_idle_ms: 60_000,
             expiry_interval: Duration::from_secs(2),
+            reconcile_interval: Duration::from_secs(60),
             max_blob_size: 20 * 1024 * 1024,
             min_confidence: leakscan_engine::Confidence::Medium,
         }
@@ -169,6 +173,13 @@ pub async fn run(
         Arc::clone(&work_available),
         background.clone(),
     ));
+    let reconciler = tokio::spawn(reconcile_periodically(
+        config.reconcile_interval,
+        pool.clone(),
+        Arc::clone(&state),
+        Arc::clone(&work_available),
+        background.clone(),
+    ));
     let service = CoordinatorService {
         config,
         secrets,
@@ -186,6 +197,7 @@ pub async fn run(
     background.cancel();
     let _ = consumer.await;
     let _ = expiry.await;
+    let _ = reconciler.await;
     state.leader.store(false, Ordering::SeqCst);
     let _: Result<bool, _> = sqlx::query_scalar("select pg_advisory_unlock($1)")
         .bind(LEADER_LOCK)
@@ -202,6 +214,33 @@ async fn reconcile(pool: &PgPool, state: &CoordinatorState) -> Result<(), StoreE
         info!(job = job.0, tasks, "reconciled queued job");
     }
     Ok(())
+}
+
+/// [`reconcile`] every `interval` while leading: a job whose stream entry
+/// never came (the enqueue failed) or was lost (Redis flushed or restarted
+/// without its data) is expanded all the same. Expanding is idempotent, so
+/// a job the stream delivers too is expanded once.
+async fn reconcile_periodically(
+    interval: Duration,
+    pool: PgPool,
+    state: Arc<CoordinatorState>,
+    work_available: Arc<Notify>,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let before = state.jobs_expanded.load(Ordering::SeqCst);
+        match reconcile(&pool, &state).await {
+            Ok(()) if state.jobs_expanded.load(Ordering::SeqCst) != before => {
+                work_available.notify_waiters();
+            }
+            Ok(()) => {}
+            Err(error) => warn!(%error, "cannot reconcile queued jobs"),
+        }
+    }
 }
 
 async fn consume_stream(

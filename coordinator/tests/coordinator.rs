@@ -1,6 +1,6 @@
 //! A real coordinator on loopback against a fresh database and Redis prefix,
 //! driven by a real tonic client: reconciliation, the job stream, the task
-//! lifecycle, lease expiry and leader failover.
+//! lifecycle, lease expiry, leader failover and the loss of Redis's data.
 
 use std::{sync::Arc, time::Duration};
 
@@ -337,5 +337,79 @@ async fn a_standby_takes_over_when_the_leader_stops() {
     eventually("the standby to lead", async || second_state.is_leader()).await;
     second.shutdown.cancel();
     second.handle.await.unwrap();
+    database.drop_database().await.unwrap();
+}
+
+/// Regression (issue 13): after Redis lost its data the coordinator answered
+/// NOGROUP every second and never consumed again, and a job whose stream
+/// entry was lost (or whose enqueue failed) waited for the next change of
+/// leader. Now the stream and its group are made again on NOGROUP, and the
+/// leader expands queued jobs periodically.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_coordinator_recovers_when_redis_loses_the_job_stream() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    seed(pool).await;
+    let prefix = prefix();
+    let running = start(
+        pool,
+        &prefix,
+        CoordinatorConfig {
+            reconcile_interval: Duration::from_millis(300),
+            ..CoordinatorConfig::default()
+        },
+    )
+    .await;
+    let state = Arc::clone(&running.state);
+    eventually("leadership", async || state.is_leader()).await;
+
+    // Connected (and the group made) before the loss, as the gateway is.
+    let queue = JobQueue::connect(&redis_url(), &prefix).await.unwrap();
+    // Redis restarted empty: our stream (and so its group) is gone.
+    let mut redis = redis::Client::open(redis_url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let stream = format!("{prefix}jobs");
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    // A job enqueued now recreates the stream without the group.
+    let streamed = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(&stream)
+        .arg("*")
+        .arg("job")
+        .arg(streamed.id.0.to_string())
+        .query_async(&mut redis)
+        .await
+        .unwrap();
+    eventually("the streamed job expanded and acknowledged", async || {
+        jobs::job(pool, streamed.id).await.unwrap().state != "queued"
+            && queue.depth().await.ok() == Some(0)
+    })
+    .await;
+
+    // A job whose enqueue never happened.
+    let lost = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    eventually("the job without a stream entry expanded", async || {
+        jobs::job(pool, lost.id).await.unwrap().state != "queued"
+    })
+    .await;
+
+    running.shutdown.cancel();
+    running.handle.await.unwrap();
+    let _: () = redis::cmd("DEL")
+        .arg(&stream)
+        .query_async(&mut redis)
+        .await
+        .unwrap();
     database.drop_database().await.unwrap();
 }

@@ -104,6 +104,17 @@ impl JobQueue {
         }
     }
 
+    /// After Redis lost its data (flushed, or restarted without
+    /// persistence) the stream and its group are gone and every group
+    /// command answers NOGROUP: they are made again, so consuming goes on.
+    /// The jobs whose entries were lost are still queued in PostgreSQL; the
+    /// leading coordinator expands them all the same (its periodic
+    /// reconciliation).
+    async fn recreate_group(&self, error: &redis::RedisError) -> Result<()> {
+        tracing::warn!(stream = %self.stream, %error, "the job stream or its group is gone: creating them again");
+        self.ensure_group().await
+    }
+
     /// Appends a job id.
     pub async fn enqueue(&self, job: JobId) -> Result<String> {
         let mut connection = self.connection.clone();
@@ -145,9 +156,18 @@ impl JobQueue {
         if let Some(block_ms) = block_ms {
             options = options.block(block_ms);
         }
-        let reply: Option<StreamReadReply> = connection
+        let reply: Option<StreamReadReply> = match connection
             .xread_options(&[&self.stream], &[id], &options)
-            .await?;
+            .await
+        {
+            Err(error) if is_nogroup(&error) => {
+                self.recreate_group(&error).await?;
+                connection
+                    .xread_options(&[&self.stream], &[id], &options)
+                    .await?
+            }
+            other => other?,
+        };
         let mut deliveries = Vec::new();
         for key in reply.map(|reply| reply.keys).unwrap_or_default() {
             for entry in key.ids {
@@ -166,16 +186,23 @@ impl JobQueue {
         count: usize,
     ) -> Result<Vec<Delivery>> {
         let mut connection = self.connection.clone();
-        let reply: redis::streams::StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
+        let mut command = redis::cmd("XAUTOCLAIM");
+        command
             .arg(&self.stream)
             .arg(CONSUMER_GROUP)
             .arg(consumer)
             .arg(min_idle_ms)
             .arg("0-0")
             .arg("COUNT")
-            .arg(count)
-            .query_async(&mut connection)
-            .await?;
+            .arg(count);
+        let reply: redis::streams::StreamAutoClaimReply =
+            match command.query_async(&mut connection).await {
+                Err(error) if is_nogroup(&error) => {
+                    self.recreate_group(&error).await?;
+                    command.query_async(&mut connection).await?
+                }
+                other => other?,
+            };
         reply
             .claimed
             .iter()
@@ -212,6 +239,12 @@ impl JobQueue {
             .unwrap_or(length);
         Ok(lag + pending.count() as u64)
     }
+}
+
+/// Redis's answer to a group command on a stream or group that does not
+/// exist.
+fn is_nogroup(error: &redis::RedisError) -> bool {
+    error.code() == Some("NOGROUP")
 }
 
 fn parse_entry(entry_id: &str, job: Option<&Value>) -> Result<Delivery> {
