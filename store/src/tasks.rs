@@ -76,6 +76,9 @@ pub fn job_outcome(total: i64, done: i64, failed: i64, cancelled: i64) -> (&'sta
 }
 
 /// Leases the oldest queued task to `worker`, within the parallelism limits.
+/// A task waits while another job's task of the same branch is leased: two
+/// full scans of one branch at once would each keep only their own
+/// findings and delete the other's.
 pub async fn lease_next_task(
     pool: &PgPool,
     worker: &str,
@@ -108,6 +111,11 @@ pub async fn lease_next_task(
         "with next as (
              select t.id from scan_tasks t join scan_jobs j on j.id = t.job_id
              where t.state = 'queued' and j.state = 'running'
+               and not exists (
+                   select 1 from scan_tasks busy
+                   where busy.repository_id = t.repository_id and busy.branch = t.branch
+                     and busy.state = 'leased'
+               )
              order by t.id for update of t skip locked limit 1
          ), leased as (
              update scan_tasks t set state = 'leased', lease_id = $2, leased_by = $1, leased_at = now(),

@@ -191,6 +191,44 @@ async fn tasks_completing_together_finish_their_job() {
     database.drop_database().await.unwrap();
 }
 
+/// Regression (issue 13): a total rescan and a branch rescan of the same
+/// branch ran at once, and each full scan deleted the other's findings.
+/// The second job's task of a branch waits until the first one's ends.
+#[tokio::test]
+async fn one_branch_is_scanned_by_one_task_at_a_time() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let first_job = running_job(pool, 1).await;
+    let second_job = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    jobs::expand_job(pool, second_job.id).await.unwrap();
+    let first = tasks::lease_next_task(pool, "w1", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.job_id, first_job.id);
+    // The other job's task of the same branch is not handed out meanwhile.
+    assert!(tasks::lease_next_task(pool, "w2", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .is_none());
+    tasks::complete_task(pool, first.task_id, &first.lease_id, &done_at("head0", 1))
+        .await
+        .unwrap();
+    let second = tasks::lease_next_task(pool, "w2", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (second.job_id, second.branch.as_str()),
+        (second_job.id, "b0")
+    );
+    // It starts from what the first scan recorded.
+    assert_eq!(second.last_scanned_commit.as_deref(), Some("head0"));
+    database.drop_database().await.unwrap();
+}
+
 #[tokio::test]
 async fn failures_and_expired_leases_retry_then_fail_with_the_last_error() {
     let database = TestDatabase::create().await.unwrap();
