@@ -277,11 +277,12 @@ impl Slot {
             message: "task without a repository".into(),
             retryable: false,
         })?;
-        let mirror = self
-            .config
-            .mirror_dir
-            .join(safe_component(&repository.project_key))
-            .join(format!("{}.git", safe_component(&repository.slug)));
+        let mirror = mirror_path(
+            &self.config.mirror_dir,
+            &repository.project_key,
+            &repository.slug,
+            &repository.clone_url,
+        );
         // One update of a mirror at a time: two slots cloning into the same
         // directory would remove each other's clone.
         let mirror_lock = {
@@ -565,11 +566,37 @@ fn safe_component(text: &str) -> String {
 }
 
 /// Clones the repository as a mirror, or fetches into the existing mirror.
+/// Where a repository's mirror lives: under its project and slug, and a
+/// digest of its clone URL, so that a repository registered again from
+/// another source (or another root reusing the data directory) never
+/// fetches into, or scans, the old source's mirror.
+fn mirror_path(mirror_dir: &Path, project_key: &str, slug: &str, clone_url: &str) -> PathBuf {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(clone_url.as_bytes());
+    mirror_dir.join(safe_component(project_key)).join(format!(
+        "{}-{}.git",
+        safe_component(slug),
+        hex::encode(&digest[..8])
+    ))
+}
+
 async fn update_mirror(clone_url: &str, mirror: &Path) -> Result<(), TaskError> {
     let failed = |message: String| TaskError::Failed {
         message,
         retryable: true,
     };
+    // A mirror whose origin is not this task's source (made by an older
+    // version, or by hand) is not fetched: it is cloned again.
+    if mirror.join("HEAD").exists()
+        && git_output(mirror, &["config", "--get", "remote.origin.url"])
+            .await
+            .is_ok_and(|origin| origin != clone_url)
+    {
+        tracing::warn!(mirror = %mirror.display(), "the mirror's origin is another source: cloning again");
+        tokio::fs::remove_dir_all(mirror)
+            .await
+            .map_err(|error| failed(format!("{}: {error}", mirror.display())))?;
+    }
     if mirror.join("HEAD").exists() {
         git_output(
             mirror,

@@ -308,3 +308,35 @@ async fn a_force_pushed_branch_is_scanned_whole() {
     cluster.stop().await;
     database.drop_database().await.unwrap();
 }
+
+/// Regression (issue 13): mirrors were keyed by project and slug only, so a
+/// repository registered again from another source (a second `leakscan up`
+/// over another root with the same data directory) fetched the first
+/// source's mirror and scanned the wrong repository without a word.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_repository_registered_from_another_source_is_mirrored_anew() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let old_source = GitRepo::new();
+    old_source.write("app.env", format!("{}\n", example("AWS_ACCESS_KEY_ID")));
+    old_source.commit_all("init");
+    let id = register(pool, "service", &old_source).await;
+    let cluster = Cluster::start(pool).await;
+    assert_eq!(cluster.total_rescan(pool).await.state, "done");
+    assert_eq!(
+        stored_findings(pool, id).await,
+        expected_findings(&old_source)
+    );
+
+    let new_source = GitRepo::new();
+    new_source.write("deploy.sh", format!("{}\n", example("GITHUB_PAT_CLASSIC")));
+    new_source.commit_all("another repository");
+    assert_eq!(register(pool, "service", &new_source).await, id);
+    assert_eq!(cluster.total_rescan(pool).await.state, "done");
+    let expected = expected_findings(&new_source);
+    assert_eq!(expected.len(), 1);
+    assert_eq!(stored_findings(pool, id).await, expected);
+
+    cluster.stop().await;
+    database.drop_database().await.unwrap();
+}
