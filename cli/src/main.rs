@@ -59,6 +59,68 @@ fn prefilter_cache_dir(cache_dir: Option<&str>) -> Option<PathBuf> {
     Some(base.join("prefilter"))
 }
 
+/// The key of the findings' fingerprints: the one given, or this user's own,
+/// made once (32 random bytes) and kept in the user's config directory.
+/// A fixed default would let anyone holding a report confirm guessed
+/// secrets offline.
+fn fingerprint_key(explicit: Option<&str>) -> anyhow::Result<Vec<u8>> {
+    use anyhow::Context;
+    if let Some(key) = explicit.filter(|key| !key.is_empty()) {
+        return Ok(key.as_bytes().to_vec());
+    }
+    let dir =
+        match std::env::var_os("XDG_CONFIG_HOME").filter(|dir| !dir.is_empty()) {
+            Some(dir) => PathBuf::from(dir).join("leakscan"),
+            None => PathBuf::from(std::env::var_os("HOME").context(
+                "no home directory for the fingerprint key: set LEAKSCAN_FINGERPRINT_KEY",
+            )?)
+            .join(".config")
+            .join("leakscan"),
+        };
+    let path = dir.join("fingerprint.key");
+    let read = |path: &std::path::Path| -> anyhow::Result<Vec<u8>> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        let key = text.trim();
+        anyhow::ensure!(
+            key.len() >= 32,
+            "{} is no fingerprint key (remove it to make a new one)",
+            path.display()
+        );
+        Ok(key.as_bytes().to_vec())
+    };
+    if path.exists() {
+        return read(&path);
+    }
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let key = hex::encode(rand::random::<[u8; 32]>());
+    // Written whole beside it, then linked into place: a scan running at
+    // the same moment reads either no key or the whole of one, and the
+    // first link wins.
+    let staging = dir.join(format!(".fingerprint.key.{}", std::process::id()));
+    {
+        use std::io::Write;
+        #[cfg(unix)]
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut options = std::fs::OpenOptions::new();
+        options.write(true).create_new(true);
+        #[cfg(unix)]
+        options.mode(0o600);
+        let mut file = options
+            .open(&staging)
+            .with_context(|| format!("cannot create {}", staging.display()))?;
+        file.write_all(key.as_bytes())?;
+        file.sync_all()?;
+    }
+    let linked = std::fs::hard_link(&staging, &path);
+    let _ = std::fs::remove_file(&staging);
+    match linked {
+        Ok(()) => Ok(key.into_bytes()),
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => read(&path),
+        Err(error) => Err(error).with_context(|| format!("cannot create {}", path.display())),
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Scan a git repository's history (every branch) or a directory of files.
@@ -110,14 +172,11 @@ struct ScanArgs {
     /// Prefilter implementation (same findings either way).
     #[arg(long, value_enum, default_value = "best")]
     prefilter: PrefilterArg,
-    /// Key of the findings' fingerprints (a keyed hash of rule and secret).
-    #[arg(
-        long,
-        env = "LEAKSCAN_FINGERPRINT_KEY",
-        default_value = "leakscan",
-        hide_env_values = true
-    )]
-    fingerprint_key: String,
+    /// Key of the findings' fingerprints (a keyed hash of rule and secret);
+    /// default: one made once for this user and kept in
+    /// $XDG_CONFIG_HOME/leakscan/fingerprint.key (~/.config/leakscan).
+    #[arg(long, env = "LEAKSCAN_FINGERPRINT_KEY", hide_env_values = true)]
+    fingerprint_key: Option<String>,
     /// Report only findings of this confidence or higher: high (a
     /// provider's own format), medium (a value of the right shape beside
     /// the provider's name or a credential word), low (weaker evidence).
@@ -212,6 +271,7 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
         ..Policy::builtin_default()
     };
     policy = base_policy(policy, &args.rules_files, args.config.as_ref())?;
+    let fingerprint_key = fingerprint_key(args.fingerprint_key.as_deref())?;
     let request = GitScanRequest {
         refs: match (&args.branch, args.all_refs) {
             (Some(branch), _) => RefSelection::Branch(branch.clone()),
@@ -255,14 +315,7 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
     let records: Vec<FindingRecord> = report
         .findings
         .iter()
-        .map(|finding| {
-            FindingRecord::new(
-                finding,
-                &scan_date,
-                args.show_secrets,
-                args.fingerprint_key.as_bytes(),
-            )
-        })
+        .map(|finding| FindingRecord::new(finding, &scan_date, args.show_secrets, &fingerprint_key))
         .collect();
     write_report(args.format, &records, &mut output)?;
     drop(output);

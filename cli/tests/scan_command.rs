@@ -656,3 +656,47 @@ fn the_compiled_prefilter_is_cached_on_disk_and_a_broken_cache_is_rebuilt() {
     assert_eq!(scan(), "AWS_ACCESS_KEY_ID");
     assert!(std::fs::read(&files[0]).unwrap().len() > 1000);
 }
+
+/// Regression (issue 13): the fingerprint key defaulted to the constant
+/// `leakscan`, so anyone holding a report could confirm a guessed secret by
+/// hashing it. The default key is now made once for the user, kept private
+/// in the config directory, and used again by the next scan.
+#[test]
+fn the_default_fingerprint_key_is_the_users_own() {
+    let repo = GitRepo::new();
+    let secret = find_builtin("AWS_ACCESS_KEY_ID").unwrap().examples[0].clone();
+    repo.write("app.env", format!("{secret}\n"));
+    repo.commit_all("init");
+    let config = tempfile::tempdir().unwrap();
+    let fingerprints = |key: Option<&str>| -> Vec<String> {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_leakscan"));
+        command
+            .args(["scan", repo.path().to_str().unwrap(), "--format", "json"])
+            .env("XDG_CONFIG_HOME", config.path())
+            .env_remove("LEAKSCAN_FINGERPRINT_KEY");
+        if let Some(key) = key {
+            command.env("LEAKSCAN_FINGERPRINT_KEY", key);
+        }
+        let output = command.output().unwrap();
+        stdout_json(&output)
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|finding| finding["fingerprint"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let first = fingerprints(None);
+    assert_eq!(first.len(), 1);
+    let key_file = config.path().join("leakscan").join("fingerprint.key");
+    let key = std::fs::read_to_string(&key_file).unwrap();
+    assert_eq!(key.trim().len(), 64);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&key_file).unwrap().permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the key file is readable by others");
+    }
+    assert_eq!(fingerprints(None), first);
+    assert_eq!(fingerprints(Some(key.trim())), first);
+    assert_ne!(fingerprints(Some("leakscan")), first);
+}
