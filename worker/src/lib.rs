@@ -27,8 +27,33 @@ use tracing::{info, warn};
 
 type MirrorLocks = Arc<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>;
 
-/// Findings per SendFindings call.
+/// Findings per SendFindings call, at most.
 const FINDINGS_BATCH: usize = 500;
+
+/// Encoded bytes per SendFindings call, at most: well under tonic's 4 MiB
+/// message limit, which a batch of long secrets (key files) used to exceed
+/// and then never complete.
+const FINDINGS_BATCH_BYTES: usize = 1 << 20;
+
+/// `findings` cut into runs of at most `max_count` findings and
+/// `max_bytes` encoded bytes (a single larger finding goes alone).
+fn findings_batches(findings: &[Finding], max_count: usize, max_bytes: usize) -> Vec<&[Finding]> {
+    let mut batches = Vec::new();
+    let (mut start, mut bytes) = (0, 0);
+    for (index, finding) in findings.iter().enumerate() {
+        // A repeated field's entry: its bytes, a tag and a length.
+        let size = prost::Message::encoded_len(finding) + 6;
+        if index > start && (index - start == max_count || bytes + size > max_bytes) {
+            batches.push(&findings[start..index]);
+            (start, bytes) = (index, 0);
+        }
+        bytes += size;
+    }
+    if start < findings.len() {
+        batches.push(&findings[start..]);
+    }
+    batches
+}
 
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
@@ -209,7 +234,7 @@ impl Slot {
         progress: &ScanProgress,
     ) -> Result<(), tonic::Status> {
         let findings = scanned.findings;
-        for batch in findings.chunks(FINDINGS_BATCH) {
+        for batch in findings_batches(&findings, FINDINGS_BATCH, FINDINGS_BATCH_BYTES) {
             let request = SendFindingsRequest {
                 task_id: task.task_id.clone(),
                 lease_id: task.lease_id.clone(),
@@ -694,5 +719,49 @@ async fn git_output(repository: &Path, args: &[&str]) -> Result<String, String> 
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     } else {
         Err(String::from_utf8_lossy(&output.stderr).trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn finding(secret_len: usize) -> Finding {
+        Finding {
+            rule_id: "RSA_PRIVATE_KEY".into(),
+            path: "keys/deploy.pem".into(),
+            secret: vec![b'k'; secret_len],
+            ..Finding::default()
+        }
+    }
+
+    /// Regression (issue 13): 500 findings of key files made a message over
+    /// tonic's 4 MiB limit, refused every time, so the task never completed.
+    #[test]
+    fn findings_batches_stay_under_the_message_limit() {
+        let findings: Vec<Finding> = (0..600).map(|_| finding(10_000)).collect();
+        let batches = findings_batches(&findings, FINDINGS_BATCH, FINDINGS_BATCH_BYTES);
+        assert_eq!(batches.iter().map(|b| b.len()).sum::<usize>(), 600);
+        for batch in &batches {
+            let request = SendFindingsRequest {
+                findings: batch.to_vec(),
+                ..SendFindingsRequest::default()
+            };
+            assert!(prost::Message::encoded_len(&request) <= FINDINGS_BATCH_BYTES);
+        }
+        // Small findings still go 500 at a time; one huge finding goes alone.
+        let small: Vec<Finding> = (0..1200).map(|_| finding(40)).collect();
+        let counts: Vec<usize> = findings_batches(&small, FINDINGS_BATCH, FINDINGS_BATCH_BYTES)
+            .iter()
+            .map(|b| b.len())
+            .collect();
+        assert_eq!(counts, vec![500, 500, 200]);
+        let huge = vec![finding(10), finding(2 << 20), finding(10)];
+        let counts: Vec<usize> = findings_batches(&huge, FINDINGS_BATCH, FINDINGS_BATCH_BYTES)
+            .iter()
+            .map(|b| b.len())
+            .collect();
+        assert_eq!(counts, vec![1, 1, 1]);
+        assert!(findings_batches(&[], FINDINGS_BATCH, FINDINGS_BATCH_BYTES).is_empty());
     }
 }
