@@ -259,6 +259,19 @@ fn commit_id(commit: &str) -> Result<String, ApiError> {
     }
 }
 
+/// The scanner's own report (`leakscan-secrets`) is written by the scanner
+/// only: a repository writer replacing it could hide the findings it shows
+/// on every commit.
+fn scanner_owned(report: &str) -> Result<(), ApiError> {
+    if report == insights::SCAN_REPORT_KEY {
+        Err(ApiError::forbidden(format!(
+            "The report {report} is written by leakscan's scanner only."
+        )))
+    } else {
+        Ok(())
+    }
+}
+
 /// The report a path names, if the caller has `needed` on its repository.
 async fn find_report(
     state: &AppState,
@@ -268,6 +281,9 @@ async fn find_report(
 ) -> Result<Report, ApiError> {
     let commit = commit_id(commit)?;
     let repository = caller.repository(state, project, repo, needed).await?;
+    if needed >= Access::Write {
+        scanner_owned(report)?;
+    }
     insights::get_report(&state.pool, repository.id, &commit, report)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("Report {report} does not exist.")))
@@ -354,6 +370,7 @@ pub async fn put_report<const DC: bool>(
     let repo = caller
         .repository(&state, &path.project, &path.repo, Access::Write)
         .await?;
+    scanner_owned(&key)?;
     let (stored, _) =
         insights::put_report(&state.pool, repo.id, &commit, &key, &report, DC).await?;
     Ok((StatusCode::OK, Json(report_json::<DC>(&stored))).into_response())

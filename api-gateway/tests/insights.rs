@@ -648,3 +648,35 @@ async fn secret_keys_rotate_list_and_delete_for_administrators_only() {
     assert_eq!(actions, vec!["keys.deleted", "key.rotated"]);
     fixture.finish().await;
 }
+
+/// Regression (issue 13): a repository writer could replace or delete the
+/// scanner's own report, hiding the findings it shows on every commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scanners_report_is_written_by_the_scanner_only() {
+    let fixture = Fixture::new().await;
+    let report = json!({"title": "All clear", "result": "PASS"});
+    let cloud_report = json!({"title": "All clear", "result": "PASSED"});
+    for (uri, body) in [
+        (dc("/leakscan-secrets"), &report),
+        (cloud("/leakscan-secrets"), &cloud_report),
+    ] {
+        let refused = fixture
+            .expect("PUT", &uri, ADMIN_USER, Some(body.clone()), 403)
+            .await;
+        assert!(refused.to_string().contains("scanner only"), "{refused}");
+        fixture.expect("DELETE", &uri, ADMIN_USER, None, 403).await;
+    }
+    fixture
+        .expect(
+            "POST",
+            &dc("/leakscan-secrets/annotations"),
+            ADMIN_USER,
+            Some(json!({"annotations": [{"message": "fine", "severity": "LOW"}]})),
+            403,
+        )
+        .await;
+    // Any other key is the writer's to use.
+    fixture
+        .expect("PUT", &dc("/my-report"), ADMIN_USER, Some(report), 200)
+        .await;
+}
