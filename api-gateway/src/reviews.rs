@@ -152,27 +152,35 @@ pub async fn create_repository(
 }
 
 /// `DELETE /rest/security/latest/reviewed/{id}`: a global review needs the
-/// security grant, a repository's review write on that repository.
+/// security grant, a repository's review write on that repository; to a
+/// caller who cannot see the review it does not exist.
 pub async fn delete(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     PathParams(id): PathParams<i64>,
 ) -> Result<StatusCode, ApiError> {
-    let review = reviews::get_review(&state.pool, id).await;
-    let review = match review {
+    let missing = || ApiError::not_found(format!("Review {id} does not exist."));
+    let review = match reviews::get_review(&state.pool, id).await {
         Ok(review) => review,
-        Err(leakscan_store::StoreError::NotFound(_)) => {
-            return Err(ApiError::not_found(format!("Review {id} does not exist.")))
-        }
+        Err(leakscan_store::StoreError::NotFound(_)) => return Err(missing()),
         Err(other) => return Err(other.into()),
     };
+    // Whoever may not even see the review learns nothing of it: the same
+    // answer as for an id that does not exist (issue 13).
     match (&review.project, &review.repository) {
         (Some(project), Some(slug)) => {
-            caller
+            if let Err(refused) = caller
                 .repository(&state, project, slug, Access::Write)
-                .await?;
+                .await
+            {
+                let can_read = caller
+                    .repository(&state, project, slug, Access::Read)
+                    .await
+                    .is_ok();
+                return Err(if can_read { refused } else { missing() });
+            }
         }
-        _ => caller.require_security()?,
+        _ => caller.require_security().map_err(|_| missing())?,
     }
     reviews::delete_review(&state.pool, &caller.0.name, id).await?;
     Ok(StatusCode::NO_CONTENT)

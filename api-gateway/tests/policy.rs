@@ -1152,15 +1152,30 @@ async fn reviews_hide_a_secret_everywhere_in_their_scope() {
     fixture
         .expect("DELETE", &review_uri, Some("reader"), None, 403)
         .await;
-    fixture
+    // Regression (issue 13): a review the caller cannot see answers as a
+    // missing one, so ids do not tell what exists.
+    let hidden = fixture
         .expect(
             "DELETE",
             &format!("{global}/{}", global_review["id"]),
             Some("bob"),
             None,
-            403,
+            404,
         )
         .await;
+    let missing = fixture
+        .expect(
+            "DELETE",
+            &format!("{global}/999999"),
+            Some("bob"),
+            None,
+            404,
+        )
+        .await;
+    assert_eq!(
+        error_message(&hidden).replace(&global_review["id"].to_string(), "N"),
+        error_message(&missing).replace("999999", "N")
+    );
     fixture
         .expect("DELETE", &review_uri, Some("bob"), None, 204)
         .await;
