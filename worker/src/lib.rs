@@ -315,7 +315,7 @@ impl Slot {
             Arc::clone(locks.entry(mirror.clone()).or_default())
         };
         let updating = mirror_lock.lock().await;
-        update_mirror(&repository.clone_url, &mirror).await?;
+        update_mirror(&repository.clone_url, &mirror, GIT_TIMEOUT).await?;
         let head = git_output(
             &mirror,
             &[
@@ -456,6 +456,7 @@ struct Scanned {
     full_scan: bool,
 }
 
+#[derive(Debug)]
 enum TaskError {
     Cancelled,
     Failed { message: String, retryable: bool },
@@ -605,7 +606,7 @@ fn mirror_path(mirror_dir: &Path, project_key: &str, slug: &str, clone_url: &str
     ))
 }
 
-async fn update_mirror(clone_url: &str, mirror: &Path) -> Result<(), TaskError> {
+async fn update_mirror(clone_url: &str, mirror: &Path, timeout: Duration) -> Result<(), TaskError> {
     let failed = |message: String| TaskError::Failed {
         message,
         retryable: true,
@@ -623,7 +624,7 @@ async fn update_mirror(clone_url: &str, mirror: &Path) -> Result<(), TaskError> 
             .map_err(|error| failed(format!("{}: {error}", mirror.display())))?;
     }
     if mirror.join("HEAD").exists() {
-        git_output(
+        git_output_within(
             mirror,
             &[
                 "-c",
@@ -635,6 +636,7 @@ async fn update_mirror(clone_url: &str, mirror: &Path) -> Result<(), TaskError> 
                 "origin",
                 "+refs/heads/*:refs/heads/*",
             ],
+            timeout,
         )
         .await
         .map_err(|message| failed(format!("fetch {clone_url}: {message}")))?;
@@ -655,16 +657,21 @@ async fn update_mirror(clone_url: &str, mirror: &Path) -> Result<(), TaskError> 
             .unwrap_or_default(),
         staging_suffix()
     ));
-    let output = tokio::process::Command::new("git")
-        .args(["-c", "gc.auto=0", "clone", "--quiet", "--mirror", "--"])
-        .arg(clone_url)
-        .arg(&staging)
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ALLOW_PROTOCOL", "file:http:https")
-        .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|error| failed(format!("cannot run git: {error}")))?;
+    let output = match run_git(
+        tokio::process::Command::new("git")
+            .args(["-c", "gc.auto=0", "clone", "--quiet", "--mirror", "--"])
+            .arg(clone_url)
+            .arg(&staging),
+        timeout,
+    )
+    .await
+    {
+        Ok(output) => output,
+        Err(message) => {
+            let _ = tokio::fs::remove_dir_all(&staging).await;
+            return Err(failed(format!("clone {clone_url}: {message}")));
+        }
+    };
     if !output.status.success() {
         let _ = tokio::fs::remove_dir_all(&staging).await;
         return Err(failed(format!(
@@ -704,17 +711,49 @@ async fn is_ancestor(repository: &Path, ancestor: &str, head: &str) -> bool {
             .is_ok()
 }
 
-async fn git_output(repository: &Path, args: &[&str]) -> Result<String, String> {
-    let output = tokio::process::Command::new("git")
-        .arg("-C")
-        .arg(repository)
-        .args(args)
+/// Longest a git command may run, a first clone of a big repository
+/// included: a stalled fetch would otherwise hold a slot, its lease and the
+/// mirror's lock for ever.
+const GIT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
+
+/// Runs git without a terminal or stdin, within `timeout`. The process is
+/// killed when the time is up, and when the future is dropped (the task was
+/// cancelled or the worker stops).
+async fn run_git(
+    command: &mut tokio::process::Command,
+    timeout: Duration,
+) -> Result<std::process::Output, String> {
+    command
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ALLOW_PROTOCOL", "file:http:https")
         .stdin(std::process::Stdio::null())
-        .output()
-        .await
-        .map_err(|error| format!("cannot run git: {error}"))?;
+        .kill_on_drop(true);
+    match tokio::time::timeout(timeout, command.output()).await {
+        Ok(output) => output.map_err(|error| format!("cannot run git: {error}")),
+        Err(_) => Err(format!(
+            "git did not finish within {} s and was stopped",
+            timeout.as_secs()
+        )),
+    }
+}
+
+async fn git_output(repository: &Path, args: &[&str]) -> Result<String, String> {
+    git_output_within(repository, args, GIT_TIMEOUT).await
+}
+
+async fn git_output_within(
+    repository: &Path,
+    args: &[&str],
+    timeout: Duration,
+) -> Result<String, String> {
+    let output = run_git(
+        tokio::process::Command::new("git")
+            .arg("-C")
+            .arg(repository)
+            .args(args),
+        timeout,
+    )
+    .await?;
     if output.status.success() {
         Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
     } else {
@@ -733,6 +772,44 @@ mod tests {
             secret: vec![b'k'; secret_len],
             ..Finding::default()
         }
+    }
+
+    /// Regression (issue 13): git commands had no timeout, so a fetch from a
+    /// server that stops answering held the slot, the lease and the mirror's
+    /// lock for ever. Now git is stopped, and nothing half-made is left.
+    #[tokio::test]
+    async fn a_stalled_clone_is_stopped_and_leaves_nothing() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        // Accepts and never answers.
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let mirrors = tempfile::tempdir().unwrap();
+        let mirror = mirrors.path().join("P").join("r.git");
+        let error = update_mirror(
+            &format!("http://{address}/r.git"),
+            &mirror,
+            Duration::from_secs(2),
+        )
+        .await
+        .unwrap_err();
+        match error {
+            TaskError::Failed { message, retryable } => {
+                assert!(message.contains("did not finish"), "{message}");
+                assert!(retryable);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(!mirror.exists());
+        let left: Vec<_> = std::fs::read_dir(mirrors.path().join("P"))
+            .unwrap()
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
+        server.abort();
     }
 
     /// Regression (issue 13): 500 findings of key files made a message over
