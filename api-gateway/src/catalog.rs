@@ -239,15 +239,36 @@ pub struct BranchListing {
     pub default_branch: Option<String>,
 }
 
+/// Longest `git ls-remote` may take: it runs inside a request (and the
+/// catalog sync), which a server that stops answering would hold for ever.
+const LS_REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// The branches (name, head) of a repository and the branch HEAD names.
 pub async fn list_branches(url: &str) -> Result<BranchListing, String> {
-    let output = tokio::process::Command::new("git")
+    list_branches_within(url, LS_REMOTE_TIMEOUT).await
+}
+
+/// [`list_branches`] within `timeout`; git is killed when the time is up or
+/// the request goes away.
+async fn list_branches_within(
+    url: &str,
+    timeout: std::time::Duration,
+) -> Result<BranchListing, String> {
+    let listing = tokio::process::Command::new("git")
         .args(["ls-remote", "--symref", url, "HEAD", "refs/heads/*"])
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ALLOW_PROTOCOL", "file:http:https")
         .stdin(std::process::Stdio::null())
-        .output()
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(timeout, listing)
         .await
+        .map_err(|_| {
+            format!(
+                "the repository did not answer within {} s",
+                timeout.as_secs()
+            )
+        })?
         .map_err(|error| format!("cannot run git: {error}"))?;
     if !output.status.success() {
         return Err(String::from_utf8_lossy(&output.stderr).trim().to_string());
@@ -406,6 +427,29 @@ async fn read_dir_sorted(dir: &Path) -> std::io::Result<Vec<(String, std::path::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Regression (issue 13): `ls-remote` had no timeout, so registering a
+    /// repository on a server that never answers held the request for ever.
+    #[tokio::test]
+    async fn a_silent_remote_is_given_up_on() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let error = list_branches_within(
+            &format!("http://{address}/r.git"),
+            std::time::Duration::from_secs(2),
+        )
+        .await
+        .err()
+        .unwrap();
+        assert!(error.contains("did not answer within 2 s"), "{error}");
+        server.abort();
+    }
 
     #[test]
     fn ls_remote_output_gives_branches_and_the_default() {
