@@ -432,14 +432,7 @@ mod tests {
     /// repository on a server that never answers held the request for ever.
     #[tokio::test]
     async fn a_silent_remote_is_given_up_on() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let server = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
+        let address = leakscan_testkit::silent_server();
         let error = list_branches_within(
             &format!("http://{address}/r.git"),
             std::time::Duration::from_secs(2),
@@ -448,7 +441,6 @@ mod tests {
         .err()
         .unwrap();
         assert!(error.contains("did not answer within 2 s"), "{error}");
-        server.abort();
     }
 
     #[test]

@@ -206,14 +206,15 @@ pub async fn run(
     Ok(served?)
 }
 
-/// Expands every job PostgreSQL still has as queued.
-async fn reconcile(pool: &PgPool, state: &CoordinatorState) -> Result<(), StoreError> {
-    for job in jobs::queued_jobs(pool).await? {
+/// Expands every job PostgreSQL still has as queued; returns how many.
+async fn reconcile(pool: &PgPool, state: &CoordinatorState) -> Result<usize, StoreError> {
+    let queued = jobs::queued_jobs(pool).await?;
+    for &job in &queued {
         let tasks = jobs::expand_job(pool, job).await?;
         state.jobs_expanded.fetch_add(1, Ordering::SeqCst);
         info!(job = job.0, tasks, "reconciled queued job");
     }
-    Ok(())
+    Ok(queued.len())
 }
 
 /// [`reconcile`] every `interval` while leading: a job whose stream entry
@@ -232,12 +233,9 @@ async fn reconcile_periodically(
             () = stop.cancelled() => return,
             () = tokio::time::sleep(interval) => {}
         }
-        let before = state.jobs_expanded.load(Ordering::SeqCst);
         match reconcile(&pool, &state).await {
-            Ok(()) if state.jobs_expanded.load(Ordering::SeqCst) != before => {
-                work_available.notify_waiters();
-            }
-            Ok(()) => {}
+            Ok(0) => {}
+            Ok(_) => work_available.notify_waiters(),
             Err(error) => warn!(%error, "cannot reconcile queued jobs"),
         }
     }

@@ -123,3 +123,17 @@ impl GitRepo {
         self.dir.path().to_path_buf()
     }
 }
+
+/// A TCP server on loopback that accepts connections and never answers: a
+/// remote that stalls. It lives as long as the test process.
+pub fn silent_server() -> std::net::SocketAddr {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+    let address = listener.local_addr().expect("local address");
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for socket in listener.incoming().flatten() {
+            held.push(socket);
+        }
+    });
+    address
+}

@@ -779,15 +779,7 @@ mod tests {
     /// lock for ever. Now git is stopped, and nothing half-made is left.
     #[tokio::test]
     async fn a_stalled_clone_is_stopped_and_leaves_nothing() {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        // Accepts and never answers.
-        let server = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((socket, _)) = listener.accept().await {
-                held.push(socket);
-            }
-        });
+        let address = leakscan_testkit::silent_server();
         let mirrors = tempfile::tempdir().unwrap();
         let mirror = mirrors.path().join("P").join("r.git");
         let error = update_mirror(
@@ -809,7 +801,6 @@ mod tests {
             .unwrap()
             .collect();
         assert!(left.is_empty(), "{left:?}");
-        server.abort();
     }
 
     /// Regression (issue 13): 500 findings of key files made a message over
