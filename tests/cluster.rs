@@ -24,6 +24,7 @@ struct Cluster {
     api: Api,
     master_key: MasterKey,
     coordinator_url: String,
+    worker_token: String,
     dir: PathBuf,
     workers: Vec<Process>,
     gateway: Process,
@@ -33,7 +34,9 @@ struct Cluster {
 impl Cluster {
     fn start(database_url: &str, redis: &str, root: &Path, dir: &Path) -> Cluster {
         let master_key = MasterKey::generate();
+        let worker_token = leakscan_proto::auth::generate_token();
         let env: Vec<(String, String)> = vec![
+            ("LEAKSCAN_WORKER_TOKEN".into(), worker_token.clone()),
             ("LEAKSCAN_DATABASE_URL".into(), database_url.into()),
             ("LEAKSCAN_REDIS_URL".into(), redis.into()),
             ("LEAKSCAN_MASTER_KEY".into(), master_key.to_hex()),
@@ -78,6 +81,7 @@ impl Cluster {
             api,
             master_key,
             coordinator_url,
+            worker_token,
             dir: dir.to_path_buf(),
             workers: Vec::new(),
             gateway,
@@ -108,8 +112,9 @@ impl Cluster {
                 "--mirror-dir",
                 mirrors.to_str().unwrap(),
             ],
-            // A worker holds no database credentials or keys.
-            &[],
+            // A worker holds no database credentials or keys: only the
+            // credential the coordinator asks of it.
+            &[("LEAKSCAN_WORKER_TOKEN", &self.worker_token)],
             self.dir.join(format!("{name}.log")),
             "connecting to",
         );

@@ -112,10 +112,13 @@ async fn up(args: UpArgs) -> Result<()> {
     tokio::spawn(leakscan_service::cancel_on_signal(shutdown.clone()));
     let coordinator_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let coordinator_address = coordinator_listener.local_addr()?;
+    // A credential of this run's own: only these workers may lease tasks.
+    let worker_token = leakscan_proto::auth::generate_token();
     let coordinator = tokio::spawn(leakscan_coordinator::run(
         CoordinatorConfig {
             consumer_name: format!("up-{}", std::process::id()),
             min_confidence: args.min_confidence,
+            worker_token: worker_token.clone(),
             ..CoordinatorConfig::default()
         },
         pool.clone(),
@@ -143,6 +146,7 @@ async fn up(args: UpArgs) -> Result<()> {
                 .join(format!("worker-{index}")),
             threads,
             lease_wait_ms: 10_000,
+            token: worker_token.clone(),
         };
         worker_handles.push(tokio::spawn(leakscan_worker::run(config, shutdown.clone())));
     }

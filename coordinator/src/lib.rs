@@ -22,6 +22,7 @@ use std::{
     time::Duration,
 };
 
+use leakscan_proto::auth::RequireToken;
 use leakscan_proto::v1::{
     coordinator_server::{Coordinator, CoordinatorServer},
     BlobMatches, BlobResult, CompleteTaskRequest, CompleteTaskResponse, FailTaskRequest,
@@ -49,6 +50,13 @@ use tracing::{info, warn};
 /// Key of the advisory lock whose holder is the leader.
 const LEADER_LOCK: i64 = 7_243_000;
 
+/// How long a call may run beyond the longest LeaseTask long poll.
+const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// HTTP/2 pings on idle connections, so a worker that vanished without
+/// closing its connection is noticed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
+
 #[derive(Debug, Clone)]
 pub struct CoordinatorConfig {
     /// How long a lease lasts without a heartbeat.
@@ -73,6 +81,9 @@ pub struct CoordinatorConfig {
     /// Findings of lower confidence are not reported (sent in each task's
     /// policy).
     pub min_confidence: leakscan_engine::Confidence,
+    /// The credential every worker call must carry
+    /// ([`leakscan_proto::auth`]); the default is a new random one.
+    pub worker_token: String,
 }
 
 impl Default for CoordinatorConfig {
@@ -92,6 +103,7 @@ impl Default for CoordinatorConfig {
             reconcile_interval: Duration::from_secs(60),
             max_blob_size: 20 * 1024 * 1024,
             min_confidence: leakscan_engine::Confidence::Medium,
+            worker_token: leakscan_proto::auth::generate_token(),
         }
     }
 }
@@ -119,6 +131,8 @@ pub enum CoordinatorError {
     Store(#[from] StoreError),
     #[error("grpc server: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("{0}")]
+    WorkerToken(#[from] leakscan_proto::auth::TokenError),
 }
 
 impl From<sqlx::Error> for CoordinatorError {
@@ -138,6 +152,7 @@ pub async fn run(
     state: Arc<CoordinatorState>,
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
+    let authenticate = RequireToken::new(&config.worker_token)?;
     // The lock lives as long as this connection: a leader that dies loses it.
     let mut lock_connection = pool.acquire().await?;
     loop {
@@ -180,6 +195,9 @@ pub async fn run(
         Arc::clone(&work_available),
         background.clone(),
     ));
+    // A call that outlives its deadline is dropped: the longest legitimate
+    // one is a LeaseTask long poll.
+    let call_timeout = Duration::from_millis(u64::from(config.max_lease_wait_ms)) + CALL_TIMEOUT;
     let service = CoordinatorService {
         config,
         secrets,
@@ -188,7 +206,10 @@ pub async fn run(
         work_available,
     };
     let served = tonic::transport::Server::builder()
-        .add_service(CoordinatorServer::new(service))
+        .timeout(call_timeout)
+        .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
+        .add_service(CoordinatorServer::with_interceptor(service, authenticate))
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             shutdown.cancelled(),

@@ -32,6 +32,10 @@ struct Args {
     redis_url: String,
     #[command(flatten)]
     master_key: leakscan_service::MasterKeyArgs,
+    /// The credential workers must present (at least 16 characters; the
+    /// same value is given to every worker).
+    #[arg(long, env = "LEAKSCAN_WORKER_TOKEN", hide_env_values = true)]
+    worker_token: String,
     /// Milliseconds a task lease lasts without a heartbeat.
     #[arg(long, env = "LEAKSCAN_LEASE_MS", default_value_t = 30_000)]
     lease_ms: u32,
@@ -102,6 +106,7 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| format!("coordinator-{}", std::process::id())),
         expiry_interval: Duration::from_secs(2),
         min_confidence: args.min_confidence,
+        worker_token: args.worker_token,
         ..CoordinatorConfig::default()
     };
     let shutdown = CancellationToken::new();

@@ -5,6 +5,7 @@
 use std::{sync::Arc, time::Duration};
 
 use leakscan_coordinator::{run, CoordinatorConfig, CoordinatorState};
+use leakscan_proto::auth::AttachToken;
 use leakscan_proto::v1::{
     coordinator_client::CoordinatorClient, CompleteTaskRequest, FailTaskRequest, HeartbeatRequest,
     LeaseTaskRequest, Progress, RegisterRequest, Task,
@@ -18,7 +19,12 @@ use leakscan_store::{
 };
 use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
+
+/// The worker credential of the coordinators these tests start.
+const TOKEN: &str = "coordinator-tests-worker-token";
+
+type Client = CoordinatorClient<InterceptedService<Channel, AttachToken>>;
 
 struct Running {
     address: String,
@@ -28,6 +34,10 @@ struct Running {
 }
 
 async fn start(pool: &PgPool, prefix: &str, config: CoordinatorConfig) -> Running {
+    let config = CoordinatorConfig {
+        worker_token: TOKEN.into(),
+        ..config
+    };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
     let queue = JobQueue::connect(&redis_url(), prefix).await.unwrap();
@@ -80,13 +90,20 @@ async fn seed(pool: &PgPool) {
         .unwrap();
 }
 
-async fn client(address: &str) -> CoordinatorClient<Channel> {
-    CoordinatorClient::connect(address.to_string())
-        .await
-        .unwrap()
+async fn client(address: &str) -> Client {
+    client_with_token(address, TOKEN).await
 }
 
-async fn register(client: &mut CoordinatorClient<Channel>, name: &str, slots: u32) -> String {
+async fn client_with_token(address: &str, token: &str) -> Client {
+    let channel = Channel::from_shared(address.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    CoordinatorClient::with_interceptor(channel, AttachToken::new(token).unwrap())
+}
+
+async fn register(client: &mut Client, name: &str, slots: u32) -> String {
     client
         .register(RegisterRequest {
             worker_name: name.into(),
@@ -99,11 +116,7 @@ async fn register(client: &mut CoordinatorClient<Channel>, name: &str, slots: u3
         .worker_id
 }
 
-async fn lease(
-    client: &mut CoordinatorClient<Channel>,
-    worker: &str,
-    wait_ms: u32,
-) -> Option<Task> {
+async fn lease(client: &mut Client, worker: &str, wait_ms: u32) -> Option<Task> {
     client
         .lease_task(LeaseTaskRequest {
             worker_id: worker.into(),
@@ -115,7 +128,7 @@ async fn lease(
         .task
 }
 
-async fn complete(client: &mut CoordinatorClient<Channel>, task: &Task, head: &str) {
+async fn complete(client: &mut Client, task: &Task, head: &str) {
     client
         .complete_task(CompleteTaskRequest {
             task_id: task.task_id.clone(),
@@ -412,4 +425,153 @@ async fn the_coordinator_recovers_when_redis_loses_the_job_stream() {
         .await
         .unwrap();
     database.drop_database().await.unwrap();
+}
+
+/// Regression (issue 13): the worker protocol had no authentication, so
+/// anyone reaching the port could lease tasks (and read their clone URLs),
+/// complete a branch with no findings, mark blobs clean or read decrypted
+/// secrets. Every call without the worker token is now refused before it
+/// reaches a handler, and the refused calls change nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_without_the_worker_token_are_refused() {
+    use leakscan_proto::v1::{LookupBlobsRequest, SendFindingsRequest, StoreBlobResultsRequest};
+
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    seed(pool).await;
+    let job = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    let prefix = prefix();
+    let coordinator = start(pool, &prefix, CoordinatorConfig::default()).await;
+    let state = Arc::clone(&coordinator.state);
+    eventually("leadership", async || state.is_leader()).await;
+    let mut worker_client = client(&coordinator.address).await;
+    let worker = register(&mut worker_client, "worker-1", 2).await;
+    let task = lease(&mut worker_client, &worker, 5000)
+        .await
+        .expect("a task");
+
+    // Every call of the protocol, by a client that is not a worker.
+    macro_rules! assert_all_refused {
+        ($intruder:expr) => {{
+            let mut intruder = $intruder;
+            let answers = [
+                intruder
+                    .register(RegisterRequest {
+                        worker_name: "intruder".into(),
+                        slots: 1,
+                        version: String::new(),
+                    })
+                    .await
+                    .map(|_| ()),
+                intruder
+                    .lease_task(LeaseTaskRequest {
+                        worker_id: worker.clone(),
+                        wait_ms: 0,
+                    })
+                    .await
+                    .map(|_| ()),
+                intruder
+                    .heartbeat(HeartbeatRequest {
+                        worker_id: worker.clone(),
+                        task_id: task.task_id.clone(),
+                        lease_id: task.lease_id.clone(),
+                        progress: None,
+                    })
+                    .await
+                    .map(|_| ()),
+                intruder
+                    .complete_task(CompleteTaskRequest {
+                        task_id: task.task_id.clone(),
+                        lease_id: task.lease_id.clone(),
+                        head_commit: "h0".into(),
+                        full_scan: true,
+                        ..CompleteTaskRequest::default()
+                    })
+                    .await
+                    .map(|_| ()),
+                intruder
+                    .fail_task(FailTaskRequest {
+                        task_id: task.task_id.clone(),
+                        lease_id: task.lease_id.clone(),
+                        ..FailTaskRequest::default()
+                    })
+                    .await
+                    .map(|_| ()),
+                intruder
+                    .send_findings(SendFindingsRequest {
+                        task_id: task.task_id.clone(),
+                        lease_id: task.lease_id.clone(),
+                        ..SendFindingsRequest::default()
+                    })
+                    .await
+                    .map(|_| ()),
+                intruder
+                    .lookup_blobs(LookupBlobsRequest {
+                        task_id: task.task_id.clone(),
+                        lease_id: task.lease_id.clone(),
+                        ..LookupBlobsRequest::default()
+                    })
+                    .await
+                    .map(|_| ()),
+                intruder
+                    .store_blob_results(StoreBlobResultsRequest {
+                        task_id: task.task_id.clone(),
+                        lease_id: task.lease_id.clone(),
+                        ..StoreBlobResultsRequest::default()
+                    })
+                    .await
+                    .map(|_| ()),
+            ];
+            for answer in answers {
+                assert_eq!(answer.unwrap_err().code(), tonic::Code::Unauthenticated);
+            }
+        }};
+    }
+    assert_all_refused!(CoordinatorClient::connect(coordinator.address.clone())
+        .await
+        .unwrap());
+    assert_all_refused!(
+        client_with_token(&coordinator.address, "another-worker-token-of-16").await
+    );
+    // Nothing the intruders sent took effect: the task is still leased to
+    // the worker, which completes it.
+    let running = jobs::find_job(pool, &job.scan_key).await.unwrap().unwrap();
+    assert_eq!((running.state.as_str(), running.tasks_done), ("running", 0));
+    complete(&mut worker_client, &task, "h0").await;
+    let after = jobs::find_job(pool, &job.scan_key).await.unwrap().unwrap();
+    assert_eq!(after.tasks_done, 1);
+    coordinator.shutdown.cancel();
+    coordinator.handle.await.unwrap();
+}
+
+/// A coordinator does not start with a guessable worker token.
+#[tokio::test]
+async fn a_short_worker_token_is_refused_at_start() {
+    let database = TestDatabase::create().await.unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let secrets = Arc::new(
+        SecretBox::load(
+            &database.pool,
+            MasterKey::from_hex(&"42".repeat(32)).unwrap(),
+        )
+        .await
+        .unwrap(),
+    );
+    let error = run(
+        CoordinatorConfig {
+            worker_token: "short".into(),
+            ..CoordinatorConfig::default()
+        },
+        database.pool.clone(),
+        JobQueue::connect(&redis_url(), &prefix()).await.unwrap(),
+        secrets,
+        listener,
+        Arc::new(CoordinatorState::default()),
+        CancellationToken::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.to_string().contains("at least 16"), "{error}");
 }

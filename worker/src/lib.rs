@@ -16,14 +16,26 @@ use leakscan_engine::{
     BlobCache, BlobId, CachedMatch, EngineError, GitScanRequest, Policy, PolicySpec, RefSelection,
     RuleSetCache, ScanOptions, ScanProgress, Secret,
 };
+use leakscan_proto::auth::{AttachToken, TokenError};
 use leakscan_proto::v1::{
     coordinator_client::CoordinatorClient, BlobMatch, BlobResult, CompleteTaskRequest,
     FailTaskRequest, Finding, HeartbeatRequest, LeaseTaskRequest, LookupBlobsRequest, Progress,
     RegisterRequest, SendFindingsRequest, StoreBlobResultsRequest, Task,
 };
 use tokio_util::sync::CancellationToken;
-use tonic::transport::Channel;
+use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use tracing::{info, warn};
+
+/// The coordinator's client: every call carries the worker token.
+type Client = CoordinatorClient<InterceptedService<Channel, AttachToken>>;
+
+/// How long connecting to the coordinator may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a call may take beyond the longest LeaseTask long poll.
+const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// HTTP/2 pings, so a coordinator that vanished is noticed.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
 
 type MirrorLocks = Arc<std::sync::Mutex<HashMap<PathBuf, Arc<tokio::sync::Mutex<()>>>>>;
 
@@ -68,6 +80,8 @@ pub struct WorkerConfig {
     pub threads: usize,
     /// Longest long poll for a task.
     pub lease_wait_ms: u32,
+    /// The credential the coordinator expects (`LEAKSCAN_WORKER_TOKEN`).
+    pub token: String,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -76,17 +90,25 @@ pub enum WorkerError {
     Transport(#[from] tonic::transport::Error),
     #[error("coordinator: {0}")]
     Status(#[from] tonic::Status),
+    #[error("{0}")]
+    Token(#[from] TokenError),
 }
 
 /// Runs until `shutdown`: `slots` loops, each leasing and scanning tasks.
 /// On shutdown a running task is stopped and handed back (failed as
 /// retryable), so another worker takes it over.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    let credential = AttachToken::new(&config.token)?;
     let channel = tonic::transport::Endpoint::from_shared(config.coordinator_url.clone())
         .map_err(WorkerError::Transport)?
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(Duration::from_millis(u64::from(config.lease_wait_ms)) + CALL_TIMEOUT)
+        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+        .keep_alive_while_idle(true)
         .connect()
         .await?;
-    let mut client = CoordinatorClient::new(channel.clone());
+    let mut client = CoordinatorClient::with_interceptor(channel.clone(), credential.clone());
     let registered = client
         .register(RegisterRequest {
             worker_name: config.name.clone(),
@@ -104,7 +126,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let mirror_locks = MirrorLocks::default();
     for _ in 0..config.slots {
         let slot = Slot {
-            client: CoordinatorClient::new(channel.clone()),
+            client: CoordinatorClient::with_interceptor(channel.clone(), credential.clone()),
             rulesets: Arc::clone(&rulesets),
             mirror_locks: Arc::clone(&mirror_locks),
             worker_id: registered.worker_id.clone(),
@@ -120,7 +142,7 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
 }
 
 struct Slot {
-    client: CoordinatorClient<Channel>,
+    client: Client,
     /// Compiled rulesets shared by the slots (a Vectorscan build takes
     /// about a second and a half).
     rulesets: Arc<RuleSetCache>,
@@ -209,7 +231,7 @@ impl Slot {
     /// restarting, a busy database), with backoff, up to 6 tries.
     async fn with_retries<T, F, Fut>(&mut self, what: &str, mut call: F) -> Result<T, tonic::Status>
     where
-        F: FnMut(CoordinatorClient<Channel>) -> Fut,
+        F: FnMut(Client) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
     {
         let mut delay = Duration::from_millis(200);
@@ -493,7 +515,7 @@ const CACHE_CALL_BLOBS: usize = 10_000;
 /// scan threads (blocking on the runtime). A failed call costs only reads:
 /// lookups answer "unknown", stores are dropped.
 struct RemoteBlobCache {
-    client: CoordinatorClient<Channel>,
+    client: Client,
     task_id: String,
     lease_id: String,
     runtime: tokio::runtime::Handle,

@@ -34,6 +34,9 @@ struct Args {
         default_value = "/tmp/leakscan-mirrors"
     )]
     mirror_dir: PathBuf,
+    /// The credential the coordinator expects (its `LEAKSCAN_WORKER_TOKEN`).
+    #[arg(long, env = "LEAKSCAN_WORKER_TOKEN", hide_env_values = true)]
+    worker_token: String,
     /// Engine threads per task (0: one per core).
     #[arg(long, env = "LEAKSCAN_WORKER_THREADS", default_value_t = 0)]
     threads: usize,
@@ -57,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         mirror_dir: args.mirror_dir,
         threads: args.threads,
         lease_wait_ms: 10_000,
+        token: args.worker_token,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(leakscan_service::cancel_on_signal(shutdown.clone()));

@@ -124,8 +124,10 @@ impl Cluster {
         let coordinator_url = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let secrets = Arc::new(SecretBox::load(pool, MasterKey::generate()).await.unwrap());
+        let config = CoordinatorConfig::default();
+        let token = config.worker_token.clone();
         let coordinator = tokio::spawn(leakscan_coordinator::run(
-            CoordinatorConfig::default(),
+            config,
             pool.clone(),
             JobQueue::connect(&redis_url(), &prefix).await.unwrap(),
             secrets,
@@ -147,6 +149,7 @@ impl Cluster {
                         mirror_dir: mirrors.path().to_path_buf(),
                         threads: 1,
                         lease_wait_ms: 500,
+                        token: token.clone(),
                     },
                     shutdown.clone(),
                 ))
