@@ -271,6 +271,10 @@ pub struct BranchStatus {
     progress: i32,
     running: bool,
     scheduled: bool,
+    /// Why the branch's latest scan failed (leakscan's addition; absent
+    /// while it has not failed).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    last_error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     invalid_lines: Option<Vec<ReportedFinding>>,
 }
@@ -334,6 +338,7 @@ async fn branch_status(
         actual: scan.last_scanned_commit.as_deref() == Some(scan.head_commit.as_str())
             && scan.last_scanned_base.as_deref() == Some(current_base.as_str()),
         scan_key: scan.scan_key,
+        last_error: scan.last_error,
         scanned,
         invalid_lines,
     })

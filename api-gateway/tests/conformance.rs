@@ -1505,3 +1505,95 @@ async fn exported_reviews_import_back_as_the_same_reviews() {
     assert_eq!(after, before);
     fixture.finish().await;
 }
+
+// Issue 13: a branch whose scan failed read `progress 100, scanned false,
+// running false` with no hint of an error. The status now says why
+// (`lastError`, beside Soteri's fields), the job lists its failed tasks,
+// and neither shows credentials the error quoted from a clone URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_scan_says_why_without_the_credentials_it_quoted() {
+    use leakscan_store::tasks::{self, AfterFailure, Parallelism};
+
+    let fixture = Fixture::new().await;
+    let pool = &fixture.database.pool;
+    let status_uri = "/rest/security/1.0/scan/PROJ/repos/api?branch=main";
+    let started = fixture
+        .expect("POST", status_uri, ADMIN_USER, None, 200)
+        .await;
+    let scan_key = started["scanKey"].as_str().unwrap().to_string();
+    let job = jobs::find_job(pool, &scan_key).await.unwrap().unwrap();
+    assert_eq!(jobs::expand_job(pool, job.id).await.unwrap(), 1);
+    let limits = Parallelism {
+        instance: 10,
+        per_worker: 10,
+    };
+    let leased = tasks::lease_next_task(pool, "worker", 30_000, limits)
+        .await
+        .unwrap()
+        .expect("the branch's task");
+    let before = fixture
+        .expect("GET", status_uri, ADMIN_USER, None, 200)
+        .await;
+    assert_eq!(before["running"], json!(true));
+    assert!(before.get("lastError").is_none(), "{before}");
+    let error = "clone https://bob:hunter2-9f8e@git.example.com/acme/api.git: \
+                 fatal: Authentication failed for 'https://bob:hunter2-9f8e@git.example.com/acme/api.git/'";
+    let outcome = tasks::fail_task(pool, leased.task_id, &leased.lease_id, error, false, 3)
+        .await
+        .unwrap();
+    assert_eq!(outcome, AfterFailure::Fail);
+
+    let status = fixture
+        .expect("GET", status_uri, ADMIN_USER, None, 200)
+        .await;
+    assert_eq!(
+        (
+            &status["scanKey"],
+            &status["running"],
+            &status["scheduled"],
+            &status["scanned"]
+        ),
+        (
+            &json!(scan_key),
+            &json!(false),
+            &json!(false),
+            &json!(false)
+        )
+    );
+    let last_error = status["lastError"].as_str().expect("lastError");
+    assert!(last_error.contains("Authentication failed"), "{last_error}");
+    assert!(
+        last_error.contains("https://***@git.example.com/acme/api.git"),
+        "{last_error}"
+    );
+    assert!(!status.to_string().contains("hunter2"), "{status}");
+    let job = fixture
+        .expect(
+            "GET",
+            &format!("/rest/security/latest/jobs/{scan_key}"),
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(job["state"], json!("failed"));
+    let failures = job["failures"].as_array().expect("failures");
+    assert_eq!(failures.len(), 1);
+    assert_eq!(
+        (&failures[0]["branch"], &failures[0]["lastError"]),
+        (&json!("main"), &json!(last_error))
+    );
+    assert!(!job.to_string().contains("hunter2"), "{job}");
+
+    // A new request: the branch is scheduled and the old error no longer
+    // describes it.
+    fixture
+        .expect("POST", status_uri, ADMIN_USER, None, 200)
+        .await;
+    let rescheduled = fixture
+        .expect("GET", status_uri, ADMIN_USER, None, 200)
+        .await;
+    assert_eq!(rescheduled["scheduled"], json!(true));
+    assert!(rescheduled.get("lastError").is_none(), "{rescheduled}");
+    fixture.finish().await;
+}

@@ -302,6 +302,8 @@ pub struct BranchScan {
     pub task_state: Option<String>,
     pub commits_total: Option<i64>,
     pub commits_done: Option<i64>,
+    /// Why the latest task failed, when it did (and no newer job is queued).
+    pub last_error: Option<String>,
 }
 
 impl BranchScan {
@@ -345,12 +347,14 @@ pub async fn branch_scan(
                 case when q.id is not null then q.scan_key else t.scan_key end as scan_key,
                 case when q.id is not null then 'queued' else t.state end as task_state,
                 case when q.id is null then t.commits_total end as commits_total,
-                case when q.id is null then t.commits_done end as commits_done
+                case when q.id is null then t.commits_done end as commits_done,
+                case when q.id is null and t.state = 'failed'
+                     then coalesce(t.last_error, 'the scan failed') end as last_error
          from branches b
          join repositories r on r.id = b.repository_id
          join projects p on p.id = r.project_id
          left join lateral (
-             select j.id as job_id, j.scan_key, t.state, t.commits_total, t.commits_done
+             select j.id as job_id, j.scan_key, t.state, t.commits_total, t.commits_done, t.last_error
              from scan_tasks t join scan_jobs j on j.id = t.job_id
              where t.repository_id = b.repository_id and t.branch = b.name
              order by t.id desc limit 1

@@ -296,6 +296,41 @@ pub async fn fail_task(
     Ok(outcome)
 }
 
+/// Longest error text kept for a task.
+const MAX_ERROR_CHARS: usize = 2_000;
+
+/// `error` as it may be kept and shown to anyone who can read the
+/// repository: credentials in URLs (`scheme://user:secret@host`) masked,
+/// control characters but newlines replaced, at most [`MAX_ERROR_CHARS`].
+/// A worker's error often quotes git, which quotes the clone URL.
+pub fn safe_error(error: &str) -> String {
+    let mut safe = String::with_capacity(error.len().min(MAX_ERROR_CHARS));
+    let mut rest = error;
+    while let Some(at) = rest.find("://") {
+        let (before, after) = rest.split_at(at + 3);
+        safe.push_str(before);
+        // The authority ends at the first of / ? # or whitespace; userinfo
+        // is what precedes its last @.
+        let end = after
+            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+            .unwrap_or(after.len());
+        let authority = &after[..end];
+        match authority.rfind('@') {
+            Some(at) => {
+                safe.push_str("***");
+                safe.push_str(&authority[at..]);
+            }
+            None => safe.push_str(authority),
+        }
+        rest = &after[end..];
+    }
+    safe.push_str(rest);
+    safe.chars()
+        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .take(MAX_ERROR_CHARS)
+        .collect()
+}
+
 async fn apply_failure(
     transaction: &mut Transaction<'_, Postgres>,
     task: TaskId,
@@ -313,7 +348,7 @@ async fn apply_failure(
     )
     .bind(task)
     .bind(state)
-    .bind(error)
+    .bind(safe_error(error))
     .execute(&mut **transaction)
     .await?;
     Ok(())
@@ -422,6 +457,37 @@ mod tests {
         assert_eq!(after_failure(1, 3, true), AfterFailure::Requeue);
         assert_eq!(after_failure(3, 3, true), AfterFailure::Fail);
         assert_eq!(after_failure(1, 3, false), AfterFailure::Fail);
+    }
+
+    /// Regression (issue 13): a failed task's error quoted git, and git
+    /// quotes the clone URL with whatever credentials it holds; the error
+    /// is shown with the branch's status.
+    #[test]
+    fn errors_are_kept_without_credentials_or_control_characters() {
+        let error = "clone https://bob:hunter2-9f8e@git.example.com/acme/app.git: fatal: \
+                     Authentication failed for 'https://bob:hunter2-9f8e@git.example.com/acme/app.git/'\x1b[0m";
+        let safe = safe_error(error);
+        assert!(!safe.contains("hunter2"), "{safe}");
+        assert!(!safe.contains('\x1b'), "{safe}");
+        assert_eq!(
+            safe,
+            "clone https://***@git.example.com/acme/app.git: fatal: \
+             Authentication failed for 'https://***@git.example.com/acme/app.git/' [0m"
+        );
+        // Userinfo with an @ in it, an ssh URL, a URL without credentials.
+        assert_eq!(
+            safe_error("ssh://deploy@host:22/r.git and https://a:b@c@d.example/x and http://plain.example/y"),
+            "ssh://***@host:22/r.git and https://***@d.example/x and http://plain.example/y"
+        );
+        assert_eq!(
+            safe_error("line one\nline two\r\tend"),
+            "line one\nline two  end"
+        );
+        assert_eq!(
+            safe_error(&"é".repeat(5_000)).chars().count(),
+            MAX_ERROR_CHARS
+        );
+        assert_eq!(safe_error("ends with scheme://"), "ends with scheme://");
     }
 
     #[test]
