@@ -71,6 +71,9 @@ impl Cluster {
                 "127.0.0.1:0",
                 "--repos-root",
                 root.to_str().unwrap(),
+                // Repositories registered through the API live here.
+                "--allowed-local-path",
+                dir.to_str().unwrap(),
             ],
             &env_refs,
             dir.join("gateway.log"),

@@ -70,10 +70,25 @@ pub async fn list_repositories(
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Page<Repository>>, ApiError> {
     caller.project(&state, &project_key, Access::Read).await?;
-    Ok(Json(
+    let mut page =
         catalog::list_visible_repositories(&state.pool, &caller.0, &project_key, paging.request())
-            .await?,
-    ))
+            .await?;
+    // Where a repository is cloned from is its administrators' business.
+    for repository in &mut page.values {
+        if caller
+            .repository(
+                &state,
+                &repository.project_key,
+                &repository.slug,
+                Access::Admin,
+            )
+            .await
+            .is_err()
+        {
+            repository.clone_url.clear();
+        }
+    }
+    Ok(Json(page))
 }
 
 #[derive(Debug, Deserialize)]
@@ -101,11 +116,25 @@ pub async fn create_repository(
 ) -> Result<(StatusCode, Json<RegisteredRepository>), ApiError> {
     caller.project(&state, &project_key, Access::Admin).await?;
     validate_clone_url(&body.clone_url)?;
+    state
+        .config
+        .clone_sources()
+        .check(&body.clone_url)
+        .map_err(|why| ApiError::bad_request(format!("clone URL refused: {why}")))?;
     let slug = body.slug.unwrap_or_else(|| slug_of(&body.name));
     catalog::validate_slug(&slug)?;
-    let listing = list_branches(&body.clone_url).await.map_err(|message| {
-        ApiError::bad_request(format!("cannot read {}: {message}", body.clone_url))
-    })?;
+    let listing = list_branches(&body.clone_url, state.config.git_credentials.as_deref())
+        .await
+        .map_err(|message| {
+            // git's own words may quote the URL or the server's answer:
+            // the caller gets the gist, the log the rest.
+            warn!(url = %safe_url(&body.clone_url), %message, "cannot list a registered repository's branches");
+            ApiError::bad_request(format!(
+                "cannot read the repository at {}: {}",
+                safe_url(&body.clone_url),
+                git_failure(&message)
+            ))
+        })?;
     let repository =
         catalog::upsert_repository(&state.pool, &project_key, &slug, &body.clone_url).await?;
     catalog::replace_branches(&state.pool, repository.id, &listing.branches).await?;
@@ -243,19 +272,53 @@ pub struct BranchListing {
 /// catalog sync), which a server that stops answering would hold for ever.
 const LS_REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// The branches (name, head) of a repository and the branch HEAD names.
-pub async fn list_branches(url: &str) -> Result<BranchListing, String> {
-    list_branches_within(url, LS_REMOTE_TIMEOUT).await
+/// The branches (name, head) of a repository and the branch HEAD names;
+/// `credentials`: a git credentials file for remote repositories.
+pub async fn list_branches(url: &str, credentials: Option<&Path>) -> Result<BranchListing, String> {
+    list_branches_within(url, credentials, LS_REMOTE_TIMEOUT).await
+}
+
+/// `url` without user information, as it may be shown.
+fn safe_url(url: &str) -> String {
+    leakscan_store::tasks::safe_error(url)
+}
+
+/// A short, safe reason for a failed `git ls-remote`: the kind of failure,
+/// not git's text (which may quote the server).
+fn git_failure(message: &str) -> &'static str {
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("did not answer within") {
+        "the server did not answer in time"
+    } else if lower.contains("authentication failed")
+        || lower.contains("could not read username")
+        || lower.contains("403")
+        || lower.contains("401")
+    {
+        "access denied (check the git credentials file)"
+    } else if lower.contains("not found")
+        || lower.contains("does not appear to be a git repository")
+    {
+        "no git repository there"
+    } else if lower.contains("could not resolve host") || lower.contains("failed to connect") {
+        "the server cannot be reached"
+    } else {
+        "git could not read it"
+    }
 }
 
 /// [`list_branches`] within `timeout`; git is killed when the time is up or
 /// the request goes away.
 async fn list_branches_within(
     url: &str,
+    credentials: Option<&Path>,
     timeout: std::time::Duration,
 ) -> Result<BranchListing, String> {
-    let listing = tokio::process::Command::new("git")
-        .args(["ls-remote", "--symref", url, "HEAD", "refs/heads/*"])
+    let mut command = tokio::process::Command::new("git");
+    if let Some(file) = credentials {
+        leakscan_service::git_credentials_env(&mut command, file)?;
+    }
+    let listing = command
+        .args(["ls-remote", "--symref", "--", url, "HEAD", "refs/heads/*"])
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ALLOW_PROTOCOL", "file:http:https")
         .stdin(std::process::Stdio::null())
@@ -365,14 +428,15 @@ pub async fn sync_roots(state: &AppState) -> Result<SyncReport, ApiError> {
                         .push(format!("{}: path is not UTF-8", repository_dir.display()));
                     continue;
                 };
-                let listing = match list_branches(&url).await {
-                    Ok(listing) => listing,
-                    Err(message) => {
-                        warn!(repository = %url, %message, "cannot list branches");
-                        report.errors.push(format!("{url}: {message}"));
-                        continue;
-                    }
-                };
+                let listing =
+                    match list_branches(&url, state.config.git_credentials.as_deref()).await {
+                        Ok(listing) => listing,
+                        Err(message) => {
+                            warn!(repository = %url, %message, "cannot list branches");
+                            report.errors.push(format!("{url}: {message}"));
+                            continue;
+                        }
+                    };
                 if !project_registered {
                     catalog::upsert_project(&state.pool, &project_key, &project_key).await?;
                     report.projects += 1;
@@ -435,6 +499,7 @@ mod tests {
         let address = leakscan_testkit::silent_server();
         let error = list_branches_within(
             &format!("http://{address}/r.git"),
+            None,
             std::time::Duration::from_secs(2),
         )
         .await

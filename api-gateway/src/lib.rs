@@ -20,6 +20,7 @@ pub mod policy;
 pub mod reviews;
 pub mod routes;
 pub mod scans;
+pub mod sources;
 pub mod tokens;
 pub mod users;
 
@@ -46,6 +47,30 @@ pub struct GatewayConfig {
     pub context_path: String,
     /// The master key of stored secrets (needed to import reviews).
     pub master_key: Option<leakscan_store::secrets::MasterKey>,
+    /// Directories besides the roots that registered local clone URLs may
+    /// point into.
+    pub allowed_local_paths: Vec<PathBuf>,
+    /// Hosts registered http(s) clone URLs may name
+    /// ([`sources::CloneSources::remote_hosts`]).
+    pub allowed_remotes: Vec<String>,
+    /// A git credentials file (`https://user:token@host` lines) git reads
+    /// for remote repositories.
+    pub git_credentials: Option<PathBuf>,
+}
+
+impl GatewayConfig {
+    /// The clone URLs this configuration allows.
+    pub fn clone_sources(&self) -> sources::CloneSources {
+        sources::CloneSources {
+            local_roots: self
+                .repos_roots
+                .iter()
+                .chain(&self.allowed_local_paths)
+                .cloned()
+                .collect(),
+            remote_hosts: self.allowed_remotes.clone(),
+        }
+    }
 }
 
 pub struct AppState {

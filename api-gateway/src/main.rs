@@ -37,6 +37,8 @@ struct Args {
         value_delimiter = ','
     )]
     repos_roots: Vec<PathBuf>,
+    #[command(flatten)]
+    clone_sources: leakscan_gateway::sources::CloneSourceArgs,
     /// Prefix of every path, e.g. `/bitbucket`.
     #[arg(long, env = "LEAKSCAN_CONTEXT_PATH", default_value = "")]
     context_path: String,
@@ -69,6 +71,9 @@ async fn main() -> anyhow::Result<()> {
         repos_roots: args.repos_roots,
         context_path: args.context_path,
         master_key,
+        allowed_local_paths: args.clone_sources.allowed_local_paths,
+        allowed_remotes: args.clone_sources.allowed_remotes,
+        git_credentials: args.clone_sources.git_credentials_file,
     };
     let admin = args.admin_user.zip(args.admin_password);
     let state = leakscan_gateway::prepare(pool, queue, config, admin).await?;

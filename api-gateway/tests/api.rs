@@ -151,6 +151,19 @@ async fn the_catalog_comes_from_the_roots_and_the_api() {
             json!({"name": "x", "cloneUrl": "/nonexistent/repo.git"}),
             400,
         ),
+        // Outside the roots and the allowed directories; a host the
+        // operator does not allow (an SSRF from the gateway's ls-remote);
+        // credentials in the URL.
+        (json!({"name": "x", "cloneUrl": "/etc"}), 400),
+        (json!({"name": "x", "cloneUrl": "file:///etc"}), 400),
+        (
+            json!({"name": "x", "cloneUrl": "http://169.254.169.254/latest/meta-data"}),
+            400,
+        ),
+        (
+            json!({"name": "x", "cloneUrl": "https://bob:pw-1234@git.example.com/r.git"}),
+            400,
+        ),
         (json!({"name": "x"}), 400),
         (
             json!({"name": "../x", "slug": "../x", "cloneUrl": url}),
@@ -190,6 +203,56 @@ async fn the_catalog_comes_from_the_roots_and_the_api() {
         .await;
     assert_eq!(report["repositories"], 4, "{report}");
     fixture.user("bob").await;
+    // Regression (issue 13): every reader saw where a repository is cloned
+    // from; now only its administrators do.
+    let listing = |user| {
+        let fixture = &fixture;
+        async move {
+            fixture
+                .expect(
+                    "GET",
+                    "/rest/api/latest/projects/OTHER/repos",
+                    user,
+                    None,
+                    200,
+                )
+                .await["values"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| {
+                    (
+                        r["slug"].as_str().unwrap().to_string(),
+                        r.get("cloneUrl").cloned(),
+                    )
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let by_admin = listing(admin).await;
+    assert!(
+        by_admin.iter().all(|(_, url)| url.is_some()),
+        "{by_admin:?}"
+    );
+    assert!(
+        by_admin.contains(&("my-lib".into(), Some(json!(url)))),
+        "{by_admin:?}"
+    );
+    fixture
+        .expect(
+            "PUT",
+            "/rest/api/latest/projects/OTHER/permissions/users?name=bob&permission=PROJECT_READ",
+            admin,
+            None,
+            204,
+        )
+        .await;
+    let by_reader = listing(Some("bob")).await;
+    assert_eq!(by_reader.len(), by_admin.len());
+    assert!(
+        by_reader.iter().all(|(_, url)| url.is_none()),
+        "{by_reader:?}"
+    );
     fixture
         .expect(
             "POST",

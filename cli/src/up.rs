@@ -25,6 +25,8 @@ pub struct UpArgs {
         required = true
     )]
     repos_roots: Vec<PathBuf>,
+    #[command(flatten)]
+    clone_sources: leakscan_gateway::sources::CloneSourceArgs,
     /// Address of the REST API.
     #[arg(long, env = "LEAKSCAN_LISTEN", default_value = "127.0.0.1:7990")]
     listen: SocketAddr,
@@ -94,6 +96,9 @@ async fn up(args: UpArgs) -> Result<()> {
         repos_roots: args.repos_roots.clone(),
         context_path: String::new(),
         master_key: Some(master.clone()),
+        allowed_local_paths: args.clone_sources.allowed_local_paths.clone(),
+        allowed_remotes: args.clone_sources.allowed_remotes.clone(),
+        git_credentials: args.clone_sources.git_credentials_file.clone(),
     };
     let state = leakscan_gateway::prepare(
         pool.clone(),
@@ -147,6 +152,7 @@ async fn up(args: UpArgs) -> Result<()> {
             threads,
             lease_wait_ms: 10_000,
             token: worker_token.clone(),
+            git_credentials: args.clone_sources.git_credentials_file.clone(),
         };
         worker_handles.push(tokio::spawn(leakscan_worker::run(config, shutdown.clone())));
     }

@@ -74,3 +74,87 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
     tracing::info!("shutting down");
     shutdown.cancel();
 }
+
+/// Makes `command` (a git command) read credentials from `file` only, a
+/// git credentials file (`https://user:token@host` lines, as
+/// `git credential-store` keeps them) that the operator gives leakscan
+/// (`LEAKSCAN_GIT_CREDENTIALS_FILE`): helpers configured elsewhere are
+/// reset, so no credential leaks to another host and none ends up in a URL,
+/// a log or the database.
+pub fn git_credentials_env(
+    command: &mut tokio::process::Command,
+    file: &std::path::Path,
+) -> Result<(), String> {
+    let path = file
+        .to_str()
+        .filter(|path| !path.contains(['\'', '\n', '\\']))
+        .ok_or_else(|| format!("unusable git credentials file name {}", file.display()))?;
+    command
+        .env("GIT_CONFIG_COUNT", "2")
+        .env("GIT_CONFIG_KEY_0", "credential.helper")
+        .env("GIT_CONFIG_VALUE_0", "")
+        .env("GIT_CONFIG_KEY_1", "credential.helper")
+        .env("GIT_CONFIG_VALUE_1", format!("store --file='{path}'"));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncWriteExt as _;
+
+    /// What `git credential fill` answers for `host` with `file` as the
+    /// only store, while the user's own configuration names another helper.
+    async fn fill(file: &std::path::Path, host: &str, home: &std::path::Path) -> String {
+        let mut command = tokio::process::Command::new("git");
+        git_credentials_env(&mut command, file).unwrap();
+        let mut child = command
+            .args(["credential", "fill"])
+            .env("HOME", home)
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("GIT_ASKPASS", "/bin/false")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("protocol=https\nhost={host}\n\n").as_bytes())
+            .await
+            .unwrap();
+        drop(stdin);
+        String::from_utf8(child.wait_with_output().await.unwrap().stdout).unwrap()
+    }
+
+    #[tokio::test]
+    async fn git_takes_credentials_from_the_operators_file_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("git credentials");
+        std::fs::write(&file, "https://scanner:tok-7Hq2Lm9Zx4@git.example.com\n").unwrap();
+        // A helper in the user's configuration that would answer for any host.
+        let other = dir.path().join("other");
+        std::fs::write(
+            &other,
+            "https://someone:elsewhere-secret@other.example.com\n",
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join(".gitconfig"),
+            format!(
+                "[credential]\n\thelper = store --file={}\n",
+                other.display()
+            ),
+        )
+        .unwrap();
+        let answer = fill(&file, "git.example.com", dir.path()).await;
+        assert!(answer.contains("username=scanner\n"), "{answer}");
+        assert!(answer.contains("password=tok-7Hq2Lm9Zx4\n"), "{answer}");
+        // The user's helper is not asked: no credentials for its host.
+        let answer = fill(&file, "other.example.com", dir.path()).await;
+        assert!(!answer.contains("elsewhere-secret"), "{answer}");
+        // A file name git's helper syntax cannot carry is refused.
+        let mut command = tokio::process::Command::new("git");
+        assert!(git_credentials_env(&mut command, std::path::Path::new("/tmp/it's")).is_err());
+    }
+}

@@ -25,6 +25,9 @@ pub struct Repository {
     pub project_key: String,
     pub slug: String,
     pub name: String,
+    /// Left out of answers to callers who do not administer the repository
+    /// (the gateway empties it).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub clone_url: String,
     pub hook_enabled: bool,
     pub exempt: bool,

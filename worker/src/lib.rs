@@ -82,6 +82,9 @@ pub struct WorkerConfig {
     pub lease_wait_ms: u32,
     /// The credential the coordinator expects (`LEAKSCAN_WORKER_TOKEN`).
     pub token: String,
+    /// A git credentials file for remote repositories
+    /// (`LEAKSCAN_GIT_CREDENTIALS_FILE`); clone URLs hold none.
+    pub git_credentials: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -337,7 +340,13 @@ impl Slot {
             Arc::clone(locks.entry(mirror.clone()).or_default())
         };
         let updating = mirror_lock.lock().await;
-        update_mirror(&repository.clone_url, &mirror, GIT_TIMEOUT).await?;
+        update_mirror(
+            &repository.clone_url,
+            &mirror,
+            self.config.git_credentials.as_deref(),
+            GIT_TIMEOUT,
+        )
+        .await?;
         let head = git_output(
             &mirror,
             &[
@@ -628,7 +637,12 @@ fn mirror_path(mirror_dir: &Path, project_key: &str, slug: &str, clone_url: &str
     ))
 }
 
-async fn update_mirror(clone_url: &str, mirror: &Path, timeout: Duration) -> Result<(), TaskError> {
+async fn update_mirror(
+    clone_url: &str,
+    mirror: &Path,
+    credentials: Option<&Path>,
+    timeout: Duration,
+) -> Result<(), TaskError> {
     let failed = |message: String| TaskError::Failed {
         message,
         retryable: true,
@@ -658,6 +672,7 @@ async fn update_mirror(clone_url: &str, mirror: &Path, timeout: Duration) -> Res
                 "origin",
                 "+refs/heads/*:refs/heads/*",
             ],
+            credentials,
             timeout,
         )
         .await
@@ -684,6 +699,7 @@ async fn update_mirror(clone_url: &str, mirror: &Path, timeout: Duration) -> Res
             .args(["-c", "gc.auto=0", "clone", "--quiet", "--mirror", "--"])
             .arg(clone_url)
             .arg(&staging),
+        credentials,
         timeout,
     )
     .await
@@ -743,8 +759,12 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// cancelled or the worker stops).
 async fn run_git(
     command: &mut tokio::process::Command,
+    credentials: Option<&Path>,
     timeout: Duration,
 ) -> Result<std::process::Output, String> {
+    if let Some(file) = credentials {
+        leakscan_service::git_credentials_env(command, file)?;
+    }
     command
         .env("GIT_TERMINAL_PROMPT", "0")
         .env("GIT_ALLOW_PROTOCOL", "file:http:https")
@@ -760,12 +780,13 @@ async fn run_git(
 }
 
 async fn git_output(repository: &Path, args: &[&str]) -> Result<String, String> {
-    git_output_within(repository, args, GIT_TIMEOUT).await
+    git_output_within(repository, args, None, GIT_TIMEOUT).await
 }
 
 async fn git_output_within(
     repository: &Path,
     args: &[&str],
+    credentials: Option<&Path>,
     timeout: Duration,
 ) -> Result<String, String> {
     let output = run_git(
@@ -773,6 +794,7 @@ async fn git_output_within(
             .arg("-C")
             .arg(repository)
             .args(args),
+        credentials,
         timeout,
     )
     .await?;
@@ -807,6 +829,7 @@ mod tests {
         let error = update_mirror(
             &format!("http://{address}/r.git"),
             &mirror,
+            None,
             Duration::from_secs(2),
         )
         .await

@@ -37,6 +37,10 @@ struct Args {
     /// The credential the coordinator expects (its `LEAKSCAN_WORKER_TOKEN`).
     #[arg(long, env = "LEAKSCAN_WORKER_TOKEN", hide_env_values = true)]
     worker_token: String,
+    /// A git credentials file (`https://user:token@host` lines) for remote
+    /// repositories; clone URLs hold no credentials.
+    #[arg(long, env = "LEAKSCAN_GIT_CREDENTIALS_FILE")]
+    git_credentials_file: Option<PathBuf>,
     /// Engine threads per task (0: one per core).
     #[arg(long, env = "LEAKSCAN_WORKER_THREADS", default_value_t = 0)]
     threads: usize,
@@ -61,6 +65,7 @@ async fn main() -> anyhow::Result<()> {
         threads: args.threads,
         lease_wait_ms: 10_000,
         token: args.worker_token,
+        git_credentials: args.git_credentials_file,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(leakscan_service::cancel_on_signal(shutdown.clone()));

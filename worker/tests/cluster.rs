@@ -150,6 +150,7 @@ impl Cluster {
                         threads: 1,
                         lease_wait_ms: 500,
                         token: token.clone(),
+                        git_credentials: None,
                     },
                     shutdown.clone(),
                 ))

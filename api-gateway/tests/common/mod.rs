@@ -87,6 +87,10 @@ impl Fixture {
             repos_roots: vec![root.path().to_path_buf()],
             context_path: String::new(),
             master_key: Some(master_key.clone()),
+            // The tests register repositories made in temporary directories.
+            allowed_local_paths: vec![std::env::temp_dir()],
+            allowed_remotes: vec!["git.example.com".into()],
+            git_credentials: None,
         };
         let state = prepare(
             database.pool.clone(),
