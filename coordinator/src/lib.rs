@@ -84,6 +84,8 @@ pub struct CoordinatorConfig {
     /// The credential every worker call must carry
     /// ([`leakscan_proto::auth`]); the default is a new random one.
     pub worker_token: String,
+    /// How often the leader checks it still holds its lock.
+    pub leader_check_interval: Duration,
 }
 
 impl Default for CoordinatorConfig {
@@ -104,6 +106,7 @@ impl Default for CoordinatorConfig {
             max_blob_size: 20 * 1024 * 1024,
             min_confidence: leakscan_engine::Confidence::Medium,
             worker_token: leakscan_proto::auth::generate_token(),
+            leader_check_interval: Duration::from_secs(5),
         }
     }
 }
@@ -112,12 +115,18 @@ impl Default for CoordinatorConfig {
 #[derive(Default)]
 pub struct CoordinatorState {
     leader: AtomicBool,
+    leaderships: AtomicU64,
     jobs_expanded: AtomicU64,
 }
 
 impl CoordinatorState {
     pub fn is_leader(&self) -> bool {
         self.leader.load(Ordering::SeqCst)
+    }
+
+    /// How many times this replica became leader.
+    pub fn leaderships(&self) -> u64 {
+        self.leaderships.load(Ordering::SeqCst)
     }
 
     pub fn jobs_expanded(&self) -> u64 {
@@ -143,6 +152,9 @@ impl From<sqlx::Error> for CoordinatorError {
 
 /// Runs the coordinator until `shutdown`: waits to become leader, then
 /// serves. A standby serves nothing (its readiness is `state.is_leader()`).
+/// A leader that loses its lock (its lock connection ended, e.g. when
+/// PostgreSQL restarted) stops serving and stands by again, so there are
+/// never two leaders for longer than `leader_check_interval`.
 pub async fn run(
     config: CoordinatorConfig,
     pool: PgPool,
@@ -153,32 +165,145 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<(), CoordinatorError> {
     let authenticate = RequireToken::new(&config.worker_token)?;
-    // The lock lives as long as this connection: a leader that dies loses it.
-    let mut lock_connection = pool.acquire().await?;
+    let mut incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     loop {
-        let acquired: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
-            .bind(LEADER_LOCK)
-            .fetch_one(&mut *lock_connection)
-            .await?;
-        if acquired {
-            break;
+        let Some(lock_connection) = become_leader(&pool, &shutdown).await? else {
+            return Ok(());
+        };
+        state.leader.store(true, Ordering::SeqCst);
+        state.leaderships.fetch_add(1, Ordering::SeqCst);
+        info!(consumer = %config.consumer_name, "became leader");
+        let leading = shutdown.child_token();
+        let watcher = tokio::spawn(watch_lock(
+            lock_connection,
+            config.leader_check_interval,
+            leading.clone(),
+        ));
+        let served = lead(
+            &config,
+            &pool,
+            &queue,
+            &secrets,
+            &mut incoming,
+            &state,
+            authenticate.clone(),
+            leading.clone(),
+        )
+        .await;
+        leading.cancel();
+        state.leader.store(false, Ordering::SeqCst);
+        let lock_connection = watcher.await.ok().flatten();
+        if shutdown.is_cancelled() {
+            if let Some(mut connection) = lock_connection {
+                let _: Result<bool, _> = sqlx::query_scalar("select pg_advisory_unlock($1)")
+                    .bind(LEADER_LOCK)
+                    .fetch_one(&mut *connection)
+                    .await;
+            }
+            return served;
+        }
+        // The lock is gone and so is the connection that held it.
+        if let Err(error) = served {
+            warn!(%error, "stopped leading after an error");
+        }
+        warn!(consumer = %config.consumer_name, "lost the leader lock: standing by");
+    }
+}
+
+/// Waits for the leader lock; `None` when `shutdown` came first. The lock
+/// lives as long as the returned connection: a leader that dies loses it.
+async fn become_leader(
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> Result<Option<sqlx::pool::PoolConnection<sqlx::Postgres>>, CoordinatorError> {
+    loop {
+        let attempt = async {
+            let mut connection = pool.acquire().await?;
+            let acquired: bool = sqlx::query_scalar("select pg_try_advisory_lock($1)")
+                .bind(LEADER_LOCK)
+                .fetch_one(&mut *connection)
+                .await?;
+            Ok::<_, sqlx::Error>(acquired.then_some(connection))
+        };
+        match attempt.await {
+            Ok(Some(connection)) => return Ok(Some(connection)),
+            Ok(None) => {}
+            // PostgreSQL is away: keep trying (a leader that lost its lock
+            // comes here while the database restarts).
+            Err(error) if !shutdown.is_cancelled() => {
+                warn!(%error, "cannot try the leader lock");
+            }
+            Err(error) => return Err(error.into()),
         }
         tokio::select! {
-            () = shutdown.cancelled() => return Ok(()),
+            () = shutdown.cancelled() => return Ok(None),
             () = tokio::time::sleep(Duration::from_millis(250)) => {}
         }
     }
-    state.leader.store(true, Ordering::SeqCst);
-    info!(consumer = %config.consumer_name, "became leader");
+}
 
+/// Checks every `interval` that `connection` still holds the leader lock;
+/// cancels `leading` as soon as it does not (or cannot tell), and hands the
+/// connection back when leading ends while it still holds the lock.
+async fn watch_lock(
+    mut connection: sqlx::pool::PoolConnection<sqlx::Postgres>,
+    interval: Duration,
+    leading: CancellationToken,
+) -> Option<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+    loop {
+        tokio::select! {
+            () = leading.cancelled() => return Some(connection),
+            () = tokio::time::sleep(interval) => {}
+        }
+        let held: Result<bool, _> = sqlx::query_scalar(
+            "select exists(select 1 from pg_locks
+                 where locktype = 'advisory' and granted and pid = pg_backend_pid()
+                   and database = (select oid from pg_database where datname = current_database())
+                   and classid = ($1 >> 32)::bigint::oid and objid = ($1 & 4294967295)::bigint::oid
+                   and objsubid = 1)",
+        )
+        .bind(LEADER_LOCK)
+        .fetch_one(&mut *connection)
+        .await;
+        match held {
+            Ok(true) => {}
+            Ok(false) => {
+                warn!("the leader lock is no longer held");
+                leading.cancel();
+                return None;
+            }
+            Err(error) => {
+                warn!(%error, "cannot check the leader lock");
+                leading.cancel();
+                // The connection is broken: close it, never reuse it.
+                connection.close_on_drop();
+                return None;
+            }
+        }
+    }
+}
+
+/// What the leader does until `leading` is cancelled: reconcile, consume
+/// the job stream, expire leases and serve the worker protocol.
+#[allow(clippy::too_many_arguments)]
+async fn lead(
+    config: &CoordinatorConfig,
+    pool: &PgPool,
+    queue: &JobQueue,
+    secrets: &Arc<SecretBox>,
+    incoming: &mut tokio_stream::wrappers::TcpListenerStream,
+    state: &Arc<CoordinatorState>,
+    authenticate: RequireToken,
+    leading: CancellationToken,
+) -> Result<(), CoordinatorError> {
     let work_available = Arc::new(Notify::new());
-    reconcile(&pool, &state).await?;
+    reconcile(pool, state).await?;
     let background = CancellationToken::new();
     let consumer = tokio::spawn(consume_stream(
         config.clone(),
         pool.clone(),
-        queue,
-        Arc::clone(&state),
+        queue.clone(),
+        Arc::clone(state),
         Arc::clone(&work_available),
         background.clone(),
     ));
@@ -191,7 +316,7 @@ pub async fn run(
     let reconciler = tokio::spawn(reconcile_periodically(
         config.reconcile_interval,
         pool.clone(),
-        Arc::clone(&state),
+        Arc::clone(state),
         Arc::clone(&work_available),
         background.clone(),
     ));
@@ -199,8 +324,8 @@ pub async fn run(
     // one is a LeaseTask long poll.
     let call_timeout = Duration::from_millis(u64::from(config.max_lease_wait_ms)) + CALL_TIMEOUT;
     let service = CoordinatorService {
-        config,
-        secrets,
+        config: config.clone(),
+        secrets: Arc::clone(secrets),
         pool: pool.clone(),
         workers: Mutex::new(HashMap::new()),
         work_available,
@@ -210,20 +335,12 @@ pub async fn run(
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(CoordinatorServer::with_interceptor(service, authenticate))
-        .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
-            shutdown.cancelled(),
-        )
+        .serve_with_incoming_shutdown(incoming, leading.cancelled())
         .await;
     background.cancel();
     let _ = consumer.await;
     let _ = expiry.await;
     let _ = reconciler.await;
-    state.leader.store(false, Ordering::SeqCst);
-    let _: Result<bool, _> = sqlx::query_scalar("select pg_advisory_unlock($1)")
-        .bind(LEADER_LOCK)
-        .fetch_one(&mut *lock_connection)
-        .await;
     Ok(served?)
 }
 

@@ -148,6 +148,27 @@ fn prefix() -> String {
     format!("{}:", unique_name("leakscan-test"))
 }
 
+/// Two coordinators with `config`: the first leading, the second standing by.
+async fn leader_and_standby(
+    pool: &PgPool,
+    prefix: &str,
+    config: CoordinatorConfig,
+) -> (Running, Running) {
+    let first = start(pool, prefix, config.clone()).await;
+    let first_state = Arc::clone(&first.state);
+    eventually("the first leader", async || first_state.is_leader()).await;
+    let second = start(
+        pool,
+        prefix,
+        CoordinatorConfig {
+            consumer_name: "standby".into(),
+            ..config
+        },
+    )
+    .await;
+    (first, second)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn jobs_from_postgres_and_the_stream_become_leased_tasks_and_finish() {
     let database = TestDatabase::create().await.unwrap();
@@ -330,18 +351,7 @@ async fn a_standby_takes_over_when_the_leader_stops() {
     let database = TestDatabase::create().await.unwrap();
     let pool = &database.pool;
     let prefix = prefix();
-    let first = start(pool, &prefix, CoordinatorConfig::default()).await;
-    let first_state = Arc::clone(&first.state);
-    eventually("the first leader", async || first_state.is_leader()).await;
-    let second = start(
-        pool,
-        &prefix,
-        CoordinatorConfig {
-            consumer_name: "standby".into(),
-            ..CoordinatorConfig::default()
-        },
-    )
-    .await;
+    let (first, second) = leader_and_standby(pool, &prefix, CoordinatorConfig::default()).await;
     // The lock is exclusive: while the first leads, the second cannot.
     assert!(!second.state.is_leader());
     first.shutdown.cancel();
@@ -574,4 +584,62 @@ async fn a_short_worker_token_is_refused_at_start() {
     .await
     .unwrap_err();
     assert!(error.to_string().contains("at least 16"), "{error}");
+}
+
+/// Regression (issue 13): the leader never re-checked its advisory lock, so
+/// after its lock connection ended (a PostgreSQL restart, a killed backend)
+/// a standby took the lock while the old leader went on leading: two
+/// leaders. The old leader now notices, stands by, and leads again once
+/// the lock is free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_leader_that_loses_its_lock_stands_by() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let prefix = prefix();
+    let quick = CoordinatorConfig {
+        leader_check_interval: Duration::from_millis(200),
+        ..CoordinatorConfig::default()
+    };
+    let (first, second) = leader_and_standby(pool, &prefix, quick).await;
+    let first_state = Arc::clone(&first.state);
+    let second_state = Arc::clone(&second.state);
+    assert!(!second_state.is_leader());
+    // End the backend that holds the leader's lock, as a database restart
+    // would.
+    let terminated: Vec<bool> = sqlx::query_scalar(
+        "select pg_terminate_backend(pid) from pg_locks
+         where locktype = 'advisory' and granted
+           and database = (select oid from pg_database where datname = current_database())",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(terminated, [true]);
+    // One of them leads again: the standby, or the old leader after it
+    // noticed the loss and stood by (its second term). Never both.
+    eventually("one leader after the loss", async || {
+        first_state.is_leader() != second_state.is_leader()
+            && (second_state.is_leader() || first_state.leaderships() == 2)
+    })
+    .await;
+    for _ in 0..5 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!(first_state.is_leader() && second_state.is_leader()));
+    }
+    // Whichever leads stops; the other takes over and serves on the
+    // listener it has had all along.
+    let (leader, standby) = if first_state.is_leader() {
+        (first, second)
+    } else {
+        (second, first)
+    };
+    leader.shutdown.cancel();
+    leader.handle.await.unwrap();
+    let standby_state = Arc::clone(&standby.state);
+    eventually("the other to lead", async || standby_state.is_leader()).await;
+    let mut worker = client(&standby.address).await;
+    register(&mut worker, "worker-after-failover", 1).await;
+    standby.shutdown.cancel();
+    standby.handle.await.unwrap();
+    database.drop_database().await.unwrap();
 }
