@@ -7,10 +7,18 @@
 //! random per process). The user's grants are read on every request, so a
 //! revoked permission takes effect at once; a changed password lets the old
 //! one work until its entry expires.
+//!
+//! Guessing is made slow and cheap for the gateway ([`SignInLimits`]): after
+//! [`FREE_FAILURES`] failed attempts for a user name, or from a client
+//! address, further attempts are refused (429, no hashing) for a delay that
+//! doubles with each failure up to [`MAX_BACKOFF`]; at most one hash per
+//! core runs at once; and an unknown user name costs one verification as a
+//! known one does, so the answer's timing does not tell which names exist.
 
 use std::{
     collections::HashMap,
-    sync::{Arc, Mutex},
+    net::{IpAddr, SocketAddr},
+    sync::{Arc, Mutex, OnceLock},
     time::{Duration, Instant},
 };
 
@@ -67,6 +75,165 @@ impl CredentialCache {
     }
 }
 
+/// Failed sign-ins for a user name or a client address that cost nothing.
+pub const FREE_FAILURES: u32 = 5;
+/// Longest wait a run of failures imposes.
+pub const MAX_BACKOFF: Duration = Duration::from_secs(15 * 60);
+/// Most user names and addresses with failures remembered; the oldest half
+/// is forgotten when full.
+const MAX_FAILURE_ENTRIES: usize = 100_000;
+/// How long a password verification may wait for a free core.
+const HASH_QUEUE_WAIT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy)]
+struct Failures {
+    count: u32,
+    last: Instant,
+}
+
+impl Failures {
+    /// How long after the last failure the next attempt must wait.
+    fn backoff(self) -> Duration {
+        match self.count.checked_sub(FREE_FAILURES) {
+            None => Duration::ZERO,
+            Some(extra) => Duration::from_secs(1u64 << extra.min(20)).min(MAX_BACKOFF),
+        }
+    }
+}
+
+/// Throttling of password sign-ins (see the module's documentation).
+pub struct SignInLimits {
+    hashing: tokio::sync::Semaphore,
+    failures: Mutex<HashMap<String, Failures>>,
+    /// Verified against when the user name is unknown.
+    decoy_hash: OnceLock<String>,
+}
+
+impl Default for SignInLimits {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        SignInLimits {
+            hashing: tokio::sync::Semaphore::new(cores),
+            failures: Mutex::new(HashMap::new()),
+            decoy_hash: OnceLock::new(),
+        }
+    }
+}
+
+impl SignInLimits {
+    fn keys(name: &str, address: Option<IpAddr>) -> Vec<String> {
+        let mut keys = vec![format!("user:{name}")];
+        if let Some(address) = address {
+            keys.push(format!("addr:{address}"));
+        }
+        keys
+    }
+
+    /// The wait still owed by any of `keys`, if one is.
+    fn owed(&self, keys: &[String]) -> Option<Duration> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        keys.iter()
+            .filter_map(|key| failures.get(key))
+            .filter_map(|entry| entry.backoff().checked_sub(entry.last.elapsed()))
+            .filter(|wait| !wait.is_zero())
+            .max()
+    }
+
+    fn failed(&self, keys: &[String]) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if failures.len() >= MAX_FAILURE_ENTRIES {
+            let mut ages: Vec<Instant> = failures.values().map(|entry| entry.last).collect();
+            ages.sort_unstable();
+            let cutoff = ages[ages.len() / 2];
+            failures.retain(|_, entry| entry.last > cutoff);
+        }
+        let now = Instant::now();
+        for key in keys {
+            let entry = failures.entry(key.clone()).or_insert(Failures {
+                count: 0,
+                last: now,
+            });
+            // A quiet spell as long as the longest wait starts afresh.
+            if entry.last.elapsed() > MAX_BACKOFF {
+                entry.count = 0;
+            }
+            entry.count = entry.count.saturating_add(1);
+            entry.last = now;
+        }
+    }
+
+    fn succeeded(&self, keys: &[String]) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        for key in keys {
+            failures.remove(key);
+        }
+    }
+
+    /// Whether `password` is `name`'s: `None` when the attempt is refused
+    /// unverified (throttled, or no core free in time).
+    async fn verify(
+        &self,
+        state: &AppState,
+        name: &str,
+        password: &str,
+        address: Option<IpAddr>,
+    ) -> Result<Option<User>, ApiError> {
+        let keys = Self::keys(name, address);
+        if let Some(wait) = self.owed(&keys) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "Too many failed sign-ins: try again in {} s.",
+                    wait.as_secs().max(1)
+                ),
+            ));
+        }
+        let found = users::user_with_hash(&state.pool, name).await?;
+        let _permit = tokio::time::timeout(HASH_QUEUE_WAIT, self.hashing.acquire())
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "Too many sign-ins at once: try again shortly.",
+                )
+            })?
+            .map_err(|_| ApiError::internal())?;
+        let decoy = match &found {
+            Some(_) => None,
+            None => Some(match self.decoy_hash.get() {
+                Some(hash) => hash.clone(),
+                None => {
+                    let hash = tokio::task::spawn_blocking(|| {
+                        users::hash_password(&format!("{:032x}", rand::random::<u128>()))
+                    })
+                    .await
+                    .map_err(|_| ApiError::internal())?
+                    .map_err(|_| ApiError::internal())?;
+                    self.decoy_hash.get_or_init(|| hash).clone()
+                }
+            }),
+        };
+        let (user, hash) = match found {
+            Some((user, hash)) => (Some(user), hash),
+            None => (None, decoy.unwrap_or_default()),
+        };
+        let attempt = password.to_string();
+        let verified = tokio::task::spawn_blocking(move || users::verify_password(&hash, &attempt))
+            .await
+            .map_err(|_| ApiError::internal())?;
+        match user {
+            Some(user) if verified => {
+                self.succeeded(&keys);
+                Ok(Some(user))
+            }
+            _ => {
+                self.failed(&keys);
+                Ok(None)
+            }
+        }
+    }
+}
+
 /// The authenticated caller of a request (401 without valid credentials):
 /// the user, and the scope of the access token used, if one was.
 #[derive(Clone)]
@@ -95,17 +262,15 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 return Ok(Caller(user, None));
             }
         }
-        let (user, hash) = users::user_with_hash(&state.pool, &name)
+        let address = parts
+            .extensions
+            .get::<axum::extract::ConnectInfo<SocketAddr>>()
+            .map(|info| info.0.ip());
+        let user = state
+            .sign_ins
+            .verify(state, &name, &password, address)
             .await?
             .ok_or_else(ApiError::unauthorized)?;
-        let verify_password = password.clone();
-        let verified =
-            tokio::task::spawn_blocking(move || users::verify_password(&hash, &verify_password))
-                .await
-                .map_err(|_| ApiError::internal())?;
-        if !verified {
-            return Err(ApiError::unauthorized());
-        }
         state.credentials.remember(&name, &password);
         Ok(Caller(user, None))
     }
@@ -246,5 +411,44 @@ fn check_access(
             }
         ))),
         Some(_) => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod sign_in_tests {
+    use super::*;
+
+    #[test]
+    fn the_wait_doubles_after_the_free_failures_up_to_the_cap() {
+        let wait = |count| {
+            Failures {
+                count,
+                last: Instant::now(),
+            }
+            .backoff()
+        };
+        assert_eq!(wait(FREE_FAILURES - 1), Duration::ZERO);
+        assert_eq!(wait(FREE_FAILURES), Duration::from_secs(1));
+        assert_eq!(wait(FREE_FAILURES + 3), Duration::from_secs(8));
+        assert_eq!(wait(FREE_FAILURES + 30), MAX_BACKOFF);
+        assert_eq!(wait(u32::MAX), MAX_BACKOFF);
+    }
+
+    #[test]
+    fn failures_are_forgotten_on_success_and_bounded_in_number() {
+        let limits = SignInLimits::default();
+        let keys = SignInLimits::keys("alice", Some("192.0.2.1".parse().unwrap()));
+        for _ in 0..FREE_FAILURES + 2 {
+            limits.failed(&keys);
+        }
+        assert!(limits.owed(&keys).is_some());
+        assert!(limits.owed(&SignInLimits::keys("bob", None)).is_none());
+        limits.succeeded(&keys);
+        assert!(limits.owed(&keys).is_none());
+        for index in 0..MAX_FAILURE_ENTRIES + 10 {
+            limits.failed(&[format!("user:{index}")]);
+        }
+        let remembered = limits.failures.lock().unwrap().len();
+        assert!(remembered <= MAX_FAILURE_ENTRIES, "{remembered}");
     }
 }

@@ -78,6 +78,7 @@ pub struct AppState {
     pub queue: JobQueue,
     pub config: GatewayConfig,
     pub credentials: auth::CredentialCache,
+    pub sign_ins: auth::SignInLimits,
     /// Set once migrations ran (readiness).
     pub migrated: AtomicBool,
     /// Places for exports streaming at once.
@@ -92,6 +93,7 @@ impl AppState {
             queue,
             config,
             credentials: auth::CredentialCache::default(),
+            sign_ins: auth::SignInLimits::default(),
             migrated: AtomicBool::new(false),
             exports: Arc::new(tokio::sync::Semaphore::new(exports::MAX_CONCURRENT_EXPORTS)),
             secrets: tokio::sync::OnceCell::new(),
@@ -278,9 +280,13 @@ pub async fn run(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(async move { shutdown.cancelled().await })
-        .await
+    // The client's address throttles failed sign-ins from it.
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
 }
 
 /// Everything the gateway does before it serves: migrations, the bootstrap

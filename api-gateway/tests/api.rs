@@ -680,3 +680,76 @@ async fn mass_scanning_permissions_and_the_scan_api() {
         .await;
     fixture.finish().await;
 }
+
+/// Status and body of `GET /rest/api/latest/projects` signed in as
+/// `name:password`, from `address` when given.
+async fn sign_in(
+    fixture: &Fixture,
+    name: &str,
+    password: &str,
+    address: Option<&str>,
+) -> (StatusCode, Value) {
+    let credentials =
+        base64::engine::general_purpose::STANDARD.encode(format!("{name}:{password}"));
+    let mut request = Request::builder()
+        .uri("/rest/api/latest/projects")
+        .header("Authorization", format!("Basic {credentials}"))
+        .body(Body::empty())
+        .unwrap();
+    if let Some(address) = address {
+        let address: std::net::SocketAddr = address.parse().unwrap();
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(address));
+    }
+    let response = app(Arc::clone(&fixture.state))
+        .oneshot(request)
+        .await
+        .unwrap();
+    let status = response.status();
+    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+// Issue 13: password guessing ran argon2 without limit, and an unknown user
+// name was answered at once, which told which names exist. After five
+// failures for a name, or from an address, further attempts are refused
+// unverified for a while; unknown names count alike; the right password of
+// another user, or from another address, still works.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failed_sign_ins_are_throttled_per_user_and_per_address() {
+    let fixture = Fixture::new().await;
+    fixture.user("alice").await;
+    fixture.user("bob").await;
+    for name in ["alice", "nobody"] {
+        for attempt in 0..leakscan_gateway::auth::FREE_FAILURES {
+            let (status, _) = sign_in(&fixture, name, &format!("guess-{attempt}"), None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{name} attempt {attempt}");
+        }
+        // Now even the right password waits.
+        let (status, body) = sign_in(&fixture, name, &format!("{name}-pw"), None).await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{name}: {body}");
+        assert!(error_message(&body).contains("try again in"), "{body}");
+    }
+    let (status, _) = sign_in(&fixture, "bob", "bob-pw", None).await;
+    assert_eq!(status, StatusCode::OK);
+
+    // One address trying many names.
+    let guesser = "192.0.2.7:40000";
+    for attempt in 0..leakscan_gateway::auth::FREE_FAILURES {
+        let (status, _) =
+            sign_in(&fixture, &format!("user{attempt}"), "guess", Some(guesser)).await;
+        assert_eq!(status, StatusCode::UNAUTHORIZED);
+    }
+    fixture.user("carol").await;
+    let (status, _) = sign_in(&fixture, "carol", "carol-pw", Some(guesser)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    let (status, _) = sign_in(&fixture, "carol", "carol-pw", Some("198.51.100.3:5000")).await;
+    assert_eq!(status, StatusCode::OK);
+    fixture.finish().await;
+}
