@@ -3,7 +3,7 @@
 //! of any size holds a few chunks in memory. Secrets appear redacted; cells
 //! a spreadsheet would run as formulas are neutralised.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::Duration};
 
 use axum::{
     body::{Body, Bytes},
@@ -70,6 +70,12 @@ fn write_record(writer: &mut csv::Writer<Vec<u8>>, cells: &[String]) -> Result<(
 /// Exports that may stream at once; more answer 429.
 pub const MAX_CONCURRENT_EXPORTS: usize = 4;
 
+/// An export whose client reads nothing for this long is stopped, and its
+/// place and database connection freed: four clients that never read would
+/// otherwise hold every place for ever (the default of
+/// [`crate::GatewayConfig::export_stall_timeout`]).
+pub const STALLED_CLIENT: Duration = Duration::from_secs(60);
+
 /// A place among the exports running, held until the export's stream ends.
 fn export_permit(state: &AppState) -> Result<tokio::sync::OwnedSemaphorePermit, ApiError> {
     state.exports.clone().try_acquire_owned().map_err(|_| {
@@ -103,6 +109,7 @@ fn csv_response(
     file_name: String,
 ) -> Result<Response, ApiError> {
     let permit = export_permit(&state)?;
+    let stall = state.config.export_stall_timeout;
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
     tokio::spawn(async move {
         let _permit = permit;
@@ -139,9 +146,19 @@ fn csv_response(
                 let Ok(chunk) = full.into_inner() else {
                     return;
                 };
-                // The client went away: stop reading.
-                if !chunk.is_empty() && sender.send(Ok(Bytes::from(chunk))).await.is_err() {
-                    return;
+                // The client went away, or stopped reading: stop.
+                if !chunk.is_empty() {
+                    match tokio::time::timeout(stall, sender.send(Ok(Bytes::from(chunk)))).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(_)) => return,
+                        Err(_) => {
+                            tracing::warn!(
+                                "export: the client read nothing for {} s; stopped",
+                                stall.as_secs()
+                            );
+                            return;
+                        }
+                    }
                 }
             }
             if done {
@@ -380,6 +397,8 @@ enum ZipPart {
 struct ChannelWriter {
     buffer: Vec<u8>,
     sender: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    /// How long a full channel (a client not reading) is waited on.
+    stall: Duration,
 }
 
 impl ChannelWriter {
@@ -387,10 +406,37 @@ impl ChannelWriter {
         if self.buffer.is_empty() {
             return Ok(());
         }
-        let chunk = std::mem::replace(&mut self.buffer, Vec::with_capacity(CHUNK_BYTES));
-        self.sender
-            .blocking_send(Ok(Bytes::from(chunk)))
-            .map_err(|_| std::io::Error::new(std::io::ErrorKind::BrokenPipe, "client gone"))
+        let mut chunk = Ok(Bytes::from(std::mem::replace(
+            &mut self.buffer,
+            Vec::with_capacity(CHUNK_BYTES),
+        )));
+        // Blocking, but never longer than a stalled client is waited for.
+        let started = std::time::Instant::now();
+        loop {
+            match self.sender.try_send(chunk) {
+                Ok(()) => return Ok(()),
+                Err(mpsc::error::TrySendError::Closed(_)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::BrokenPipe,
+                        "client gone",
+                    ))
+                }
+                Err(mpsc::error::TrySendError::Full(back)) => {
+                    if started.elapsed() >= self.stall {
+                        tracing::warn!(
+                            "export: the client read nothing for {} s; stopped",
+                            self.stall.as_secs()
+                        );
+                        return Err(std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            "client stopped reading",
+                        ));
+                    }
+                    chunk = back;
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
     }
 }
 
@@ -436,6 +482,7 @@ pub async fn instance_report(
     let permit = export_permit(&state)?;
     let (parts, mut part_receiver) = mpsc::channel::<ZipPart>(CHUNKS_IN_FLIGHT);
     let (sender, receiver) = mpsc::channel::<Result<Bytes, std::io::Error>>(CHUNKS_IN_FLIGHT);
+    let stall = state.config.export_stall_timeout;
     // The database reader: one entry per repository, its rows as CSV.
     let reader_state = Arc::clone(&state);
     let include_reviewed = query.include_whitelisted;
@@ -494,6 +541,7 @@ pub async fn instance_report(
         let output = ChannelWriter {
             buffer: Vec::with_capacity(CHUNK_BYTES),
             sender: sender.clone(),
+            stall,
         };
         let mut zip = zip::ZipWriter::new_stream(output);
         let options = zip::write::SimpleFileOptions::default()

@@ -56,6 +56,9 @@ pub struct GatewayConfig {
     /// A git credentials file (`https://user:token@host` lines) git reads
     /// for remote repositories.
     pub git_credentials: Option<PathBuf>,
+    /// An export whose client reads nothing this long is stopped
+    /// ([`exports::STALLED_CLIENT`] by default).
+    pub export_stall_timeout: std::time::Duration,
 }
 
 impl GatewayConfig {
@@ -83,6 +86,8 @@ pub struct AppState {
     pub migrated: AtomicBool,
     /// Places for exports streaming at once.
     pub exports: Arc<tokio::sync::Semaphore>,
+    /// Open event streams per user.
+    pub event_streams: Arc<scans::StreamCounts>,
     secrets: tokio::sync::OnceCell<Arc<leakscan_store::secrets::SecretBox>>,
 }
 
@@ -96,6 +101,7 @@ impl AppState {
             sign_ins: auth::SignInLimits::default(),
             migrated: AtomicBool::new(false),
             exports: Arc::new(tokio::sync::Semaphore::new(exports::MAX_CONCURRENT_EXPORTS)),
+            event_streams: Arc::default(),
             secrets: tokio::sync::OnceCell::new(),
         }
     }

@@ -74,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
         allowed_local_paths: args.clone_sources.allowed_local_paths,
         allowed_remotes: args.clone_sources.allowed_remotes,
         git_credentials: args.clone_sources.git_credentials_file,
+        export_stall_timeout: leakscan_gateway::exports::STALLED_CLIENT,
     };
     let admin = args.admin_user.zip(args.admin_password);
     let state = leakscan_gateway::prepare(pool, queue, config, admin).await?;

@@ -499,17 +499,64 @@ pub async fn get_job(
 
 /// Server-Sent Events: a `progress` event whenever the job changes, then
 /// one `end` event when it has finished.
+/// Event streams one user may hold open at once; more answer 429 (each
+/// polls the database every half second until its job ends).
+pub const MAX_EVENT_STREAMS_PER_USER: usize = 8;
+
+/// Open event streams per user id.
+#[derive(Default)]
+pub struct StreamCounts(std::sync::Mutex<std::collections::HashMap<i64, usize>>);
+
+/// One open event stream of a user; the place is given back on drop.
+pub struct StreamPlace {
+    counts: Arc<StreamCounts>,
+    user: i64,
+}
+
+impl StreamCounts {
+    fn open(counts: &Arc<StreamCounts>, user: i64) -> Result<StreamPlace, ApiError> {
+        let mut open = counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        let count = open.entry(user).or_default();
+        if *count >= MAX_EVENT_STREAMS_PER_USER {
+            return Err(ApiError::new(
+                axum::http::StatusCode::TOO_MANY_REQUESTS,
+                format!("{MAX_EVENT_STREAMS_PER_USER} event streams are open for this user already; close one first"),
+            ));
+        }
+        *count += 1;
+        Ok(StreamPlace {
+            counts: Arc::clone(counts),
+            user,
+        })
+    }
+}
+
+impl Drop for StreamPlace {
+    fn drop(&mut self) {
+        let mut open = self.counts.0.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = open.get_mut(&self.user) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.user);
+            }
+        }
+    }
+}
+
 pub async fn job_events(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     PathParams(scan_key): PathParams<String>,
 ) -> Result<Sse<impl Stream<Item = Result<Event, Infallible>>>, ApiError> {
     let job = visible_job(&state, &caller, &scan_key).await?;
+    let place = StreamCounts::open(&state.event_streams, caller.0.id.0)?;
     let pool = state.pool.clone();
     let stream = futures::stream::unfold(
         (Some(job), None::<(String, i32, i64)>, false),
         move |(current, last, ended)| {
             let pool = pool.clone();
+            // Held while the stream lives: dropped with it.
+            let _place = &place;
             async move {
                 if ended {
                     return None;

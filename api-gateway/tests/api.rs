@@ -753,3 +753,48 @@ async fn failed_sign_ins_are_throttled_per_user_and_per_address() {
     assert_eq!(status, StatusCode::OK);
     fixture.finish().await;
 }
+
+// Issue 13: event streams were unbounded, each polling the database every
+// half second for as long as its job ran. One user holds at most
+// MAX_EVENT_STREAMS_PER_USER at once; a closed stream gives its place back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_holds_a_bounded_number_of_event_streams() {
+    let fixture = Fixture::new().await;
+    let started = fixture
+        .expect(
+            "POST",
+            "/rest/security/1.0/scan/PROJ/repos/api?branch=main",
+            Some(ADMIN.0),
+            None,
+            200,
+        )
+        .await;
+    // No coordinator runs here: the job stays queued and its stream open.
+    let uri = format!(
+        "/rest/security/latest/jobs/{}/events",
+        started["scanKey"].as_str().unwrap()
+    );
+    let open = || async {
+        let request = Request::builder()
+            .uri(&uri)
+            .header("Authorization", common::basic_auth(ADMIN.0))
+            .body(Body::empty())
+            .unwrap();
+        app(Arc::clone(&fixture.state))
+            .oneshot(request)
+            .await
+            .unwrap()
+    };
+    let mut streams = Vec::new();
+    for _ in 0..leakscan_gateway::scans::MAX_EVENT_STREAMS_PER_USER {
+        let response = open().await;
+        assert_eq!(response.status(), StatusCode::OK);
+        streams.push(response);
+    }
+    let refused = open().await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    drop(streams.pop());
+    assert_eq!(open().await.status(), StatusCode::OK);
+    drop(streams);
+    fixture.finish().await;
+}

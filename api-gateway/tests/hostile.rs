@@ -189,11 +189,14 @@ async fn a_scope_holds_at_most_200_custom_rules() {
     fixture.finish().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn exports_beyond_the_concurrent_limit_answer_429_until_one_ends() {
+/// A fixture (its configuration changed by `adjust`) whose `PROJ/api`
+/// main branch holds enough findings that an unread export fills its
+/// channel and waits, and the request of that export.
+async fn fixture_with_a_big_export(
+    adjust: impl FnOnce(&mut leakscan_gateway::GatewayConfig),
+) -> (Fixture, impl Fn() -> axum::http::Request<axum::body::Body>) {
     use axum::http::Request;
-    use tower::ServiceExt as _;
-    let fixture = Fixture::new().await;
+    let fixture = Fixture::with_config(adjust).await;
     // Enough findings that an unread export fills its channel and waits.
     let pool = &fixture.database.pool;
     let repository = leakscan_store::catalog::find_repository(pool, "PROJ", "api")
@@ -229,8 +232,16 @@ async fn exports_beyond_the_concurrent_limit_answer_429_until_one_ends() {
             .body(axum::body::Body::empty())
             .unwrap()
     };
-    let app = leakscan_gateway::app(fixture.state.clone());
-    // Four exports streaming, their bodies unread.
+    (fixture, export)
+}
+
+/// Starts exports until every place is taken (their bodies unread), and
+/// checks one more is refused.
+async fn hold_every_export_place(
+    app: &axum::Router,
+    export: &impl Fn() -> axum::http::Request<axum::body::Body>,
+) -> Vec<axum::response::Response> {
+    use tower::ServiceExt as _;
     let mut open = Vec::new();
     for _ in 0..leakscan_gateway::exports::MAX_CONCURRENT_EXPORTS {
         let response = app.clone().oneshot(export()).await.unwrap();
@@ -239,8 +250,17 @@ async fn exports_beyond_the_concurrent_limit_answer_429_until_one_ends() {
     }
     let refused = app.clone().oneshot(export()).await.unwrap();
     assert_eq!(refused.status().as_u16(), 429);
-    // One client goes away: its export stops and frees its place.
-    drop(open.pop());
+    open
+}
+
+/// The status of a new export once one is not refused, trying every
+/// `pause` (200 times at most).
+async fn export_once_a_place_frees(
+    app: &axum::Router,
+    export: &impl Fn() -> axum::http::Request<axum::body::Body>,
+    pause: std::time::Duration,
+) -> u16 {
+    use tower::ServiceExt as _;
     let mut status = 429;
     for _ in 0..200 {
         status = app
@@ -253,9 +273,43 @@ async fn exports_beyond_the_concurrent_limit_answer_429_until_one_ends() {
         if status != 429 {
             break;
         }
-        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        tokio::time::sleep(pause).await;
     }
+    status
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_beyond_the_concurrent_limit_answer_429_until_one_ends() {
+    let (fixture, export) = fixture_with_a_big_export(|_| {}).await;
+    let app = leakscan_gateway::app(fixture.state.clone());
+    let mut open = hold_every_export_place(&app, &export).await;
+    // One client goes away: its export stops and frees its place.
+    drop(open.pop());
+    let status =
+        export_once_a_place_frees(&app, &export, std::time::Duration::from_millis(10)).await;
     assert_eq!(status, 200);
     drop(open);
+    fixture.finish().await;
+}
+
+// Issue 13: four clients that never read their export held every export
+// place (and a database connection each) for ever. An export whose client
+// reads nothing for the stall timeout is stopped and its place freed,
+// while those clients still hold their connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_whose_clients_stop_reading_are_stopped_and_free_their_place() {
+    let (fixture, export) = fixture_with_a_big_export(|config| {
+        config.export_stall_timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
+    let app = leakscan_gateway::app(fixture.state.clone());
+    let stalled = hold_every_export_place(&app, &export).await;
+    let status =
+        export_once_a_place_frees(&app, &export, std::time::Duration::from_millis(50)).await;
+    assert_eq!(
+        status, 200,
+        "a place frees up while the stalled clients stay"
+    );
+    drop(stalled);
     fixture.finish().await;
 }

@@ -99,6 +99,7 @@ async fn up(args: UpArgs) -> Result<()> {
         allowed_local_paths: args.clone_sources.allowed_local_paths.clone(),
         allowed_remotes: args.clone_sources.allowed_remotes.clone(),
         git_credentials: args.clone_sources.git_credentials_file.clone(),
+        export_stall_timeout: leakscan_gateway::exports::STALLED_CLIENT,
     };
     let state = leakscan_gateway::prepare(
         pool.clone(),

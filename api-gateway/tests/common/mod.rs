@@ -70,6 +70,11 @@ pub fn repository_under(root: &std::path::Path, project: &str, dir: &str, bare: 
 
 impl Fixture {
     pub async fn new() -> Fixture {
+        Fixture::with_config(|_| {}).await
+    }
+
+    /// A fixture whose gateway configuration `adjust` changes first.
+    pub async fn with_config(adjust: impl FnOnce(&mut GatewayConfig)) -> Fixture {
         let database = TestDatabase::create().await.unwrap();
         let root = tempfile::tempdir().unwrap();
         let repos = vec![
@@ -91,7 +96,10 @@ impl Fixture {
             allowed_local_paths: vec![std::env::temp_dir()],
             allowed_remotes: vec!["git.example.com".into()],
             git_credentials: None,
+            export_stall_timeout: leakscan_gateway::exports::STALLED_CLIENT,
         };
+        let mut config = config;
+        adjust(&mut config);
         let state = prepare(
             database.pool.clone(),
             queue,
