@@ -585,7 +585,11 @@ pub async fn list_exempt(
         start: query.start,
         limit: query.limit,
     };
-    let page = policy::exempt_repositories(&state.pool, project, order, paging.request()).await?;
+    // A grant on one repository shows the project, not its other
+    // repositories.
+    let viewer = (!(caller.0.sys_admin || caller.0.security)).then_some(caller.0.id);
+    let page =
+        policy::exempt_repositories(&state.pool, project, viewer, order, paging.request()).await?;
     Ok(Json(page.map(|repository| {
         crate::catalog::bitbucket_repository(&repository)
     })))

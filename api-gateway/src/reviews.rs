@@ -78,6 +78,17 @@ pub async fn list_all(
 
 /// `GET /rest/security/latest/reviewed/projects/{p}`: the reviews of the
 /// project's repositories.
+/// A project's reviews as `caller` may see them: those of the repositories
+/// it may read (a grant on one repository shows the project, not its other
+/// repositories), all of them for administrators and the security grant.
+fn project_reviews<'a>(caller: &Caller, project_key: &'a str) -> ReviewFilter<'a> {
+    if caller.0.sys_admin || caller.0.security {
+        ReviewFilter::Project(project_key)
+    } else {
+        ReviewFilter::ProjectFor(project_key, caller.0.id)
+    }
+}
+
 pub async fn list_project(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -88,7 +99,7 @@ pub async fn list_project(
     Ok(Json(
         reviews::list_reviews(
             &state.pool,
-            ReviewFilter::Project(&project_key),
+            project_reviews(&caller, &project_key),
             paging.request(),
         )
         .await?,
@@ -425,7 +436,7 @@ pub async fn export(
         }
         (Some(project), None) => {
             caller.project(&state, project, Access::Read).await?;
-            ReviewFilter::Project(project)
+            project_reviews(&caller, project)
         }
         _ => {
             caller.require_security()?;

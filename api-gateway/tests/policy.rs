@@ -1433,3 +1433,106 @@ async fn the_audit_log_is_paged_and_for_the_security_team() {
     );
     fixture.finish().await;
 }
+
+// Issue 13: a grant on one repository shows its project, and the project's
+// review and exempt lists then showed every repository's rows. They show
+// the rows of the repositories the caller may read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_lists_show_only_the_repositories_the_caller_may_read() {
+    let owned = Fixture::new().await;
+    let fixture = &owned;
+    fixture.user("reader").await;
+    for (slug, key) in [("api", KEY_A), ("web", KEY_B)] {
+        let repository = repository_id(fixture, "PROJ", slug).await;
+        common::plant_findings(fixture, repository, "main", &[("RULE", "x.env", key)]).await;
+        let status = fixture
+            .expect(
+                "GET",
+                &format!("/rest/security/1.0/scan/PROJ/repos/{slug}?branch=main"),
+                ADMIN_USER,
+                None,
+                200,
+            )
+            .await;
+        let finding = status["invalidLines"][0]["id"].clone();
+        fixture
+            .expect(
+                "POST",
+                &format!("/rest/security/latest/reviewed/projects/PROJ/repos/{slug}"),
+                ADMIN_USER,
+                Some(json!({"findingId": finding, "comment": "test data"})),
+                201,
+            )
+            .await;
+        fixture
+            .expect(
+                "PUT",
+                &format!("/rest/api/latest/projects/PROJ/repos/{slug}/secret-scanning/exempt"),
+                ADMIN_USER,
+                None,
+                204,
+            )
+            .await;
+    }
+    grant(
+        fixture,
+        "/rest/api/latest/projects/PROJ/repos/api",
+        "reader",
+        "REPO_READ",
+    )
+    .await;
+    let reviewed = |user| async move {
+        let page = fixture
+            .expect(
+                "GET",
+                "/rest/security/latest/reviewed/projects/PROJ",
+                user,
+                None,
+                200,
+            )
+            .await;
+        let mut slugs: Vec<String> = page["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|review| review["repository"].as_str().unwrap().to_string())
+            .collect();
+        slugs.sort();
+        slugs
+    };
+    let exempt = |user| async move {
+        let page = fixture
+            .expect(
+                "GET",
+                "/rest/api/latest/projects/PROJ/secret-scanning/exempt",
+                user,
+                None,
+                200,
+            )
+            .await;
+        page["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|repository| repository["slug"].as_str().unwrap().to_string())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(reviewed(ADMIN_USER).await, ["api", "web"]);
+    assert_eq!(reviewed(Some("reader")).await, ["api"]);
+    assert_eq!(exempt(ADMIN_USER).await, ["api", "web"]);
+    assert_eq!(exempt(Some("reader")).await, ["api"]);
+    let (status, _, csv) = fixture
+        .call_raw(
+            "GET",
+            "/rest/security/latest/export/reviewed/projects/PROJ",
+            Some("reader"),
+            "text/plain",
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 200);
+    let csv = String::from_utf8(csv).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}");
+    assert!(!csv.contains(",web,"), "{csv}");
+    owned.finish().await;
+}

@@ -351,12 +351,11 @@ pub fn export_findings<'a>(
                and ($4::text is null or f.rule_id = $4 or f.rule_name = $4)
                and ($5::timestamptz is null or f.scan_date >= $5)
                and ($6::timestamptz is null or f.scan_date < $6)
-               and ($7::bigint is null or p.owner_user_id = $7
-                    or exists (select 1 from project_permissions pp where pp.user_id = $7 and pp.project_id = p.id)
-                    or exists (select 1 from repository_permissions rp where rp.user_id = $7 and rp.repository_id = r.id))
+               and {visible}
          ) exported
          where $8 or not reviewed
-         order by repository, branch, commit_date nulls first, path, line, rule, id"
+         order by repository, branch, commit_date nulls first, path, line, rule, id",
+        visible = crate::users::readable_by("$7", "p", "r")
     )))
     .bind(&filter.project_key)
     .bind(filter.repository)

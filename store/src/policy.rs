@@ -551,9 +551,12 @@ pub struct ExemptRepository {
 /// Exempt repositories, of one project or of the whole instance, ordered
 /// as Bitbucket documents it: by project name, then repository name
 /// (ascending or descending; keys and slugs break ties).
+/// Exempt repositories (of one project, when given) that `viewer` may read
+/// (`None`: all of them).
 pub async fn exempt_repositories(
     pool: &PgPool,
     project_key: Option<&str>,
+    viewer: Option<crate::users::UserId>,
     order: NameOrder,
     page: PageRequest,
 ) -> Result<Page<ExemptRepository>> {
@@ -568,13 +571,15 @@ pub async fn exempt_repositories(
                 u.email as owner_email
          from repositories r join projects p on p.id = r.project_id
          left join users u on u.id = p.owner_user_id
-         where r.exempt and ($1::text is null or p.key = $1)
+         where r.exempt and ($1::text is null or p.key = $1) and {visible}
          order by lower(p.name) {direction}, p.key {direction}, lower(r.name) {direction}, r.slug {direction}
-         offset $2 limit $3"
+         offset $2 limit $3",
+        visible = crate::users::readable_by("$4", "p", "r")
     )))
     .bind(project_key)
     .bind(i64::from(page.start))
     .bind(i64::from(page.limit) + 1)
+    .bind(viewer.map(|user| user.0))
     .fetch_all(pool)
     .await?;
     Ok(page.page(rows))

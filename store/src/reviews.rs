@@ -67,6 +67,8 @@ pub enum ReviewFilter<'a> {
     All,
     Global,
     Project(&'a str),
+    /// A project's reviews of the repositories this user may read.
+    ProjectFor(&'a str, crate::users::UserId),
     Repository(RepoId),
 }
 
@@ -214,19 +216,25 @@ pub async fn delete_review(pool: &PgPool, actor: &str, id: i64) -> Result<()> {
     Ok(())
 }
 
-/// (project key, repository id, global only) of a filter.
-fn filter_binds(filter: ReviewFilter<'_>) -> (Option<&str>, Option<RepoId>, bool) {
+/// (project key, repository id, global only, viewer) of a filter.
+fn filter_binds(filter: ReviewFilter<'_>) -> (Option<&str>, Option<RepoId>, bool, Option<i64>) {
     match filter {
-        ReviewFilter::All => (None, None, false),
-        ReviewFilter::Global => (None, None, true),
-        ReviewFilter::Project(key) => (Some(key), None, false),
-        ReviewFilter::Repository(repository) => (None, Some(repository), false),
+        ReviewFilter::All => (None, None, false, None),
+        ReviewFilter::Global => (None, None, true, None),
+        ReviewFilter::Project(key) => (Some(key), None, false, None),
+        ReviewFilter::ProjectFor(key, viewer) => (Some(key), None, false, Some(viewer.0)),
+        ReviewFilter::Repository(repository) => (None, Some(repository), false, None),
     }
 }
 
-const FILTER: &str =
-    "where ($1::text is null or p.key = $1) and ($2::bigint is null or v.repository_id = $2)
-   and (not $3 or v.repository_id is null) ";
+/// The `where` clause of a filter (parameters $1 to $4).
+fn filter_sql() -> String {
+    format!(
+        "where ($1::text is null or p.key = $1) and ($2::bigint is null or v.repository_id = $2)
+           and (not $3 or v.repository_id is null) and {} ",
+        crate::users::readable_by("$4", "p", "r")
+    )
+}
 
 /// Reviews, newest first.
 pub async fn list_reviews(
@@ -234,13 +242,15 @@ pub async fn list_reviews(
     filter: ReviewFilter<'_>,
     page: PageRequest,
 ) -> Result<Page<Review>> {
-    let (key, repository, global) = filter_binds(filter);
+    let (key, repository, global, viewer) = filter_binds(filter);
     let rows = sqlx::query_as::<_, Review>(AssertSqlSafe(format!(
-        "{REVIEW_SELECT} {FILTER} order by v.id desc offset $4 limit $5"
+        "{REVIEW_SELECT} {} order by v.id desc offset $5 limit $6",
+        filter_sql()
     )))
     .bind(key)
     .bind(repository)
     .bind(global)
+    .bind(viewer)
     .bind(i64::from(page.start))
     .bind(i64::from(page.limit) + 1)
     .fetch_all(pool)
@@ -250,13 +260,15 @@ pub async fn list_reviews(
 
 /// Every review of a filter, oldest first (for exports).
 pub async fn all_reviews(pool: &PgPool, filter: ReviewFilter<'_>) -> Result<Vec<Review>> {
-    let (key, repository, global) = filter_binds(filter);
+    let (key, repository, global, viewer) = filter_binds(filter);
     Ok(sqlx::query_as::<_, Review>(AssertSqlSafe(format!(
-        "{REVIEW_SELECT} {FILTER} order by v.id"
+        "{REVIEW_SELECT} {} order by v.id",
+        filter_sql()
     )))
     .bind(key)
     .bind(repository)
     .bind(global)
+    .bind(viewer)
     .fetch_all(pool)
     .await?)
 }

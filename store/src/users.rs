@@ -74,6 +74,18 @@ pub fn validate_user_name(name: &str) -> Result<()> {
     }
 }
 
+/// A SQL condition: the user whose id is the parameter `user` (e.g. `$4`)
+/// may read repository `repository` of project `project` (table aliases),
+/// as its owner or through a project or repository grant; a null `user`
+/// sees everything (administrators and the security grant).
+pub(crate) fn readable_by(user: &str, project: &str, repository: &str) -> String {
+    format!(
+        "({user}::bigint is null or {project}.owner_user_id = {user}
+          or exists (select 1 from project_permissions pp where pp.user_id = {user} and pp.project_id = {project}.id)
+          or exists (select 1 from repository_permissions rp where rp.user_id = {user} and rp.repository_id = {repository}.id))"
+    )
+}
+
 /// An argon2id PHC string for `password`.
 pub fn hash_password(password: &str) -> Result<String> {
     let salt = SaltString::encode_b64(&rand::random::<[u8; 16]>())
