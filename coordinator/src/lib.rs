@@ -613,9 +613,6 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<SendFindingsResponse>, Status> {
         let request = request.into_inner();
         let task = parse_task_id(&request.task_id)?;
-        let (repository, branch) = tasks::leased_task_target(&self.pool, task, &request.lease_id)
-            .await
-            .map_err(status)?;
         let batch: Vec<NewFinding> = request
             .findings
             .into_iter()
@@ -637,12 +634,12 @@ impl Coordinator for CoordinatorService {
                     .map(|confidence| confidence.as_str().to_string()),
             })
             .collect();
-        let recorded = findings::record_findings(
+        // The lease is checked in the transaction that writes.
+        let recorded = findings::record_task_findings(
             &self.pool,
             &self.secrets,
-            repository,
-            &branch,
-            task.0,
+            task,
+            &request.lease_id,
             &batch,
         )
         .await

@@ -51,7 +51,64 @@ pub async fn record_findings(
     findings: &[NewFinding],
 ) -> Result<u64> {
     let mut transaction = pool.begin().await?;
-    let key = secrets.active_key(&mut transaction).await?;
+    let inserted = insert_findings(
+        &mut transaction,
+        secrets,
+        repository,
+        branch,
+        task,
+        findings,
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(inserted)
+}
+
+/// Records a batch for the scan task `task` leased as `lease_id`, in the
+/// transaction that checks the lease: the task's row is locked (shared)
+/// first, so a lease that expires or is taken over meanwhile either waits
+/// for this write or makes it fail; a worker that lost its lease never
+/// writes findings.
+pub async fn record_task_findings(
+    pool: &PgPool,
+    secrets: &SecretBox,
+    task: crate::tasks::TaskId,
+    lease_id: &str,
+    findings: &[NewFinding],
+) -> Result<u64> {
+    let mut transaction = pool.begin().await?;
+    let (repository, branch): (RepoId, String) = sqlx::query_as(
+        "select repository_id, branch from scan_tasks
+         where id = $1 and lease_id = $2 and state = 'leased' for share",
+    )
+    .bind(task)
+    .bind(lease_id)
+    .fetch_optional(&mut *transaction)
+    .await?
+    .ok_or_else(|| crate::tasks::lease_lost(task))?;
+    let inserted = insert_findings(
+        &mut transaction,
+        secrets,
+        repository,
+        &branch,
+        task.0,
+        findings,
+    )
+    .await?;
+    transaction.commit().await?;
+    Ok(inserted)
+}
+
+async fn insert_findings(
+    transaction: &mut sqlx::Transaction<'_, sqlx::Postgres>,
+    secrets: &SecretBox,
+    repository: RepoId,
+    branch: &str,
+    task: i64,
+    findings: &[NewFinding],
+) -> Result<u64> {
+    let transaction = &mut **transaction;
+    let key = secrets.active_key(transaction).await?;
     let mut inserted = 0;
     for finding in findings {
         let fingerprint = secrets.fingerprint(&finding.rule_id, &finding.secret);
@@ -98,7 +155,6 @@ pub async fn record_findings(
         .execute(&mut *transaction)
         .await?;
     }
-    transaction.commit().await?;
     Ok(inserted)
 }
 

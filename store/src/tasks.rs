@@ -179,7 +179,7 @@ pub async fn heartbeat(
     }
 }
 
-fn lease_lost(task: TaskId) -> StoreError {
+pub(crate) fn lease_lost(task: TaskId) -> StoreError {
     StoreError::Invalid(format!(
         "task {} is not leased under this lease any more",
         task.0

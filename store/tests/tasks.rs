@@ -357,3 +357,97 @@ fn done_at(head: &str, blobs_read: i64) -> tasks::Completion {
         ..tasks::Completion::default()
     }
 }
+
+/// Issue 13: SendFindings checked the lease in one query and wrote in
+/// another transaction, so a worker whose lease expired between the two
+/// still wrote. The check (a shared lock on the task's row) and the write
+/// are one transaction now; this pins what it lets through: only the
+/// current lease holder's findings. (The race itself is not reproducible
+/// on demand.)
+#[tokio::test]
+async fn only_the_current_lease_holder_records_findings() {
+    use leakscan_store::{
+        findings::{self, NewFinding},
+        secrets::{MasterKey, SecretBox},
+    };
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    running_job(pool, 1).await;
+    let secrets = SecretBox::load(pool, MasterKey::generate()).await.unwrap();
+    let finding = |path: &str| NewFinding {
+        rule_id: "GITHUB_PAT".into(),
+        rule_name: "GitHub personal access token".into(),
+        severity: "HIGH".into(),
+        commit: "c0ffee".into(),
+        path: path.into(),
+        line: Some(1),
+        author: "Dev".into(),
+        author_email: "dev@example.com".into(),
+        commit_date: None,
+        secret: b"ghp_q8Zr3VtYw1XbN5cKd7Mf2Lp9Hs4Jg6Ta0Ue1".to_vec(),
+        confidence: Some("HIGH".into()),
+    };
+    let count = || async {
+        sqlx::query_scalar::<_, i64>("select count(*) from findings")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    let old = tasks::lease_next_task(pool, "w1", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    let recorded = findings::record_task_findings(
+        pool,
+        &secrets,
+        old.task_id,
+        &old.lease_id,
+        &[finding("a.env")],
+    )
+    .await
+    .unwrap();
+    assert_eq!((recorded, count().await), (1, 1));
+    // The lease runs out and another worker leases the task.
+    sqlx::query(
+        "update scan_tasks set lease_expires_at = now() - interval '1 second' where id = $1",
+    )
+    .bind(old.task_id)
+    .execute(pool)
+    .await
+    .unwrap();
+    tasks::expire_leases(pool, 3).await.unwrap();
+    let new = tasks::lease_next_task(pool, "w2", LEASE_MS, limits(10, 10))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(new.task_id, old.task_id);
+    let late = findings::record_task_findings(
+        pool,
+        &secrets,
+        old.task_id,
+        &old.lease_id,
+        &[finding("b.env")],
+    )
+    .await;
+    assert!(late.is_err(), "the old lease still wrote");
+    let wrong = findings::record_task_findings(
+        pool,
+        &secrets,
+        new.task_id,
+        "not-the-lease",
+        &[finding("c.env")],
+    )
+    .await;
+    assert!(wrong.is_err());
+    assert_eq!(count().await, 1, "nothing was written without the lease");
+    findings::record_task_findings(
+        pool,
+        &secrets,
+        new.task_id,
+        &new.lease_id,
+        &[finding("d.env")],
+    )
+    .await
+    .unwrap();
+    assert_eq!(count().await, 2);
+}
