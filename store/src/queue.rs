@@ -149,25 +149,20 @@ impl JobQueue {
         id: &str,
         block_ms: Option<usize>,
     ) -> Result<Vec<Delivery>> {
-        let mut connection = self.connection.clone();
-        let mut options = redis::streams::StreamReadOptions::default()
-            .group(CONSUMER_GROUP, consumer)
-            .count(count);
-        if let Some(block_ms) = block_ms {
-            options = options.block(block_ms);
-        }
-        let reply: Option<StreamReadReply> = match connection
-            .xread_options(&[&self.stream], &[id], &options)
-            .await
-        {
-            Err(error) if is_nogroup(&error) => {
-                self.recreate_group(&error).await?;
-                connection
-                    .xread_options(&[&self.stream], &[id], &options)
-                    .await?
-            }
-            other => other?,
-        };
+        let (connection, stream) = (self.connection.clone(), self.stream.clone());
+        let reply: Option<StreamReadReply> = self
+            .retrying_on_nogroup(|| {
+                let (mut connection, stream) = (connection.clone(), stream.clone());
+                let mut options = redis::streams::StreamReadOptions::default()
+                    .group(CONSUMER_GROUP, consumer)
+                    .count(count);
+                if let Some(block_ms) = block_ms {
+                    options = options.block(block_ms);
+                }
+                let id = id.to_string();
+                async move { connection.xread_options(&[&stream], &[&id], &options).await }
+            })
+            .await?;
         let mut deliveries = Vec::new();
         for key in reply.map(|reply| reply.keys).unwrap_or_default() {
             for entry in key.ids {
@@ -185,7 +180,7 @@ impl JobQueue {
         min_idle_ms: u64,
         count: usize,
     ) -> Result<Vec<Delivery>> {
-        let mut connection = self.connection.clone();
+        let connection = self.connection.clone();
         let mut command = redis::cmd("XAUTOCLAIM");
         command
             .arg(&self.stream)
@@ -195,14 +190,12 @@ impl JobQueue {
             .arg("0-0")
             .arg("COUNT")
             .arg(count);
-        let reply: redis::streams::StreamAutoClaimReply =
-            match command.query_async(&mut connection).await {
-                Err(error) if is_nogroup(&error) => {
-                    self.recreate_group(&error).await?;
-                    command.query_async(&mut connection).await?
-                }
-                other => other?,
-            };
+        let reply: redis::streams::StreamAutoClaimReply = self
+            .retrying_on_nogroup(|| {
+                let (mut connection, command) = (connection.clone(), command.clone());
+                async move { command.query_async(&mut connection).await }
+            })
+            .await?;
         reply
             .claimed
             .iter()
@@ -210,21 +203,47 @@ impl JobQueue {
             .collect()
     }
 
-    /// Acknowledges an entry: its job's tasks are in PostgreSQL.
+    /// Acknowledges an entry, whose job's tasks are in PostgreSQL, and
+    /// deletes it: the one group is done with it, so the stream holds only
+    /// entries still to handle and does not grow with every job.
     pub async fn ack(&self, entry_id: &str) -> Result<()> {
         let mut connection = self.connection.clone();
-        let _: i64 = connection
+        let _: (i64, i64) = redis::pipe()
+            .atomic()
             .xack(&self.stream, CONSUMER_GROUP, &[entry_id])
+            .xdel(&self.stream, &[entry_id])
+            .query_async(&mut connection)
             .await?;
         Ok(())
+    }
+
+    /// Runs a group command, and once more after making the stream and its
+    /// group again when it answered NOGROUP ([`Self::recreate_group`]).
+    async fn retrying_on_nogroup<T, Call, Answer>(&self, mut call: Call) -> Result<T>
+    where
+        Call: FnMut() -> Answer,
+        Answer: std::future::Future<Output = redis::RedisResult<T>>,
+    {
+        match call().await {
+            Err(error) if is_nogroup(&error) => {
+                self.recreate_group(&error).await?;
+                Ok(call().await?)
+            }
+            other => Ok(other?),
+        }
     }
 
     /// Entries waiting to be read or acknowledged (the autoscaling signal).
     pub async fn depth(&self) -> Result<u64> {
         let mut connection = self.connection.clone();
         let length: u64 = connection.xlen(&self.stream).await?;
-        let pending: redis::streams::StreamPendingReply =
-            connection.xpending(&self.stream, CONSUMER_GROUP).await?;
+        let stream = self.stream.clone();
+        let pending: redis::streams::StreamPendingReply = self
+            .retrying_on_nogroup(|| {
+                let (mut connection, stream) = (connection.clone(), stream.clone());
+                async move { connection.xpending(&stream, CONSUMER_GROUP).await }
+            })
+            .await?;
         let lag: u64 = redis::cmd("XINFO")
             .arg("GROUPS")
             .arg(&self.stream)

@@ -233,8 +233,24 @@ async fn the_job_stream_delivers_acknowledges_and_hands_over_stale_entries() {
     queue.ack(&claimed[0].entry_id).await.unwrap();
     assert_eq!(queue.depth().await.unwrap(), 0);
 
+    // Regression (issue 13): acknowledged entries stayed in the stream for
+    // ever; they are deleted as they are acknowledged.
     let client = redis::Client::open(redis_url()).unwrap();
     let mut connection = client.get_multiplexed_async_connection().await.unwrap();
+    let length: u64 = redis::cmd("XLEN")
+        .arg(queue.stream_key())
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(length, 0);
+    // Regression (issue 13): once Redis lost the stream (flushed), the depth
+    // answered NOGROUP for ever; it makes the stream and group again.
+    let _: () = redis::cmd("DEL")
+        .arg(queue.stream_key())
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+    assert_eq!(queue.depth().await.unwrap(), 0);
     let _: () = redis::cmd("DEL")
         .arg(queue.stream_key())
         .query_async(&mut connection)
