@@ -5,14 +5,17 @@
 # the status endpoint under load (wrk, if installed: apt install wrk).
 # With --policy, instead: total rescans (2 workers) after each kind of
 # policy change, to show what the blob-result cache spares.
+# With --status-load RATE, instead: the status endpoint's latency at RATE
+# requests a second (open loop, bench/status_load.py) while a total rescan
+# runs (2 workers), once per run.
 #
-#   bash bench/cluster.sh [--repos 200] [--commits 150] [--bytes 1MB] [--runs 3] [--cli-runs 3] [--root DIR] [--policy]
+#   bash bench/cluster.sh [--repos 200] [--commits 150] [--bytes 1MB] [--runs 3] [--cli-runs 3] [--root DIR] [--policy] [--status-load 500]
 #
 # --root reuses an existing instance (e.g. the demo's ~/.cache/leakscan-demo/root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/leakscan-target}"
-REPOS=200 COMMITS=150 BYTES=1MB RUNS=3 CLI_RUNS=3 ROOT="" POLICY=""
+REPOS=200 COMMITS=150 BYTES=1MB RUNS=3 CLI_RUNS=3 ROOT="" POLICY="" STATUS_LOAD=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --repos) REPOS=$2; shift 2 ;;
@@ -22,6 +25,7 @@ while [ $# -gt 0 ]; do
     --cli-runs) CLI_RUNS=$2; shift 2 ;;
     --root) ROOT=$2; shift 2 ;;
     --policy) POLICY=1; shift ;;
+    --status-load) STATUS_LOAD=$2; shift 2 ;;
     *) echo "unknown option $1" >&2; exit 2 ;;
   esac
 done
@@ -115,6 +119,27 @@ policy_changes() {
   done
   stop_cluster
 }
+
+# The status endpoint under RATE requests a second while a total rescan runs.
+status_under_load() {
+  local rate=$1 repo_path project slug stop key
+  repo_path=$(find "$ROOT" -mindepth 2 -maxdepth 2 -type d | sort | head -n 1)
+  project=$(basename "$(dirname "$repo_path")"); slug=$(basename "$repo_path" .git)
+  stop="$BENCH_DIR/status-load.stop"; rm -f "$stop"
+  start_cluster 2
+  python3 bench/status_load.py "$BASE/rest/security/1.0/scan/$project/repos/$slug?branch=main" \
+    --rate "$rate" --seconds 120 --user "$AUTH" --stop "$stop" &
+  local loader=$!
+  read -r seconds blobs < <(rescan)
+  touch "$stop"; wait "$loader"
+  echo "  (total rescan ${seconds}s, blobs read $blobs, ran throughout the load)"
+  stop_cluster
+}
+
+if [ -n "$STATUS_LOAD" ]; then
+  for run in $(seq 1 "$RUNS"); do echo "run $run"; status_under_load "$STATUS_LOAD"; done
+  exit 0
+fi
 
 if [ -n "$POLICY" ]; then
   for run in $(seq 1 "$RUNS"); do echo "run $run"; policy_changes; done
