@@ -154,6 +154,8 @@ async fn up(args: UpArgs) -> Result<()> {
             lease_wait_ms: 10_000,
             token: worker_token.clone(),
             git_credentials: args.clone_sources.git_credentials_file.clone(),
+            // In one process, on loopback.
+            tls: None,
         };
         worker_handles.push(tokio::spawn(leakscan_worker::run(config, shutdown.clone())));
     }

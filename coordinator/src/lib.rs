@@ -86,6 +86,31 @@ pub struct CoordinatorConfig {
     pub worker_token: String,
     /// How often the leader checks it still holds its lock.
     pub leader_check_interval: Duration,
+    /// TLS for the worker protocol (plaintext without).
+    pub tls: Option<CoordinatorTls>,
+}
+
+/// TLS for the worker protocol: the coordinator's certificate chain and key
+/// (PEM) and, for mutual TLS, the CA (PEM) whose certificates workers must
+/// present; without it any TLS client is served (the worker token still
+/// applies).
+#[derive(Debug, Clone)]
+pub struct CoordinatorTls {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl CoordinatorTls {
+    fn server_config(&self) -> tonic::transport::ServerTlsConfig {
+        use tonic::transport::{Certificate, Identity, ServerTlsConfig};
+        let config =
+            ServerTlsConfig::new().identity(Identity::from_pem(&self.cert_pem, &self.key_pem));
+        match &self.client_ca_pem {
+            Some(ca) => config.client_ca_root(Certificate::from_pem(ca)),
+            None => config,
+        }
+    }
 }
 
 impl Default for CoordinatorConfig {
@@ -107,6 +132,7 @@ impl Default for CoordinatorConfig {
             min_confidence: leakscan_engine::Confidence::Medium,
             worker_token: leakscan_proto::auth::generate_token(),
             leader_check_interval: Duration::from_secs(5),
+            tls: None,
         }
     }
 }
@@ -330,7 +356,11 @@ async fn lead(
         workers: Mutex::new(HashMap::new()),
         work_available,
     };
-    let served = tonic::transport::Server::builder()
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        server = server.tls_config(tls.server_config())?;
+    }
+    let served = server
         .timeout(call_timeout)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))

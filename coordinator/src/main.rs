@@ -58,6 +58,16 @@ struct Args {
     /// Database connections.
     #[arg(long, env = "LEAKSCAN_DB_POOL_SIZE", default_value_t = 16)]
     db_pool_size: u32,
+    /// TLS for the worker protocol: this certificate chain (PEM; with
+    /// --tls-key). Workers then connect with https://.
+    #[arg(long, env = "LEAKSCAN_TLS_CERT", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "LEAKSCAN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
+    /// Mutual TLS: workers must present a certificate this CA (PEM) signed.
+    #[arg(long, env = "LEAKSCAN_TLS_CA", requires = "tls_cert")]
+    tls_ca: Option<std::path::PathBuf>,
     /// Report only findings of this confidence or higher (low, medium, high).
     #[arg(long, env = "LEAKSCAN_MIN_CONFIDENCE", default_value = "medium", value_parser = parse_confidence)]
     min_confidence: leakscan_engine::Confidence,
@@ -93,6 +103,17 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("failed to listen on {}", args.listen))?;
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(leakscan_coordinator::CoordinatorTls {
+            cert_pem: read(cert)?,
+            key_pem: read(key)?,
+            client_ca_pem: args.tls_ca.as_deref().map(read).transpose()?,
+        }),
+        _ => None,
+    };
     let config = CoordinatorConfig {
         lease_ms: args.lease_ms,
         heartbeat_interval_ms: args.heartbeat_ms,
@@ -107,6 +128,7 @@ async fn main() -> anyhow::Result<()> {
         expiry_interval: Duration::from_secs(2),
         min_confidence: args.min_confidence,
         worker_token: args.worker_token,
+        tls,
         ..CoordinatorConfig::default()
     };
     let shutdown = CancellationToken::new();

@@ -85,6 +85,27 @@ pub struct WorkerConfig {
     /// A git credentials file for remote repositories
     /// (`LEAKSCAN_GIT_CREDENTIALS_FILE`); clone URLs hold none.
     pub git_credentials: Option<PathBuf>,
+    /// TLS to the coordinator (an `https://` URL); plaintext without.
+    pub tls: Option<WorkerTls>,
+}
+
+/// TLS to the coordinator: the CA (PEM) that signed its certificate, and
+/// for mutual TLS this worker's certificate chain and key (PEM).
+#[derive(Debug, Clone)]
+pub struct WorkerTls {
+    pub ca_pem: Vec<u8>,
+    pub identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl WorkerTls {
+    fn client_config(&self) -> tonic::transport::ClientTlsConfig {
+        use tonic::transport::{Certificate, ClientTlsConfig, Identity};
+        let config = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca_pem));
+        match &self.identity {
+            Some((cert, key)) => config.identity(Identity::from_pem(cert, key)),
+            None => config,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -102,8 +123,12 @@ pub enum WorkerError {
 /// retryable), so another worker takes it over.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let credential = AttachToken::new(&config.token)?;
-    let channel = tonic::transport::Endpoint::from_shared(config.coordinator_url.clone())
-        .map_err(WorkerError::Transport)?
+    let mut endpoint = tonic::transport::Endpoint::from_shared(config.coordinator_url.clone())
+        .map_err(WorkerError::Transport)?;
+    if let Some(tls) = &config.tls {
+        endpoint = endpoint.tls_config(tls.client_config())?;
+    }
+    let channel = endpoint
         .connect_timeout(CONNECT_TIMEOUT)
         .timeout(Duration::from_millis(u64::from(config.lease_wait_ms)) + CALL_TIMEOUT)
         .http2_keep_alive_interval(KEEPALIVE_INTERVAL)

@@ -41,6 +41,16 @@ struct Args {
     /// repositories; clone URLs hold no credentials.
     #[arg(long, env = "LEAKSCAN_GIT_CREDENTIALS_FILE")]
     git_credentials_file: Option<PathBuf>,
+    /// TLS to the coordinator (an https:// URL): the CA (PEM) that signed
+    /// its certificate.
+    #[arg(long, env = "LEAKSCAN_TLS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Mutual TLS: this worker's certificate chain (PEM; with --tls-key).
+    #[arg(long, env = "LEAKSCAN_TLS_CERT", requires_all = ["tls_key", "tls_ca"])]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "LEAKSCAN_TLS_KEY", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// Engine threads per task (0: one per core).
     #[arg(long, env = "LEAKSCAN_WORKER_THREADS", default_value_t = 0)]
     threads: usize,
@@ -57,6 +67,19 @@ async fn main() -> anyhow::Result<()> {
         let host = std::fs::read_to_string("/etc/hostname").unwrap_or_else(|_| "worker".into());
         format!("{}-{}", host.trim(), std::process::id())
     });
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let tls = match &args.tls_ca {
+        Some(ca) => Some(leakscan_worker::WorkerTls {
+            ca_pem: read(ca)?,
+            identity: match (&args.tls_cert, &args.tls_key) {
+                (Some(cert), Some(key)) => Some((read(cert)?, read(key)?)),
+                _ => None,
+            },
+        }),
+        None => None,
+    };
     let config = WorkerConfig {
         coordinator_url: args.coordinator_url,
         name,
@@ -66,6 +89,7 @@ async fn main() -> anyhow::Result<()> {
         lease_wait_ms: 10_000,
         token: args.worker_token,
         git_credentials: args.git_credentials_file,
+        tls,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(leakscan_service::cancel_on_signal(shutdown.clone()));

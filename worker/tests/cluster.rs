@@ -6,7 +6,7 @@
 
 use std::{collections::BTreeSet, sync::Arc, time::Duration};
 
-use leakscan_coordinator::{CoordinatorConfig, CoordinatorState};
+use leakscan_coordinator::{CoordinatorConfig, CoordinatorState, CoordinatorTls};
 use leakscan_engine::{
     git::scan_repository, rules::find_builtin, GitScanRequest, Policy, ScanOptions, ScanProgress,
 };
@@ -18,7 +18,7 @@ use leakscan_store::{
     testing::{redis_url, unique_name, TestDatabase},
 };
 use leakscan_testkit::GitRepo;
-use leakscan_worker::WorkerConfig;
+use leakscan_worker::{WorkerConfig, WorkerTls};
 use tokio_util::sync::CancellationToken;
 
 fn example(rule: &str) -> String {
@@ -110,6 +110,8 @@ async fn wait_for_job(pool: &sqlx::PgPool, scan_key: &str) -> jobs::Job {
 /// with a Redis prefix of their own.
 struct Cluster {
     prefix: String,
+    coordinator_url: String,
+    token: String,
     queue: JobQueue,
     shutdown: CancellationToken,
     coordinator: tokio::task::JoinHandle<Result<(), leakscan_coordinator::CoordinatorError>>,
@@ -119,12 +121,25 @@ struct Cluster {
 
 impl Cluster {
     async fn start(pool: &sqlx::PgPool) -> Cluster {
+        Cluster::start_with_tls(pool, None).await
+    }
+
+    /// With `tls`, the coordinator and the workers speak (mutual) TLS.
+    async fn start_with_tls(
+        pool: &sqlx::PgPool,
+        tls: Option<(CoordinatorTls, WorkerTls)>,
+    ) -> Cluster {
         let prefix = format!("{}:", unique_name("leakscan-test"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let coordinator_url = format!("http://{}", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let coordinator_url = format!("{scheme}://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let secrets = Arc::new(SecretBox::load(pool, MasterKey::generate()).await.unwrap());
-        let config = CoordinatorConfig::default();
+        let (coordinator_tls, tls) = tls.unzip();
+        let config = CoordinatorConfig {
+            tls: coordinator_tls,
+            ..CoordinatorConfig::default()
+        };
         let token = config.worker_token.clone();
         let coordinator = tokio::spawn(leakscan_coordinator::run(
             config,
@@ -151,6 +166,7 @@ impl Cluster {
                         lease_wait_ms: 500,
                         token: token.clone(),
                         git_credentials: None,
+                        tls: tls.clone(),
                     },
                     shutdown.clone(),
                 ))
@@ -159,6 +175,8 @@ impl Cluster {
         let queue = JobQueue::connect(&redis_url(), &prefix).await.unwrap();
         Cluster {
             prefix,
+            coordinator_url,
+            token,
             queue,
             shutdown,
             coordinator,
@@ -341,6 +359,122 @@ async fn a_repository_registered_from_another_source_is_mirrored_anew() {
     assert_eq!(expected.len(), 1);
     assert_eq!(stored_findings(pool, id).await, expected);
 
+    cluster.stop().await;
+    database.drop_database().await.unwrap();
+}
+
+/// A CA, a coordinator certificate for 127.0.0.1 and a worker client
+/// certificate, made with openssl in `dir`; and a second CA's client
+/// certificate that the coordinator must refuse.
+fn test_pki(dir: &std::path::Path) -> (CoordinatorTls, WorkerTls, WorkerTls) {
+    let openssl = |command: String| {
+        let args: Vec<&str> = command.split(' ').collect();
+        let output = std::process::Command::new("openssl")
+            .args(&args)
+            .current_dir(dir)
+            .output()
+            .expect("openssl runs");
+        assert!(
+            output.status.success(),
+            "openssl {command}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    };
+    let ec = "-newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes";
+    for ca in ["ca", "other-ca"] {
+        openssl(format!(
+            "req -x509 {ec} -keyout {ca}.key -out {ca}.pem -days 2 -subj /CN=leakscan-test-{ca}"
+        ));
+    }
+    let leaf = |name: &str, ca: &str, extensions: &str| {
+        std::fs::write(dir.join(format!("{name}.ext")), extensions).unwrap();
+        openssl(format!(
+            "req {ec} -keyout {name}.key -out {name}.csr -subj /CN={name}"
+        ));
+        openssl(format!(
+            "x509 -req -in {name}.csr -CA {ca}.pem -CAkey {ca}.key -CAcreateserial -out {name}.pem -days 2 -extfile {name}.ext"
+        ));
+    };
+    leaf(
+        "coordinator",
+        "ca",
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1\n",
+    );
+    let client =
+        "basicConstraints=CA:FALSE\nkeyUsage=digitalSignature\nextendedKeyUsage=clientAuth\n";
+    leaf("worker", "ca", client);
+    leaf("stranger", "other-ca", client);
+    let read = |name: &str| std::fs::read(dir.join(name)).unwrap();
+    (
+        CoordinatorTls {
+            cert_pem: read("coordinator.pem"),
+            key_pem: read("coordinator.key"),
+            client_ca_pem: Some(read("ca.pem")),
+        },
+        WorkerTls {
+            ca_pem: read("ca.pem"),
+            identity: Some((read("worker.pem"), read("worker.key"))),
+        },
+        WorkerTls {
+            ca_pem: read("ca.pem"),
+            identity: Some((read("stranger.pem"), read("stranger.key"))),
+        },
+    )
+}
+
+/// Issue 13: the worker protocol ran in plaintext only. With a certificate
+/// the coordinator speaks TLS, and with a CA it requires the workers'
+/// certificates (mutual TLS): a total rescan runs over it, while a worker
+/// with a certificate of another CA, or with none, cannot even register.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_cluster_runs_over_mutual_tls_and_refuses_unknown_workers() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let repo = repository(0);
+    let id = register(pool, "tls", &repo).await;
+    let pki = tempfile::tempdir().unwrap();
+    let (coordinator_tls, worker_tls, stranger_tls) = test_pki(pki.path());
+    let cluster = Cluster::start_with_tls(pool, Some((coordinator_tls, worker_tls.clone()))).await;
+    let done = cluster.total_rescan(pool).await;
+    assert_eq!((done.state.as_str(), done.tasks_done), ("done", 3));
+    assert_eq!(stored_findings(pool, id).await, expected_findings(&repo));
+
+    for (what, tls) in [
+        ("a certificate of another CA", Some(stranger_tls)),
+        (
+            "no client certificate",
+            Some(WorkerTls {
+                identity: None,
+                ..worker_tls.clone()
+            }),
+        ),
+        ("plaintext", None),
+    ] {
+        let url = cluster.coordinator_url.replace(
+            "https://",
+            if tls.is_some() { "https://" } else { "http://" },
+        );
+        let outcome = tokio::time::timeout(
+            Duration::from_secs(30),
+            leakscan_worker::run(
+                WorkerConfig {
+                    coordinator_url: url,
+                    name: "intruder".into(),
+                    slots: 1,
+                    mirror_dir: pki.path().join("mirrors"),
+                    threads: 1,
+                    lease_wait_ms: 500,
+                    token: cluster.token.clone(),
+                    git_credentials: None,
+                    tls,
+                },
+                CancellationToken::new(),
+            ),
+        )
+        .await
+        .expect("the refused worker gives up");
+        assert!(outcome.is_err(), "a worker with {what} was served");
+    }
     cluster.stop().await;
     database.drop_database().await.unwrap();
 }
