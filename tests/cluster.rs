@@ -28,7 +28,7 @@ struct Cluster {
     /// The gateway's and coordinator's environment.
     env: Vec<(String, String)>,
     root: PathBuf,
-    /// Gateways started after the first (each logs to its own file).
+    /// Processes restarted (each logs to a file of its own).
     gateway_starts: usize,
     dir: PathBuf,
     workers: Vec<Process>,
@@ -48,25 +48,7 @@ impl Cluster {
             ("LEAKSCAN_ADMIN_USER".into(), ADMIN.0.into()),
             ("LEAKSCAN_ADMIN_PASSWORD".into(), ADMIN.1.into()),
         ];
-        let env_refs: Vec<(&str, &str)> =
-            env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        let (coordinator, line) = Process::start(
-            "coordinator",
-            "leakscan-coordinator",
-            &[
-                "--listen",
-                "127.0.0.1:0",
-                "--lease-ms",
-                "3000",
-                "--heartbeat-ms",
-                "500",
-                "--worker-parallelism",
-                "1",
-            ],
-            &env_refs,
-            dir.join("coordinator.log"),
-            "listening on",
-        );
+        let (coordinator, line) = start_coordinator(&env, dir, "127.0.0.1:0", 0);
         let coordinator_url = format!("http://{}", address_in(&line));
         let (gateway, api) = start_gateway(&env, root, dir, 0);
         let mut cluster = Cluster {
@@ -88,6 +70,20 @@ impl Cluster {
             (cluster.api.call("GET", "/health/ready", None).0 == 200).then_some(())
         });
         cluster
+    }
+
+    /// SIGKILLs the coordinator and starts another at its address, where the
+    /// workers look for it.
+    fn restart_coordinator(&mut self) {
+        self.coordinator.kill();
+        self.gateway_starts += 1;
+        let address = self
+            .coordinator_url
+            .trim_start_matches("http://")
+            .to_string();
+        let (coordinator, _) =
+            start_coordinator(&self.env, &self.dir, &address, self.gateway_starts);
+        self.coordinator = coordinator;
     }
 
     /// SIGKILLs the gateway and starts another in its place (a new port).
@@ -198,6 +194,36 @@ impl Cluster {
 }
 
 /// Prints how long the test has run, to see where its time goes.
+fn borrowed(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
+/// A coordinator process listening on `address`, and its "listening" line.
+fn start_coordinator(
+    env: &[(String, String)],
+    dir: &Path,
+    address: &str,
+    index: usize,
+) -> (Process, String) {
+    Process::start(
+        "coordinator",
+        "leakscan-coordinator",
+        &[
+            "--listen",
+            address,
+            "--lease-ms",
+            "3000",
+            "--heartbeat-ms",
+            "500",
+            "--worker-parallelism",
+            "1",
+        ],
+        &borrowed(env),
+        dir.join(format!("coordinator{index}.log")),
+        "listening on",
+    )
+}
+
 /// A gateway process over `root`, and its API as the administrator.
 fn start_gateway(
     env: &[(String, String)],
@@ -205,7 +231,6 @@ fn start_gateway(
     dir: &Path,
     index: usize,
 ) -> (Process, Api) {
-    let env_refs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     let (gateway, line) = Process::start(
         "gateway",
         "leakscan-gateway",
@@ -218,7 +243,7 @@ fn start_gateway(
             "--allowed-local-path",
             dir.to_str().unwrap(),
         ],
-        &env_refs,
+        &borrowed(env),
         dir.join(format!("gateway{index}.log")),
         "listening on",
     );
@@ -458,9 +483,11 @@ fn the_cluster_scans_survives_a_killed_worker_and_stops_when_cancelled() {
     cluster.wait_until_running(&slugs);
     cluster.workers[0].kill();
     cluster.start_worker();
-    // The gateway killed too, mid-scan, and another started (issue 13): it
-    // holds nothing, so the accepted job goes on and reads the same.
+    // The gateway and the coordinator killed too, mid-scan, and others
+    // started (issue 13): the accepted job and its leases live in
+    // PostgreSQL, so the job goes on and reads the same.
     cluster.restart_gateway();
+    cluster.restart_coordinator();
     let api = &cluster.api;
     // The data key rotated while the scan writes findings.
     let rotated = api.expect("POST", "/rest/secrets/1.0/keys/rotate", None, 200);
