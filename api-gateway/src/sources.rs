@@ -34,6 +34,36 @@ pub struct CloneSourceArgs {
     pub git_credentials_file: Option<PathBuf>,
 }
 
+/// What a clone URL names.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Shape<'a> {
+    /// An http(s) URL.
+    Remote,
+    /// A path on this machine (from an absolute path or a `file://` URL).
+    Local(&'a str),
+}
+
+/// Only transports that cannot run commands: http(s), `file://` URLs and
+/// absolute paths (never `ext::`, never something git reads as an option),
+/// without spaces or control characters, at most 2048 bytes.
+pub fn clone_url_shape(url: &str) -> Result<Shape<'_>, String> {
+    if url.len() > 2048 || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err(
+            "a clone URL holds no spaces or control characters and at most 2048 bytes".into(),
+        );
+    }
+    let lower = url.to_ascii_lowercase();
+    if lower.starts_with("https://") || lower.starts_with("http://") {
+        Ok(Shape::Remote)
+    } else if lower.starts_with("file:///") {
+        Ok(Shape::Local(&url["file://".len()..]))
+    } else if url.starts_with('/') {
+        Ok(Shape::Local(url))
+    } else {
+        Err("use an http(s) URL, a file:// URL or an absolute path".into())
+    }
+}
+
 /// The operator's rules for clone URLs.
 #[derive(Debug, Clone, Default)]
 pub struct CloneSources {
@@ -47,23 +77,10 @@ pub struct CloneSources {
 impl CloneSources {
     /// Why `url` may not be cloned, if it may not.
     pub fn check(&self, url: &str) -> Result<(), String> {
-        if url.len() > 2048 || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
-            return Err(
-                "a clone URL holds no spaces or control characters and at most 2048 bytes".into(),
-            );
+        match clone_url_shape(url)? {
+            Shape::Remote => self.check_remote(url),
+            Shape::Local(path) => self.check_local(Path::new(path)),
         }
-        let lower = url.to_ascii_lowercase();
-        if lower.starts_with("https://") || lower.starts_with("http://") {
-            return self.check_remote(url);
-        }
-        let path = if lower.starts_with("file:///") {
-            &url["file://".len()..]
-        } else if url.starts_with('/') {
-            url
-        } else {
-            return Err("use an http(s) URL, a file:// URL or an absolute path".into());
-        };
-        self.check_local(Path::new(path))
     }
 
     fn check_remote(&self, url: &str) -> Result<(), String> {

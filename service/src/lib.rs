@@ -75,6 +75,26 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
+/// Prepares a git command as the gateway and the workers run git against a
+/// clone source: no terminal prompt and no stdin, only the `file`, `http`
+/// and `https` transports (never `ext::`), killed when its future is
+/// dropped, and credentials from the operator's file only
+/// ([`git_credentials_env`]) when one is given.
+pub fn prepare_git(
+    command: &mut tokio::process::Command,
+    credentials: Option<&std::path::Path>,
+) -> Result<(), String> {
+    if let Some(file) = credentials {
+        git_credentials_env(command, file)?;
+    }
+    command
+        .env("GIT_TERMINAL_PROMPT", "0")
+        .env("GIT_ALLOW_PROTOCOL", "file:http:https")
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true);
+    Ok(())
+}
+
 /// Makes `command` (a git command) read credentials from `file` only, a
 /// git credentials file (`https://user:token@host` lines, as
 /// `git credential-store` keeps them) that the operator gives leakscan

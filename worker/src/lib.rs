@@ -787,14 +787,7 @@ async fn run_git(
     credentials: Option<&Path>,
     timeout: Duration,
 ) -> Result<std::process::Output, String> {
-    if let Some(file) = credentials {
-        leakscan_service::git_credentials_env(command, file)?;
-    }
-    command
-        .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ALLOW_PROTOCOL", "file:http:https")
-        .stdin(std::process::Stdio::null())
-        .kill_on_drop(true);
+    leakscan_service::prepare_git(command, credentials)?;
     match tokio::time::timeout(timeout, command.output()).await {
         Ok(output) => output.map_err(|error| format!("cannot run git: {error}")),
         Err(_) => Err(format!(
