@@ -538,6 +538,24 @@ pub fn is_placeholder_basic(decoded: &[u8]) -> bool {
         || is_placeholder(password, &[])
 }
 
+/// Whether a URL's credentials (the text `after` them starts with `@`) are
+/// for a host in an address range reserved for documentation (RFC 5737:
+/// 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24; RFC 3849: 2001:db8::/32):
+/// no such host exists, so the credentials are an example.
+pub fn is_documentation_host(after: &[u8]) -> bool {
+    let Some(host) = after.strip_prefix(b"@") else {
+        return false;
+    };
+    let host = host.strip_prefix(b"[").unwrap_or(host);
+    let starts = |prefix: &[u8]| {
+        host.len() >= prefix.len() && host[..prefix.len()].eq_ignore_ascii_case(prefix)
+    };
+    starts(b"2001:db8:")
+        || [&b"192.0.2."[..], b"198.51.100.", b"203.0.113."]
+            .iter()
+            .any(|prefix| starts(prefix) && host.get(prefix.len()).is_some_and(u8::is_ascii_digit))
+}
+
 #[cfg(test)]
 mod tests {
     #[test]
@@ -747,5 +765,17 @@ mod tests {
         assert!(!is_placeholder_basic(b"ci-deployer:kxXdQLiFjVQAiCwh"));
         assert!(!is_placeholder_basic(b"svc_backup:UOJAF1f4EHVYpu5xihgt"));
         assert!(is_placeholder_basic(br#"{"alg":"HS256","typ":"JWT"}"#));
+    }
+
+    #[test]
+    fn documentation_hosts_are_recognised() {
+        assert!(is_documentation_host(b"@[2001:db8::1234]/database"));
+        assert!(is_documentation_host(b"@2001:DB8:0:1::5:5432/x"));
+        assert!(is_documentation_host(b"@192.0.2.17:3306/shop"));
+        assert!(is_documentation_host(b"@203.0.113.9/"));
+        assert!(!is_documentation_host(b"@192.0.20.1/"));
+        assert!(!is_documentation_host(b"@db.internal:5432/x"));
+        assert!(!is_documentation_host(b"@[2001:db9::1]/x"));
+        assert!(!is_documentation_host(b"192.0.2.1"));
     }
 }

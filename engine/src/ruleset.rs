@@ -1206,6 +1206,7 @@ impl Scanner<'_> {
                 }
                 if has_pragma(data, whole.start(), whole.end())
                     || is_truncated(&data[secret.end()..])
+                    || lookalike::is_documentation_host(&data[secret.end()..])
                 {
                     continue;
                 }
