@@ -3,6 +3,7 @@
 //! of any size holds a few chunks in memory. Secrets appear redacted; cells
 //! a spreadsheet would run as formulas are neutralised.
 
+use crate::routes::PathRepository;
 use std::{sync::Arc, time::Duration};
 
 use axum::{
@@ -195,13 +196,9 @@ pub struct RepositoryExportQuery {
 /// [`crate::policy::findings_rule_filter`] reads it.
 pub async fn repository_report(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
     QueryParams(query): QueryParams<RepositoryExportQuery>,
 ) -> Result<Response, ApiError> {
-    let repository = caller
-        .repository(&state, &project_key, &slug, Access::Read)
-        .await?;
     // Soteri: without `branch`, the repository's default branch.
     let branch = match valid_branch(query.branch)? {
         Some(branch) => Some(branch),
@@ -215,7 +212,7 @@ pub async fn repository_report(
     )
     .await?;
     let filter = ExportFilter {
-        project_key: Some(project_key.clone()),
+        project_key: Some(repository.project_key.clone()),
         repository: Some(repository.id),
         branch,
         rule,
@@ -225,7 +222,11 @@ pub async fn repository_report(
     csv_response(
         state,
         filter,
-        format!("{}-{}.csv", file_part(&project_key), file_part(&slug)),
+        format!(
+            "{}-{}.csv",
+            file_part(&repository.project_key),
+            file_part(&repository.slug)
+        ),
     )
 }
 

@@ -3,6 +3,7 @@
 //! rules and exemptions at global, project and repository scope; and the
 //! audit log. Every change is audited by the store in its own transaction.
 
+use crate::routes::PathRepository;
 use std::{collections::HashMap, path::PathBuf, sync::Arc};
 
 use axum::{extract::State, http::StatusCode, Json};
@@ -390,20 +391,17 @@ pub struct BranchQuery {
 /// off), the custom rules of its scopes and those its config file adds.
 pub async fn rule_types(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
     QueryParams(query): QueryParams<BranchQuery>,
 ) -> Result<Json<Vec<String>>, ApiError> {
-    let repository = caller
-        .repository(&state, &project_key, &slug, Access::Read)
-        .await?;
     let branch = crate::scans::branch_of(&repository, query.branch.as_deref())?;
     if leakscan_store::jobs::branch_scan(&state.pool, repository.id, &branch)
         .await?
         .is_none()
     {
         return Err(ApiError::not_found(format!(
-            "Branch {branch:?} does not exist in {project_key}/{slug}."
+            "Branch {branch:?} does not exist in {}/{}.",
+            repository.project_key, repository.slug
         )));
     }
     let spec = policy::base_policy(&state.pool, repository.id).await?;
@@ -510,13 +508,8 @@ fn local_source(clone_url: &str) -> Option<PathBuf> {
 /// or `false` itself, as Bitbucket Data Center answers ("True if the
 /// repository is exempt from secret scanning, false otherwise").
 pub async fn repository_exemption(
-    State(state): State<Arc<AppState>>,
-    caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
 ) -> Result<Json<bool>, ApiError> {
-    let repository = caller
-        .repository(&state, &project_key, &slug, Access::Read)
-        .await?;
     Ok(Json(repository.exempt))
 }
 
@@ -524,33 +517,30 @@ pub async fn repository_exemption(
 pub async fn exempt_repository(
     state: State<Arc<AppState>>,
     caller: Caller,
-    path: PathParams<(String, String)>,
+    repository: PathRepository,
 ) -> Result<StatusCode, ApiError> {
-    set_exemption(state, caller, path, true).await
+    set_exemption(state, caller, repository, true).await
 }
 
 pub async fn unexempt_repository(
     state: State<Arc<AppState>>,
     caller: Caller,
-    path: PathParams<(String, String)>,
+    repository: PathRepository,
 ) -> Result<StatusCode, ApiError> {
-    set_exemption(state, caller, path, false).await
+    set_exemption(state, caller, repository, false).await
 }
 
 async fn set_exemption(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
     exempt: bool,
 ) -> Result<StatusCode, ApiError> {
-    let repository = caller
-        .repository(&state, &project_key, &slug, Access::Admin)
-        .await?;
     policy::set_exempt(
         &state.pool,
         &caller.0.name,
         repository.id,
-        &format!("{project_key}/{slug}"),
+        &format!("{}/{}", repository.project_key, repository.slug),
         exempt,
     )
     .await?;

@@ -3,6 +3,7 @@
 //! CSV and importing them (an export imports back as the same reviews;
 //! plain secrets import too).
 
+use crate::routes::PathRepository;
 use std::{collections::HashMap, sync::Arc};
 
 use axum::{
@@ -109,13 +110,9 @@ pub async fn list_project(
 /// `GET /rest/security/latest/reviewed/projects/{p}/repos/{r}`
 pub async fn list_repository(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
     QueryParams(paging): QueryParams<Paging>,
 ) -> Result<Json<Page<Review>>, ApiError> {
-    let repository = caller
-        .repository(&state, &project_key, &slug, Access::Read)
-        .await?;
     Ok(Json(
         reviews::list_reviews(
             &state.pool,
@@ -144,12 +141,9 @@ pub async fn create_global(
 pub async fn create_repository(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
     JsonBody(body): JsonBody<ReviewBody>,
 ) -> Result<(StatusCode, Json<Review>), ApiError> {
-    let repository = caller
-        .repository(&state, &project_key, &slug, Access::Write)
-        .await?;
     let target = review_target(&body)?;
     let review = reviews::create_review(
         &state.pool,

@@ -19,7 +19,7 @@ use axum::{
     routing::{self, MethodRouter},
     Router,
 };
-use leakscan_store::users::Access;
+use leakscan_store::{catalog::Repository, users::Access};
 
 use crate::{
     auth::Caller, catalog, error::ApiError, exports, insights, keys, openapi, policy, reviews,
@@ -463,6 +463,28 @@ pub fn router(state: &Arc<AppState>) -> Router<Arc<AppState>> {
 #[derive(Clone)]
 pub(crate) struct Authenticated(pub Caller);
 
+/// The path's `{project}`/`{repo}` as the permission layer resolved it on a
+/// route with [`Permission::Repository`]: the caller has at least the
+/// route's access to it. Handlers take it instead of asking the store again
+/// (one access query per request, not two).
+#[derive(Clone)]
+pub struct PathRepository(pub Repository);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathRepository {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        // Only a route whose entry says `Permission::Repository` has one: a
+        // handler asking for it elsewhere is a programming error, not the
+        // caller's.
+        parts
+            .extensions
+            .get::<PathRepository>()
+            .cloned()
+            .ok_or_else(ApiError::internal)
+    }
+}
+
 /// Authenticates the caller and checks the route's permission.
 async fn enforce(
     State((state, permission)): State<(Arc<AppState>, Permission)>,
@@ -515,9 +537,10 @@ async fn check(
             }
         }
         Permission::Repository(access) => {
-            caller
+            let repository = caller
                 .repository(state, &param("project")?, &param("repo")?, access)
                 .await?;
+            parts.extensions.insert(PathRepository(repository));
         }
     }
     Ok(caller)

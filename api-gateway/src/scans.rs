@@ -2,6 +2,7 @@
 //! (`/rest/security/latest/status/...`), Soteri's per-branch scan API
 //! (`/rest/security/1.0/scan/...`) and our jobs API with live events.
 
+use crate::routes::PathRepository;
 use std::{collections::HashMap, convert::Infallible, sync::Arc, time::Duration};
 
 use axum::{
@@ -166,12 +167,9 @@ pub async fn project_rescan(
 pub async fn repository_rescan(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
     RawQuery(query): RawQuery,
 ) -> Result<Json<JobView>, ApiError> {
-    let repository = caller
-        .repository(&state, &project_key, &slug, Access::Write)
-        .await?;
     let emails = emails(&query_values(&query))?;
     let scope = JobScope::Repository {
         project_key: repository.project_key,
@@ -185,12 +183,9 @@ pub async fn repository_rescan(
 pub async fn branch_rescan(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
     RawQuery(query): RawQuery,
 ) -> Result<Json<JobView>, ApiError> {
-    let repository = caller
-        .repository(&state, &project_key, &slug, Access::Write)
-        .await?;
     let query = query_values(&query);
     let branch = match query.get("name").and_then(|names| names.first()) {
         Some(name) => name.clone(),
@@ -346,13 +341,9 @@ async fn branch_status(
 
 pub async fn scan_status(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
     QueryParams(query): QueryParams<StatusQuery>,
 ) -> Result<Json<BranchStatus>, ApiError> {
-    let repository = caller
-        .repository(&state, &project_key, &slug, Access::Read)
-        .await?;
     let branch = branch_of(&repository, query.branch.as_deref())?;
     let rule = crate::policy::findings_rule_filter(
         &state,
@@ -381,12 +372,9 @@ pub struct StartQuery {
 pub async fn scan_start(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
     QueryParams(query): QueryParams<StartQuery>,
 ) -> Result<Json<BranchStatus>, ApiError> {
-    let repository = caller
-        .repository(&state, &project_key, &slug, Access::Write)
-        .await?;
     let branch = branch_of(&repository, query.branch.as_deref())?;
     let job = start_branch_job(&state, &caller, &repository, &branch, Vec::new()).await?;
     // The status shows the new job as queued (see `jobs::branch_scan`);
@@ -411,12 +399,9 @@ pub struct CancelQuery {
 pub async fn scan_cancel(
     State(state): State<Arc<AppState>>,
     caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
     QueryParams(query): QueryParams<CancelQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let repository = caller
-        .repository(&state, &project_key, &slug, Access::Write)
-        .await?;
     let scan_key = query
         .scan_key
         .ok_or_else(|| ApiError::bad_request("the scan is required: ?scanKey=KEY"))?;
@@ -425,7 +410,8 @@ pub async fn scan_cancel(
         .filter(|job| job_covers(job, &repository))
         .ok_or_else(|| {
             ApiError::not_found(format!(
-                "Scan {scan_key} of {project_key}/{slug} does not exist."
+                "Scan {scan_key} of {}/{} does not exist.",
+                repository.project_key, repository.slug
             ))
         })?;
     // The key `GET /scan/…` shows may be a total, project or repository
@@ -785,12 +771,9 @@ pub async fn project_dashboard(
 /// `GET /rest/security/latest/dashboard/projects/{p}/repos/{r}`
 pub async fn repository_dashboard(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
 ) -> Result<Json<RepositoryDashboard>, ApiError> {
-    let repository = caller
-        .repository(&state, &project_key, &slug, Access::Read)
-        .await?;
+    let (project_key, slug) = (repository.project_key.clone(), repository.slug.clone());
     let mut dashboards = repository_dashboards(&state, &project_key, Some(&repository)).await?;
     Ok(Json(dashboards.pop().unwrap_or(RepositoryDashboard {
         project: project_key,

@@ -1,5 +1,6 @@
 //! Users and grants, with Bitbucket's paths and query parameters.
 
+use crate::routes::PathRepository;
 use std::sync::Arc;
 
 use axum::{extract::State, http::StatusCode};
@@ -127,13 +128,10 @@ pub async fn grant_project(
 
 pub async fn grant_repository(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
     QueryParams(grant): QueryParams<Grant>,
 ) -> Result<StatusCode, ApiError> {
-    caller
-        .repository(&state, &project_key, &slug, Access::Admin)
-        .await?;
+    let (project_key, slug) = (repository.project_key, repository.slug);
     let user = grantee(&state, &grant.name).await?;
     users::grant_repository(
         &state.pool,
@@ -165,13 +163,10 @@ pub async fn revoke_project(
 
 pub async fn revoke_repository(
     State(state): State<Arc<AppState>>,
-    caller: Caller,
-    PathParams((project_key, slug)): PathParams<(String, String)>,
+    PathRepository(repository): PathRepository,
     QueryParams(revoke): QueryParams<Revoke>,
 ) -> Result<StatusCode, ApiError> {
-    caller
-        .repository(&state, &project_key, &slug, Access::Admin)
-        .await?;
+    let (project_key, slug) = (repository.project_key, repository.slug);
     let user = grantee(&state, &revoke.name).await?;
     users::revoke_repository(&state.pool, user.id, &project_key, &slug).await?;
     Ok(StatusCode::NO_CONTENT)
