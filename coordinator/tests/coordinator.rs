@@ -34,13 +34,18 @@ struct Running {
 }
 
 async fn start(pool: &PgPool, prefix: &str, config: CoordinatorConfig) -> Running {
+    start_on(pool, &redis_url(), prefix, config).await
+}
+
+/// [`start`] against a Redis of the test's choosing.
+async fn start_on(pool: &PgPool, redis: &str, prefix: &str, config: CoordinatorConfig) -> Running {
     let config = CoordinatorConfig {
         worker_token: TOKEN.into(),
         ..config
     };
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = format!("http://{}", listener.local_addr().unwrap());
-    let queue = JobQueue::connect(&redis_url(), prefix).await.unwrap();
+    let queue = JobQueue::connect(redis, prefix).await.unwrap();
     let state = Arc::new(CoordinatorState::default());
     let shutdown = CancellationToken::new();
     let secrets = Arc::new(
@@ -434,6 +439,83 @@ async fn the_coordinator_recovers_when_redis_loses_the_job_stream() {
         .query_async(&mut redis)
         .await
         .unwrap();
+    database.drop_database().await.unwrap();
+}
+
+/// Fault injection (issue 13) on a Redis of the test's own: FLUSHALL while
+/// the coordinator leads, then the server killed and started again empty.
+/// Both the coordinator's and a gateway's connections come back by
+/// themselves, and every job PostgreSQL holds is expanded: those enqueued
+/// after each fault through the stream, and the one whose entry the flush
+/// took before anyone read it by the periodic reconciliation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jobs_survive_a_flushed_and_a_restarted_redis() {
+    let mut redis = leakscan_testkit::PrivateRedis::start();
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    seed(pool).await;
+    let prefix = prefix();
+    let running = start_on(
+        pool,
+        &redis.url(),
+        &prefix,
+        CoordinatorConfig {
+            reconcile_interval: Duration::from_millis(500),
+            ..CoordinatorConfig::default()
+        },
+    )
+    .await;
+    let state = Arc::clone(&running.state);
+    eventually("leadership", async || state.is_leader()).await;
+    // The gateway's side: it enqueues what it accepted.
+    let gateway = JobQueue::connect(&redis.url(), &prefix).await.unwrap();
+    let expanded = async |job: jobs::JobId| jobs::job(pool, job).await.unwrap().state != "queued";
+
+    let before = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    gateway.enqueue(before.id).await.unwrap();
+    eventually("the first job expanded", async || expanded(before.id).await).await;
+
+    // FLUSHALL: the stream and its group are gone; a job accepted just
+    // before lost its entry, one accepted after finds no group.
+    let flushed = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    assert_eq!(redis.cli(&["FLUSHALL"]), "OK");
+    let after_flush = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    gateway.enqueue(after_flush.id).await.unwrap();
+    eventually("the jobs around the flush expanded", async || {
+        expanded(flushed.id).await && expanded(after_flush.id).await
+    })
+    .await;
+
+    // The server dies and comes back empty on the same port: connections
+    // drop and reconnect.
+    redis.restart_empty();
+    let after_restart = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    let mut enqueued = false;
+    eventually("the gateway enqueues again", async || {
+        enqueued = enqueued || gateway.enqueue(after_restart.id).await.is_ok();
+        enqueued
+    })
+    .await;
+    eventually("the job after the restart expanded", async || {
+        expanded(after_restart.id).await
+    })
+    .await;
+    eventually("the stream drained", async || {
+        gateway.depth().await.ok() == Some(0)
+    })
+    .await;
+    assert!(running.state.jobs_expanded() >= 4);
+
+    running.shutdown.cancel();
+    running.handle.await.unwrap();
     database.drop_database().await.unwrap();
 }
 
