@@ -32,11 +32,18 @@ pub struct TestDatabase {
     pub name: String,
     pub url: String,
     pub pool: PgPool,
+    admin: String,
 }
 
 impl TestDatabase {
     pub async fn create() -> Result<TestDatabase> {
-        let admin = admin_url();
+        TestDatabase::create_on(&admin_url()).await
+    }
+
+    /// A database on the server `admin` (a URL to any of its databases),
+    /// e.g. a test's own server that it crashes and restarts.
+    pub async fn create_on(admin: &str) -> Result<TestDatabase> {
+        let admin = admin.to_string();
         let name = unique_name("leakscan_test");
         let mut connection = PgConnection::connect(&admin).await?;
         // The name is ours: a fixed prefix, a pid and hex digits.
@@ -47,12 +54,17 @@ impl TestDatabase {
         let url = database_url(&admin, &name);
         let pool = crate::connect(&url, 16).await?;
         crate::migrate(&pool).await?;
-        Ok(TestDatabase { name, url, pool })
+        Ok(TestDatabase {
+            name,
+            url,
+            pool,
+            admin,
+        })
     }
 
     pub async fn drop_database(self) -> Result<()> {
         self.pool.close().await;
-        let mut connection = PgConnection::connect(&admin_url()).await?;
+        let mut connection = PgConnection::connect(&self.admin).await?;
         sqlx::query(sqlx::AssertSqlSafe(format!(
             "drop database if exists {} with (force)",
             self.name
