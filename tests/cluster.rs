@@ -25,7 +25,8 @@ const ADMIN: (&str, &str) = ("admin", "e2e-admin-password");
 struct Cluster {
     api: Api,
     master_key: MasterKey,
-    coordinator_url: String,
+    /// The leader's and the standby's URLs, as the workers are given them.
+    coordinator_urls: String,
     worker_token: String,
     /// The gateway's and coordinator's environment.
     env: Vec<(String, String)>,
@@ -35,7 +36,10 @@ struct Cluster {
     dir: PathBuf,
     workers: Vec<Process>,
     gateway: Process,
+    /// The coordinator that leads, and one standing by (issue 13: the
+    /// leader dies with a standby running).
     coordinator: Process,
+    standby: Process,
 }
 
 impl Cluster {
@@ -51,12 +55,24 @@ impl Cluster {
             ("LEAKSCAN_ADMIN_PASSWORD".into(), ADMIN.1.into()),
         ];
         let (coordinator, line) = start_coordinator(&env, dir, "127.0.0.1:0", 0);
-        let coordinator_url = format!("http://{}", address_in(&line));
+        let leader_url = format!("http://{}", address_in(&line));
+        wait_until(
+            "the first coordinator to lead",
+            Duration::from_secs(30),
+            || {
+                coordinator
+                    .log_text()
+                    .contains("became leader")
+                    .then_some(())
+            },
+        );
+        let (standby, line) = start_coordinator(&env, dir, "127.0.0.1:0", 1);
+        let coordinator_urls = format!("{leader_url},http://{}", address_in(&line));
         let (gateway, api) = start_gateway(&env, root, dir, 0);
         let mut cluster = Cluster {
             api,
             master_key,
-            coordinator_url,
+            coordinator_urls,
             worker_token,
             env,
             root: root.to_path_buf(),
@@ -65,6 +81,7 @@ impl Cluster {
             workers: Vec::new(),
             gateway,
             coordinator,
+            standby,
         };
         cluster.start_worker();
         cluster.start_worker();
@@ -74,18 +91,33 @@ impl Cluster {
         cluster
     }
 
-    /// SIGKILLs the coordinator and starts another at its address, where the
-    /// workers look for it.
-    fn restart_coordinator(&mut self) {
+    /// SIGKILLs the leading coordinator: the standby takes the lead and the
+    /// workers move on to it. Another coordinator starts at the dead one's
+    /// address and stands by.
+    fn kill_leader(&mut self) {
+        let standby_log = self.standby.log_text();
         self.coordinator.kill();
+        wait_until("the standby to lead", Duration::from_secs(30), || {
+            self.standby
+                .log_text()
+                .contains("became leader")
+                .then_some(())
+        });
+        assert!(
+            !standby_log.contains("became leader"),
+            "the standby led before"
+        );
         self.gateway_starts += 1;
         let address = self
-            .coordinator_url
+            .coordinator_urls
+            .split(',')
+            .next()
+            .unwrap()
             .trim_start_matches("http://")
             .to_string();
-        let (coordinator, _) =
-            start_coordinator(&self.env, &self.dir, &address, self.gateway_starts);
-        self.coordinator = coordinator;
+        let (replacement, _) =
+            start_coordinator(&self.env, &self.dir, &address, self.gateway_starts + 1);
+        self.coordinator = std::mem::replace(&mut self.standby, replacement);
     }
 
     /// SIGKILLs the gateway and starts another in its place (a new port).
@@ -106,7 +138,7 @@ impl Cluster {
             "leakscan-worker",
             &[
                 "--coordinator-url",
-                &self.coordinator_url,
+                &self.coordinator_urls,
                 "--name",
                 &name,
                 "--threads",
@@ -491,11 +523,12 @@ fn the_cluster_scans_survives_a_killed_worker_and_stops_when_cancelled() {
     cluster.wait_until_running(&slugs);
     cluster.workers[0].kill();
     cluster.start_worker();
-    // The gateway and the coordinator killed too, mid-scan, and others
-    // started (issue 13): the accepted job and its leases live in
+    // The gateway and the leading coordinator killed too, mid-scan (issue
+    // 13): another gateway starts, the standby coordinator leads and the
+    // workers move on to it; the accepted job and its leases live in
     // PostgreSQL, so the job goes on and reads the same.
     cluster.restart_gateway();
-    cluster.restart_coordinator();
+    cluster.kill_leader();
     // Redis flushed, PostgreSQL crashed (no checkpoint, every connection
     // cut) and restarted, then Redis killed and started empty, while the
     // workers scan: the job, its tasks and the findings written so far are
@@ -524,6 +557,13 @@ fn the_cluster_scans_survives_a_killed_worker_and_stops_when_cancelled() {
     ));
     let done = cluster.wait_for_job(&rescan_key, Duration::from_secs(300));
     assert_eq!(done["state"], "done", "{done}");
+    assert!(
+        cluster
+            .workers
+            .iter()
+            .any(|worker| worker.log_text().contains("trying the next one")),
+        "no worker moved on to the standby coordinator"
+    );
     phase("kill scenario job done");
     // Every secret, old or written since, is under the new key; the old
     // key is unused and goes.

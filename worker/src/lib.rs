@@ -7,7 +7,10 @@
 use std::{
     collections::HashMap,
     path::{Path, PathBuf},
-    sync::{atomic::Ordering, Arc},
+    sync::{
+        atomic::{AtomicUsize, Ordering},
+        Arc,
+    },
     time::Duration,
 };
 
@@ -20,7 +23,7 @@ use leakscan_proto::auth::{AttachToken, TokenError};
 use leakscan_proto::v1::{
     coordinator_client::CoordinatorClient, BlobMatch, BlobResult, CompleteTaskRequest,
     FailTaskRequest, Finding, HeartbeatRequest, LeaseTaskRequest, LookupBlobsRequest, Progress,
-    RegisterRequest, SendFindingsRequest, StoreBlobResultsRequest, Task,
+    RegisterRequest, RegisterResponse, SendFindingsRequest, StoreBlobResultsRequest, Task,
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
@@ -116,6 +119,8 @@ pub enum WorkerError {
     Status(#[from] tonic::Status),
     #[error("{0}")]
     Token(#[from] TokenError),
+    #[error("no coordinator URL given")]
+    NoCoordinator,
 }
 
 /// Runs until `shutdown`: `slots` loops, each leasing and scanning tasks.
@@ -123,28 +128,8 @@ pub enum WorkerError {
 /// retryable), so another worker takes it over.
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let credential = AttachToken::new(&config.token)?;
-    let mut endpoint = tonic::transport::Endpoint::from_shared(config.coordinator_url.clone())
-        .map_err(WorkerError::Transport)?;
-    if let Some(tls) = &config.tls {
-        endpoint = endpoint.tls_config(tls.client_config())?;
-    }
-    let channel = endpoint
-        .connect_timeout(CONNECT_TIMEOUT)
-        .timeout(Duration::from_millis(u64::from(config.lease_wait_ms)) + CALL_TIMEOUT)
-        .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
-        .keep_alive_timeout(KEEPALIVE_TIMEOUT)
-        .keep_alive_while_idle(true)
-        .connect()
-        .await?;
-    let mut client = CoordinatorClient::with_interceptor(channel.clone(), credential.clone());
-    let registered = client
-        .register(RegisterRequest {
-            worker_name: config.name.clone(),
-            slots: config.slots,
-            version: env!("CARGO_PKG_VERSION").into(),
-        })
-        .await?
-        .into_inner();
+    let coordinators = Arc::new(Coordinators::new(&config, &credential)?);
+    let registered = coordinators.register(&config).await?;
     info!(worker_id = %registered.worker_id, "registered with the coordinator");
     let heartbeat = Duration::from_millis(u64::from(
         registered.heartbeat_interval_ms.clamp(100, 60_000),
@@ -153,8 +138,11 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     let rulesets = Arc::new(RuleSetCache::default());
     let mirror_locks = MirrorLocks::default();
     for _ in 0..config.slots {
+        let (client_index, client) = coordinators.current();
         let slot = Slot {
-            client: CoordinatorClient::with_interceptor(channel.clone(), credential.clone()),
+            client,
+            client_index,
+            coordinators: Arc::clone(&coordinators),
             rulesets: Arc::clone(&rulesets),
             mirror_locks: Arc::clone(&mirror_locks),
             worker_id: registered.worker_id.clone(),
@@ -169,8 +157,107 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
     Ok(())
 }
 
+/// The coordinators a worker may call: `--coordinator-url` takes one URL
+/// (a Kubernetes Service) or several separated by commas (the leader and
+/// its standbys; only the leader serves, see docs/ARCHITECTURE.md). Calls
+/// go to the one that answered last; a call that finds it unreachable moves
+/// every slot on to the next, round the list. A standby that takes over
+/// accepts the connections waiting at its port.
+struct Coordinators {
+    clients: Vec<Client>,
+    current: AtomicUsize,
+}
+
+impl Coordinators {
+    fn new(config: &WorkerConfig, credential: &AttachToken) -> Result<Coordinators, WorkerError> {
+        let mut clients = Vec::new();
+        for url in config
+            .coordinator_url
+            .split(',')
+            .map(str::trim)
+            .filter(|url| !url.is_empty())
+        {
+            let mut endpoint = tonic::transport::Endpoint::from_shared(url.to_string())
+                .map_err(WorkerError::Transport)?;
+            if let Some(tls) = &config.tls {
+                endpoint = endpoint.tls_config(tls.client_config())?;
+            }
+            let channel = endpoint
+                .connect_timeout(CONNECT_TIMEOUT)
+                .timeout(Duration::from_millis(u64::from(config.lease_wait_ms)) + CALL_TIMEOUT)
+                .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+                .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+                .keep_alive_while_idle(true)
+                .connect_lazy();
+            clients.push(CoordinatorClient::with_interceptor(
+                channel,
+                credential.clone(),
+            ));
+        }
+        if clients.is_empty() {
+            return Err(WorkerError::NoCoordinator);
+        }
+        Ok(Coordinators {
+            clients,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    /// The coordinator in use: its place in the list and a client.
+    fn current(&self) -> (usize, Client) {
+        let index = self.current.load(Ordering::SeqCst) % self.clients.len();
+        (index, self.clients[index].clone())
+    }
+
+    /// The coordinator at `failed` did not answer: calls go to the next
+    /// one. Several slots noticing the same failure move on once.
+    fn fail_over(&self, failed: usize) {
+        if self.clients.len() > 1 {
+            let next = (failed + 1) % self.clients.len();
+            if self
+                .current
+                .compare_exchange(failed, next, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+            {
+                warn!(
+                    from = failed,
+                    to = next,
+                    "coordinator unreachable: trying the next one"
+                );
+            }
+        }
+    }
+
+    /// Registers with the first coordinator that answers, trying each once.
+    async fn register(&self, config: &WorkerConfig) -> Result<RegisterResponse, WorkerError> {
+        let mut last_error = None;
+        for _ in 0..self.clients.len() {
+            let (index, mut client) = self.current();
+            let answer = client
+                .register(RegisterRequest {
+                    worker_name: config.name.clone(),
+                    slots: config.slots,
+                    version: env!("CARGO_PKG_VERSION").into(),
+                })
+                .await;
+            match answer {
+                Ok(reply) => return Ok(reply.into_inner()),
+                Err(status) if is_transient(&status) => {
+                    self.fail_over(index);
+                    last_error = Some(status);
+                }
+                Err(status) => return Err(status.into()),
+            }
+        }
+        Err(last_error.map_or(WorkerError::NoCoordinator, WorkerError::Status))
+    }
+}
+
 struct Slot {
+    /// A client of the coordinator in use, and its place in the list.
     client: Client,
+    client_index: usize,
+    coordinators: Arc<Coordinators>,
     /// Compiled rulesets shared by the slots (a Vectorscan build takes
     /// about a second and a half).
     rulesets: Arc<RuleSetCache>,
@@ -184,6 +271,8 @@ struct Slot {
 impl Slot {
     async fn run(mut self, shutdown: CancellationToken) {
         while !shutdown.is_cancelled() {
+            // Another slot may have moved on to the next coordinator.
+            (self.client_index, self.client) = self.coordinators.current();
             let leased = tokio::select! {
                 () = shutdown.cancelled() => return,
                 leased = self.client.lease_task(LeaseTaskRequest {
@@ -196,6 +285,9 @@ impl Slot {
                 Ok(None) => {}
                 Err(status) => {
                     warn!(%status, "cannot lease a task");
+                    if is_transient(&status) {
+                        self.fail_over();
+                    }
                     tokio::select! {
                         () = shutdown.cancelled() => return,
                         () = tokio::time::sleep(Duration::from_secs(1)) => {}
@@ -255,6 +347,12 @@ impl Slot {
         }
     }
 
+    /// Moves this slot, and the others, on to the next coordinator.
+    fn fail_over(&mut self) {
+        self.coordinators.fail_over(self.client_index);
+        (self.client_index, self.client) = self.coordinators.current();
+    }
+
     /// Calls the coordinator again on transient failures (the coordinator
     /// restarting, a busy database), with backoff, up to 6 tries.
     async fn with_retries<T, F, Fut>(&mut self, what: &str, mut call: F) -> Result<T, tonic::Status>
@@ -268,6 +366,7 @@ impl Slot {
             match call(self.client.clone()).await {
                 Err(status) if attempt < 6 && is_transient(&status) => {
                     warn!(%status, attempt, what, "coordinator call failed, retrying");
+                    self.fail_over();
                     tokio::time::sleep(delay).await;
                     delay *= 2;
                     attempt += 1;

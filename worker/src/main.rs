@@ -14,7 +14,8 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
-    /// The coordinator's gRPC address (a Kubernetes Service in production).
+    /// The coordinator's gRPC address (a Kubernetes Service in production), or several separated
+    /// by commas (a leader and its standbys): calls move on to the next when one is unreachable.
     #[arg(
         long,
         env = "LEAKSCAN_COORDINATOR_URL",
