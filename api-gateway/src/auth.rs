@@ -10,7 +10,8 @@
 //!
 //! Guessing is made slow and cheap for the gateway ([`SignInLimits`]): after
 //! [`FREE_FAILURES`] failed attempts for a user name, or from a client
-//! address, further attempts are refused (429, no hashing) for a delay that
+//! address, further attempts are refused (401 with `Retry-After`, no
+//! hashing) for a delay that
 //! doubles with each failure up to [`MAX_BACKOFF`]; at most one hash per
 //! core runs at once; and an unknown user name costs one verification as a
 //! known one does, so the answer's timing does not tell which names exist.
@@ -180,13 +181,16 @@ impl SignInLimits {
     ) -> Result<Option<User>, ApiError> {
         let keys = Self::keys(name, address);
         if let Some(wait) = self.owed(&keys) {
+            // 401 as for a wrong password (Bitbucket too answers 401 once
+            // it wants a CAPTCHA), with the wait in the message and in
+            // Retry-After: the credentials were not accepted, whatever
+            // they were.
+            let seconds = wait.as_secs().max(1);
             return Err(ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
-                format!(
-                    "Too many failed sign-ins: try again in {} s.",
-                    wait.as_secs().max(1)
-                ),
-            ));
+                axum::http::StatusCode::UNAUTHORIZED,
+                format!("Too many failed sign-ins: try again in {seconds} s."),
+            )
+            .retry_after(seconds));
         }
         let found = users::user_with_hash(&state.pool, name).await?;
         let _permit = tokio::time::timeout(HASH_QUEUE_WAIT, self.hashing.acquire())

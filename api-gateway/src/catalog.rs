@@ -52,6 +52,9 @@ pub struct NewProject {
     name: Option<String>,
 }
 
+/// Longest project name (the OpenAPI document says the same).
+pub(crate) const MAX_PROJECT_NAME_CHARS: usize = 255;
+
 pub async fn create_project(
     State(state): State<Arc<AppState>>,
     caller: Caller,
@@ -59,6 +62,11 @@ pub async fn create_project(
 ) -> Result<(StatusCode, Json<Project>), ApiError> {
     caller.require_sys_admin()?;
     let name = body.name.unwrap_or_else(|| body.key.clone());
+    if name.chars().count() > MAX_PROJECT_NAME_CHARS || name.contains('\0') {
+        return Err(ApiError::bad_request(format!(
+            "a project name has at most {MAX_PROJECT_NAME_CHARS} characters and no NUL"
+        )));
+    }
     let project = catalog::upsert_project(&state.pool, &body.key, &name).await?;
     Ok((StatusCode::CREATED, Json(project)))
 }

@@ -178,12 +178,16 @@ fn body_schemas() -> Map<String, Value> {
         },
     });
     let schemas = json!({
-        "NewProject": {"type": "object", "required": ["key"], "properties": {"key": key, "name": text(255)}},
+        // No name (or null) names the project after its key.
+        "NewProject": {"type": "object", "required": ["key"], "properties": {
+            "key": key,
+            "name": {"type": "string", "maxLength": crate::catalog::MAX_PROJECT_NAME_CHARS, "pattern": "^[^\\x00]*$", "nullable": true},
+        }},
         "NewRepository": {"type": "object", "required": ["name", "cloneUrl"], "properties": {
             "name": slug, "slug": slug, "cloneUrl": text(2000),
         }},
         "RepositorySelectors": {"type": "array", "maxItems": 1000, "items": {
-            "type": "object", "required": ["projectKey", "slug"],
+            "type": "object", "required": ["projectKey", "slug"], "additionalProperties": false,
             "properties": {"projectKey": key, "slug": slug},
         }},
         "NewReview": {"type": "object", "properties": {
@@ -199,9 +203,10 @@ fn body_schemas() -> Map<String, Value> {
             "expiryDays": {"type": "integer", "minimum": 1, "maximum": 3650},
         }},
         "Rule": {"type": "object", "additionalProperties": false, "properties": {
-            "name": text(255),
-            "lineRegex": text(1000),
-            "pathRegex": text(1000),
+            // Required on create (an update keeps the current one); not blank.
+            "name": {"type": "string", "maxLength": crate::policy::MAX_NAME_CHARS, "pattern": "^[^\\x00]*[^\\s\\x00][^\\x00]*$"},
+            "lineRegex": text(crate::policy::MAX_REGEX_CHARS),
+            "pathRegex": text(crate::policy::MAX_REGEX_CHARS),
             "severity": {"type": "string", "enum": ["LOW", "MEDIUM", "HIGH", "CRITICAL"]},
             // What GET shows, accepted back and ignored.
             "id": {"type": "integer", "readOnly": true},
@@ -226,10 +231,15 @@ fn body_schemas() -> Map<String, Value> {
             "annotations": {"type": "array", "minItems": 1, "maxItems": 100, "items": dc_annotation},
         }},
     });
-    match schemas {
+    let mut schemas = match schemas {
         Value::Object(map) => map,
         _ => Map::new(),
-    }
+    };
+    // A new rule needs its name; an update may keep the current one.
+    let mut new_rule = schemas["Rule"].clone();
+    new_rule["required"] = json!(["name"]);
+    schemas.insert("NewRule".into(), new_rule);
+    schemas
 }
 
 /// `{name}` segments of a path, in order.
@@ -368,5 +378,27 @@ mod tests {
             .unwrap()
             .keys()
             .all(|path| path.starts_with("/bitbucket/")));
+    }
+
+    #[test]
+    fn body_limits_are_the_handlers() {
+        // Regression (issue 14, point 15): the document allowed regexes of
+        // 1,000 characters where the handlers take 10,000, and any project
+        // name length.
+        let document = generate("");
+        let schemas = &document["components"]["schemas"];
+        for rule in ["Rule", "NewRule"] {
+            for field in ["lineRegex", "pathRegex"] {
+                assert_eq!(
+                    schemas[rule]["properties"][field]["maxLength"],
+                    crate::policy::MAX_REGEX_CHARS
+                );
+            }
+        }
+        assert_eq!(schemas["NewRule"]["required"], json!(["name"]));
+        assert_eq!(
+            schemas["NewProject"]["properties"]["name"]["maxLength"],
+            crate::catalog::MAX_PROJECT_NAME_CHARS
+        );
     }
 }

@@ -28,10 +28,10 @@ use crate::{
     AppState,
 };
 
-/// Longest rule or allowlist name.
-const MAX_NAME_CHARS: usize = 255;
+/// Longest rule or allowlist name (the OpenAPI document says the same).
+pub(crate) const MAX_NAME_CHARS: usize = 255;
 /// Longest regex source.
-const MAX_REGEX_CHARS: usize = 10_000;
+pub(crate) const MAX_REGEX_CHARS: usize = 10_000;
 
 /// Path parameters of the scoped routes (`project`, `repo`, `id`).
 type ScopePath = HashMap<String, String>;

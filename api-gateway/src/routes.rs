@@ -336,7 +336,7 @@ fn secret_scanning_routes<const ALLOWLIST: bool>(noun: &'static str) -> Vec<Rout
                 "Create a rule in this scope",
                 policy::create_rule::<ALLOWLIST>,
             )
-            .any_json("Rule"),
+            .any_json("NewRule"),
             get(&one, read, "A rule", policy::get_rule::<ALLOWLIST>),
             put(
                 &one,

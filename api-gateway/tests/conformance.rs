@@ -715,6 +715,17 @@ fn repository_names(page: &Value) -> Vec<String> {
 async fn exempt_lists_are_bitbucket_repositories_in_the_documented_order() {
     let fixture = Fixture::new().await;
     let source = fixture.root.join("PROJ/api.git").display().to_string();
+    // Regression (issue 14, point 15): the document limits a project's
+    // name to 255 characters, and the handler now does too.
+    fixture
+        .expect(
+            "POST",
+            "/rest/api/latest/projects",
+            ADMIN_USER,
+            Some(json!({"key": "LONG", "name": "n".repeat(256)})),
+            400,
+        )
+        .await;
     // Two projects whose names sort otherwise than their keys.
     for (key, name) in [("AAA", "Zulu tools"), ("ZZZ", "Alpha tools")] {
         fixture
