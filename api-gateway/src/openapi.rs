@@ -37,7 +37,7 @@ pub fn generate(context_path: &str) -> Value {
                 Some(name) => (name, true),
                 None => (*name, false),
             };
-            let schema = query_schema(name);
+            let schema = query_schema(name, &route.path);
             let mut parameter = json!({
                 "name": name,
                 "in": "query",
@@ -81,11 +81,10 @@ pub fn generate(context_path: &str) -> Value {
                 let schema = json!({"$ref": format!("#/components/schemas/{schema}")});
                 operation["requestBody"] = json!({
                     "required": true,
+                    // Any Content-Type (or none, as the documents' curl
+                    // examples send) is read as JSON: the body is JSON text.
                     "description": "JSON, read as such whatever the Content-Type says, or without one",
-                    "content": {
-                        "application/json": {"schema": schema},
-                        "*/*": {"schema": schema},
-                    },
+                    "content": {"application/json": {"schema": schema}},
                 });
             }
             Body::Csv => {
@@ -184,30 +183,34 @@ fn body_schemas() -> Map<String, Value> {
             "name": {"type": "string", "maxLength": crate::catalog::MAX_PROJECT_NAME_CHARS, "pattern": "^[^\\x00]*$", "nullable": true},
         }},
         "NewRepository": {"type": "object", "required": ["name", "cloneUrl"], "properties": {
-            "name": slug, "slug": slug, "cloneUrl": text(2000),
+            "name": slug, "slug": slug,
+            // What `sources::clone_url_shape` takes.
+            "cloneUrl": {"type": "string", "maxLength": 2048, "pattern": "^([Hh][Tt][Tt][Pp][Ss]?://|[Ff][Ii][Ll][Ee]:///|/)[!-~]*$"},
         }},
         "RepositorySelectors": {"type": "array", "maxItems": 1000, "items": {
             "type": "object", "required": ["projectKey", "slug"], "additionalProperties": false,
             "properties": {"projectKey": key, "slug": slug},
         }},
-        "NewReview": {"type": "object", "properties": {
+        // Exactly one of findingId and fingerprint.
+        "NewReview": {"type": "object", "oneOf": [{"required": ["findingId"]}, {"required": ["fingerprint"]}], "properties": {
             "findingId": {"type": "integer", "minimum": 1, "maximum": i64::MAX},
             "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
             "comment": text(2000),
         }},
         "NewToken": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
-            "name": text(255),
+            "name": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"},
             "permissions": {"type": "array", "maxItems": 2, "items": {"type": "string", "enum": [
                 "PROJECT_READ", "PROJECT_WRITE", "PROJECT_ADMIN", "REPO_READ", "REPO_WRITE", "REPO_ADMIN",
             ]}},
-            "expiryDays": {"type": "integer", "minimum": 1, "maximum": 3650},
+            "expiryDays": {"type": "integer", "minimum": 1, "maximum": 3650, "nullable": true},
         }},
         "Rule": {"type": "object", "additionalProperties": false, "properties": {
             // Required on create (an update keeps the current one); not blank.
             "name": {"type": "string", "maxLength": crate::policy::MAX_NAME_CHARS, "pattern": "^[^\\x00]*[^\\s\\x00][^\\x00]*$"},
             "lineRegex": text(crate::policy::MAX_REGEX_CHARS),
             "pathRegex": text(crate::policy::MAX_REGEX_CHARS),
-            "severity": {"type": "string", "enum": ["LOW", "MEDIUM", "HIGH", "CRITICAL"]},
+            // null is as absent.
+            "severity": {"type": "string", "enum": ["LOW", "MEDIUM", "HIGH", "CRITICAL"], "nullable": true},
             // What GET shows, accepted back and ignored.
             "id": {"type": "integer", "readOnly": true},
             "scope": {"type": "object", "readOnly": true},
@@ -235,9 +238,19 @@ fn body_schemas() -> Map<String, Value> {
         Value::Object(map) => map,
         _ => Map::new(),
     };
+    // On an update, null is as absent (the current value stays).
+    for field in ["name", "lineRegex", "pathRegex"] {
+        schemas["Rule"]["properties"][field]["nullable"] = json!(true);
+    }
     // A new rule needs its name; an update may keep the current one.
     let mut new_rule = schemas["Rule"].clone();
     new_rule["required"] = json!(["name"]);
+    new_rule["properties"]["name"]["nullable"] = json!(false);
+    // ... and a line regex, a path regex or both.
+    new_rule["anyOf"] = json!([
+        {"required": ["lineRegex"], "properties": {"lineRegex": {"minLength": 1}}},
+        {"required": ["pathRegex"], "properties": {"pathRegex": {"minLength": 1}}},
+    ]);
     schemas.insert("NewRule".into(), new_rule);
     schemas
 }
@@ -262,7 +275,7 @@ fn path_schema(name: &str) -> Value {
     }
 }
 
-fn query_schema(name: &str) -> Value {
+fn query_schema(name: &str, path: &str) -> Value {
     match name {
         "start" | "limit" | "page" | "pagelen" => {
             json!({"type": "integer", "minimum": 0, "maximum": u32::MAX})
@@ -273,12 +286,19 @@ fn query_schema(name: &str) -> Value {
         "order" => json!({"type": "string", "enum": ["NAME_ASC", "NAME_DESC"]}),
         "startDate" | "endDate" => json!({
             "type": "string",
-            "pattern": "^[0-9]{4}-[0-9]{2}-[0-9]{2}([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]+)?)?([Zz]|[+ -][0-9]{2}:[0-9]{2})?)?$",
+            "pattern": "^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])([T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\\.[0-9]+)?)?([Zz]|[+ -][0-9]{2}:[0-9]{2})?)?$",
         }),
-        "permission" => json!({"type": "string", "enum": [
-            "SYS_ADMIN", "PROJECT_ADMIN", "PROJECT_WRITE", "PROJECT_READ", "REPO_ADMIN", "REPO_WRITE", "REPO_READ"
-        ]}),
+        // What `leakscan_store::users` grants at the path's scope.
+        "permission" if path.contains("/repos/{repo}/") => {
+            json!({"type": "string", "enum": ["REPO_ADMIN", "REPO_WRITE", "REPO_READ"]})
+        }
+        "permission" if path.contains("/projects/{project}/") => {
+            json!({"type": "string", "enum": ["PROJECT_ADMIN", "PROJECT_WRITE", "PROJECT_READ"]})
+        }
+        "permission" => json!({"type": "string", "enum": ["SYS_ADMIN", "SECURITY"]}),
         "email" => json!({"type": "string", "format": "email"}),
+        // A user or branch name: never empty.
+        "name" => json!({"type": "string", "minLength": 1, "pattern": "^[^\\x00]*$"}),
         // No NUL characters (PostgreSQL text cannot hold them).
         _ => json!({"type": "string", "pattern": "^[^\\x00]*$"}),
     }
