@@ -31,8 +31,9 @@ struct Cluster {
     /// The gateway's and coordinator's environment.
     env: Vec<(String, String)>,
     root: PathBuf,
-    /// Processes restarted (each logs to a file of its own).
-    gateway_starts: usize,
+    /// Processes restarted, numbering their log files (a coordinator's
+    /// number is one more: the first two are coordinator0 and coordinator1).
+    restarts: usize,
     dir: PathBuf,
     workers: Vec<Process>,
     gateway: Process,
@@ -81,7 +82,7 @@ impl Cluster {
             worker_token,
             env,
             root: root.to_path_buf(),
-            gateway_starts: 0,
+            restarts: 0,
             dir: dir.to_path_buf(),
             workers: Vec::new(),
             gateway,
@@ -118,12 +119,12 @@ impl Cluster {
     /// Starts a standby coordinator at the address of the one last killed.
     fn start_standby(&mut self) {
         assert!(self.standby.is_none(), "a standby runs already");
-        self.gateway_starts += 1;
+        self.restarts += 1;
         let (standby, _) = start_coordinator(
             &self.env,
             &self.dir,
             &self.standby_address,
-            self.gateway_starts + 1,
+            self.restarts + 1,
         );
         self.standby = Some(standby);
     }
@@ -131,8 +132,8 @@ impl Cluster {
     /// SIGKILLs the gateway and starts another in its place (a new port).
     fn restart_gateway(&mut self) {
         self.gateway.kill();
-        self.gateway_starts += 1;
-        let (gateway, api) = start_gateway(&self.env, &self.root, &self.dir, self.gateway_starts);
+        self.restarts += 1;
+        let (gateway, api) = start_gateway(&self.env, &self.root, &self.dir, self.restarts);
         self.gateway = gateway;
         self.api = api;
     }

@@ -340,7 +340,9 @@ impl PrivatePostgres {
         );
     }
 
-    fn run(&self, program: &str, args: &[&str]) {
+    /// `program` of the server's binaries, run as the `postgres` user when
+    /// this process is root, in the server's directory.
+    fn command(&self, program: &str) -> std::process::Command {
         let program = self.bin.join(program);
         let mut command = if self.as_postgres {
             let mut command = std::process::Command::new("runuser");
@@ -349,15 +351,19 @@ impl PrivatePostgres {
         } else {
             std::process::Command::new(&program)
         };
-        let output = command
+        command.current_dir(self.dir.path());
+        command
+    }
+
+    fn run(&self, program: &str, args: &[&str]) {
+        let output = self
+            .command(program)
             .args(args)
-            .current_dir(self.dir.path())
             .output()
-            .unwrap_or_else(|error| panic!("{} runs: {error}", program.display()));
+            .unwrap_or_else(|error| panic!("{program} runs: {error}"));
         assert!(
             output.status.success(),
-            "{} {args:?} failed: {}{}",
-            program.display(),
+            "{program} {args:?} failed: {}{}",
             String::from_utf8_lossy(&output.stdout),
             String::from_utf8_lossy(&output.stderr)
         );
@@ -367,17 +373,10 @@ impl PrivatePostgres {
 impl Drop for PrivatePostgres {
     fn drop(&mut self) {
         let data = self.data_dir();
-        let program = self.bin.join("pg_ctl");
-        let args = ["-D", data.as_str(), "-m", "immediate", "stop"];
-        let _ = if self.as_postgres {
-            std::process::Command::new("runuser")
-                .args(["-u", "postgres", "--"])
-                .arg(&program)
-                .args(args)
-                .output()
-        } else {
-            std::process::Command::new(&program).args(args).output()
-        };
+        let _ = self
+            .command("pg_ctl")
+            .args(["-D", data.as_str(), "-m", "immediate", "stop"])
+            .output();
     }
 }
 
