@@ -44,6 +44,20 @@ pub enum RefSelection {
     AllRefs,
     /// One branch, by name.
     Branch(String),
+    /// What a push brings (a pre-receive hook): the commits reachable from
+    /// the pushed tips and from no existing ref.
+    Pushed(PushedRefs),
+}
+
+/// The refs a push updates, as git's pre-receive hook is told them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushedRefs {
+    /// `(ref name, new commit id)` of each updated ref (deletions left out).
+    pub tips: Vec<(String, String)>,
+    /// Object directories the repository's own does not list: git keeps a
+    /// push's objects in a quarantine directory until the hook accepts it
+    /// (`GIT_OBJECT_DIRECTORY`, `GIT_ALTERNATE_OBJECT_DIRECTORIES`).
+    pub object_dirs: Vec<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -227,6 +241,28 @@ pub fn scan_repository_with_cache(
     limit_libgit2_memory();
     let repository =
         open_repository(path)?.ok_or_else(|| git_error(path, "not a git repository"))?;
+    // A push's quarantined objects: the original repository (refs, the
+    // boundary walk) and a view of every object directory (the walk's
+    // readers) both see them.
+    let view = match &request.refs {
+        RefSelection::Pushed(pushed) if !pushed.object_dirs.is_empty() => {
+            let odb = repository.odb().map_err(|e| git_error(path, e.message()))?;
+            for dir in &pushed.object_dirs {
+                odb.add_disk_alternate(&dir.to_string_lossy())
+                    .map_err(|e| {
+                        git_error(
+                            path,
+                            format!("object directory {}: {}", dir.display(), e.message()),
+                        )
+                    })?;
+            }
+            Some(
+                ObjectView::create(repository.path(), &pushed.object_dirs)
+                    .map_err(|e| git_error(path, format!("cannot make an object view: {e}")))?,
+            )
+        }
+        _ => None,
+    };
     if repository.is_shallow() && !request.allow_shallow {
         return Err(git_error(
             path,
@@ -234,9 +270,10 @@ pub fn scan_repository_with_cache(
         ));
     }
     let refs = select_refs(&repository, path, &request.refs)?;
-    let hidden = match &request.since {
-        Some(since) => ancestors_of(&repository, path, since)?,
-        None => HashSet::new(),
+    let hidden = match (&request.refs, &request.since) {
+        (RefSelection::Pushed(_), _) => push_boundary(&repository, path, &refs)?,
+        (_, Some(since)) => ancestors_of(&repository, path, since)?,
+        (_, None) => HashSet::new(),
     };
     let mut report = ScanReport::default();
 
@@ -269,7 +306,7 @@ pub fn scan_repository_with_cache(
             hidden: &hidden,
             cache,
         };
-        let git_dir = repository.path();
+        let git_dir = view.as_ref().map_or(repository.path(), |view| view.path());
         let (group_findings, stats) =
             pool.install(|| walk.run(git_dir, &group_refs, &mut report.warnings))?;
         report.stats.merge(&stats);
@@ -325,6 +362,25 @@ fn select_refs(
     path: &Path,
     selection: &RefSelection,
 ) -> Result<Vec<SelectedRef>, EngineError> {
+    if let RefSelection::Pushed(pushed) = selection {
+        let mut refs = Vec::new();
+        for (name, id) in &pushed.tips {
+            let object = Oid::from_str(id)
+                .and_then(|oid| repository.find_object(oid, None))
+                .map_err(|e| git_error(path, format!("pushed {name} {id}: {}", e.message())))?;
+            // An annotated tag counts as its commit; a tag of a tree or a
+            // blob has no history to scan.
+            let Ok(commit) = object.peel_to_commit() else {
+                continue;
+            };
+            let name = name.strip_prefix("refs/heads/").unwrap_or(name).to_string();
+            refs.push(SelectedRef {
+                name,
+                tip: commit.id(),
+            });
+        }
+        return Ok(refs);
+    }
     let head_name = repository
         .head()
         .ok()
@@ -352,6 +408,7 @@ fn select_refs(
                         || full_name == format!("refs/heads/{name}")
                         || full_name == name.as_str())
             }
+            RefSelection::Pushed(_) => false,
         };
         if !wanted {
             continue;
@@ -383,6 +440,97 @@ fn select_refs(
     };
     refs.sort_by_key(rank);
     Ok(refs)
+}
+
+/// The commits a walk from the pushed `refs` stops at: the parents of the
+/// new commits (reachable from a pushed tip and from no existing ref) that
+/// are not new themselves. Each new commit is then diffed against its
+/// parents as in a history scan, so a push and a later scan of its branch
+/// attribute findings alike.
+fn push_boundary(
+    repository: &Repository,
+    path: &Path,
+    refs: &[SelectedRef],
+) -> Result<HashSet<Oid>, EngineError> {
+    let fail = |e: git2::Error| {
+        git_error(
+            path,
+            format!("cannot list the pushed commits: {}", e.message()),
+        )
+    };
+    let mut walk = repository.revwalk().map_err(fail)?;
+    for selected in refs {
+        walk.push(selected.tip).map_err(fail)?;
+    }
+    for reference in repository.references().map_err(fail)?.flatten() {
+        if let Ok(commit) = reference.peel_to_commit() {
+            walk.hide(commit.id()).map_err(fail)?;
+        }
+    }
+    let mut new = HashSet::new();
+    for oid in walk {
+        new.insert(oid.map_err(fail)?);
+    }
+    let mut boundary = HashSet::new();
+    for &oid in &new {
+        let commit = repository.find_commit(oid).map_err(fail)?;
+        boundary.extend(commit.parent_ids().filter(|parent| !new.contains(parent)));
+    }
+    // Pushed tips that exist already (a branch made at an old commit) bring
+    // nothing new.
+    boundary.extend(refs.iter().map(|r| r.tip).filter(|tip| !new.contains(tip)));
+    Ok(boundary)
+}
+
+/// A git directory whose object store lists the repository's objects and
+/// the given directories as alternates (libgit2 and gix both follow
+/// `objects/info/alternates`); removed on drop.
+struct ObjectView {
+    dir: std::path::PathBuf,
+}
+
+impl ObjectView {
+    fn create(git_dir: &Path, object_dirs: &[std::path::PathBuf]) -> std::io::Result<ObjectView> {
+        use std::sync::atomic::{AtomicU64, Ordering as AtomicOrdering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "leakscan-objects-{}-{}",
+            std::process::id(),
+            NEXT.fetch_add(1, AtomicOrdering::Relaxed)
+        ));
+        let view = ObjectView { dir };
+        std::fs::create_dir_all(view.dir.join("objects/info"))?;
+        std::fs::create_dir_all(view.dir.join("objects/pack"))?;
+        std::fs::create_dir_all(view.dir.join("refs/heads"))?;
+        std::fs::write(view.dir.join("HEAD"), "ref: refs/heads/main\n")?;
+        std::fs::write(
+            view.dir.join("config"),
+            "[core]\n\trepositoryformatversion = 0\n\tbare = true\n",
+        )?;
+        let absolute =
+            |dir: &Path| std::fs::canonicalize(dir).unwrap_or_else(|_| dir.to_path_buf());
+        let mut alternates = String::new();
+        for dir in object_dirs
+            .iter()
+            .map(|d| absolute(d))
+            .chain([absolute(&git_dir.join("objects"))])
+        {
+            alternates.push_str(&dir.to_string_lossy());
+            alternates.push('\n');
+        }
+        std::fs::write(view.dir.join("objects/info/alternates"), alternates)?;
+        Ok(view)
+    }
+
+    fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for ObjectView {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
 }
 
 fn ancestors_of(

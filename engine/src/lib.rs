@@ -45,7 +45,7 @@ use std::path::Path;
 pub use cache::{BlobCache, BlobId, CachedMatch, MemoryBlobCache, NoCache};
 pub use config::ScanConfig;
 pub use error::{ConfigError, EngineError, RuleError};
-pub use git::{GitScanRequest, RefSelection};
+pub use git::{GitScanRequest, PushedRefs, RefSelection};
 pub use prefilter::{set_prefilter_cache_dir, PrefilterKind};
 pub use rules::{builtin_rules, AllowRule, Confidence, CustomRule, RuleSpec, Severity};
 pub use ruleset::{
