@@ -281,7 +281,7 @@ impl FromRequestParts<Arc<AppState>> for Caller {
 }
 
 /// `Authorization: Bearer <token>` (a personal access token).
-fn bearer_token(parts: &Parts) -> Option<String> {
+pub(crate) fn bearer_token(parts: &Parts) -> Option<String> {
     let value = parts
         .headers
         .get(axum::http::header::AUTHORIZATION)?

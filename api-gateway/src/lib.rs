@@ -12,6 +12,7 @@ pub mod auth;
 pub mod catalog;
 pub mod error;
 pub mod exports;
+pub mod hooks;
 pub mod insights;
 pub mod keys;
 pub mod openapi;
@@ -59,6 +60,8 @@ pub struct GatewayConfig {
     /// An export whose client reads nothing this long is stopped
     /// ([`exports::STALLED_CLIENT`] by default).
     pub export_stall_timeout: std::time::Duration,
+    /// How push protection is installed into repositories under the roots.
+    pub hook_install: hooks::HookInstall,
 }
 
 impl GatewayConfig {

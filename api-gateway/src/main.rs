@@ -50,6 +50,14 @@ struct Args {
     /// Database connections.
     #[arg(long, env = "LEAKSCAN_DB_POOL_SIZE", default_value_t = 16)]
     db_pool_size: u32,
+    /// The `leakscan` executable installed push-protection hooks run
+    /// (default: the one beside this executable).
+    #[arg(long, env = "LEAKSCAN_HOOK_COMMAND")]
+    hook_command: Option<PathBuf>,
+    /// This gateway's URL as installed hooks reach it (default: the listen
+    /// address).
+    #[arg(long, env = "LEAKSCAN_PUBLIC_URL")]
+    public_url: Option<String>,
     /// The master key is needed to import reviews (calls that need it
     /// answer 503 without).
     #[command(flatten)]
@@ -67,6 +75,17 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("failed to connect to redis")?;
     let master_key = args.master_key.load()?;
+    // Bound before anything else: installed hooks are told the address
+    // (the port may be 0, the system's choice).
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("failed to listen on {}", args.listen))?;
+    let hook_install = leakscan_gateway::hooks::HookInstall::new(
+        args.hook_command,
+        args.public_url,
+        listener.local_addr()?,
+        &args.context_path,
+    );
     let config = GatewayConfig {
         repos_roots: args.repos_roots,
         context_path: args.context_path,
@@ -75,12 +94,10 @@ async fn main() -> anyhow::Result<()> {
         allowed_remotes: args.clone_sources.allowed_remotes,
         git_credentials: args.clone_sources.git_credentials_file,
         export_stall_timeout: leakscan_gateway::exports::STALLED_CLIENT,
+        hook_install,
     };
     let admin = args.admin_user.zip(args.admin_password);
     let state = leakscan_gateway::prepare(pool, queue, config, admin).await?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .with_context(|| format!("failed to listen on {}", args.listen))?;
     let shutdown = CancellationToken::new();
     tokio::spawn(leakscan_service::cancel_on_signal(shutdown.clone()));
     info!(address = %listener.local_addr()?, "gateway listening");

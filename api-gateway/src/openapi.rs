@@ -197,6 +197,25 @@ fn body_schemas() -> Map<String, Value> {
             "fingerprint": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
             "comment": text(2000),
         }},
+        "NewSchedule": {"type": "object", "required": ["cron"], "additionalProperties": false, "properties": {
+            "cron": {"type": "string", "maxLength": 200, "description": "5 fields (minute hour day-of-month month day-of-week) or 6 with seconds first, UTC"},
+        }},
+        "HookSettings": {"type": "object", "description": "Bitbucket's hook settings object; leakscan reads mode (empty body: the mode stays)", "properties": {
+            "mode": {"type": "string", "enum": ["block", "warn"], "nullable": true},
+        }},
+        "HookPush": {"type": "object", "required": ["ref", "pusher"], "additionalProperties": false, "properties": {
+            "ref": text(1024),
+            "pusher": text(255),
+            "bypass": {"type": "string", "enum": ["false-positive", "used-in-tests", "fix-later", "commit-message"], "nullable": true},
+            "overBudget": {"type": "boolean"},
+            "findings": {"type": "array", "maxItems": 10000, "items": {
+                "type": "object", "required": ["commit", "path", "ruleId", "secret"], "additionalProperties": false,
+                "properties": {
+                    "commit": text(64), "path": text(4096), "ruleId": text(255), "secret": text(100_000),
+                    "line": {"type": "integer", "minimum": 0, "maximum": u32::MAX, "nullable": true},
+                },
+            }},
+        }},
         "NewToken": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"},
             "permissions": {"type": "array", "maxItems": 2, "items": {"type": "string", "enum": [

@@ -22,8 +22,8 @@ use axum::{
 use leakscan_store::{catalog::Repository, users::Access};
 
 use crate::{
-    auth::Caller, catalog, error::ApiError, exports, insights, keys, openapi, policy, reviews,
-    scans, users, AppState,
+    auth::Caller, catalog, error::ApiError, exports, hooks, insights, keys, openapi, policy,
+    reviews, scans, users, AppState,
 };
 
 /// What a route needs of its caller.
@@ -46,6 +46,9 @@ pub enum Permission {
     Repository(Access),
     /// The user the path's `{user}` names, or a system administrator.
     OwnUser,
+    /// An installed pre-receive hook's token for the path's
+    /// `{project}`/`{repo}` (or a global one), or repository admin.
+    Hook,
 }
 
 impl Permission {
@@ -66,6 +69,7 @@ impl Permission {
             Permission::Repository(Access::Write) => "repository write",
             Permission::Repository(_) => "repository read",
             Permission::OwnUser => "the path's user or system administrator",
+            Permission::Hook => "repository admin or hook token",
         }
     }
 }
@@ -226,6 +230,9 @@ pub fn routes() -> Vec<Route> {
         put(format!("{security}/status/projects/{{project}}/repos/{{repo}}/branches"), Repository(Write), "Rescan a branch", scans::branch_rescan).query(&["name!", "email"]),
         delete(format!("{security}/status/scheduled"), SysAdmin, "Cancel queued jobs", scans::cancel_scheduled),
         delete(format!("{security}/status/running"), SysAdmin, "Cancel running jobs", scans::cancel_running),
+        get(format!("{security}/schedule"), SysAdmin, "The total-rescan schedule (cron, UTC) and its next run", scans::get_schedule),
+        put(format!("{security}/schedule"), SysAdmin, "Set the total-rescan schedule: {\"cron\": \"0 2 * * *\"} (UTC)", scans::put_schedule).json("NewSchedule"),
+        delete(format!("{security}/schedule"), SysAdmin, "Remove the total-rescan schedule", scans::delete_schedule),
         get("/rest/security/1.0/scan/{project}/repos/{repo}", Repository(Read), "A branch's scan status and findings", scans::scan_status)
             .query(&["branch", "includeWhitelisted", "rule"]),
         post("/rest/security/1.0/scan/{project}/repos/{repo}", Repository(Write), "Start a branch scan", scans::scan_start).query(&["branch"]),
@@ -273,6 +280,22 @@ pub fn routes() -> Vec<Route> {
         put("/rest/access-tokens/latest/users/{user}", Permission::OwnUser, "Make an access token (its value is in this answer only)", crate::tokens::create).json("NewToken"),
         get("/rest/access-tokens/latest/users/{user}", Permission::OwnUser, "A user's access tokens", crate::tokens::list).query(PAGE),
         delete("/rest/access-tokens/latest/users/{user}/{token}", Permission::OwnUser, "Delete an access token", crate::tokens::delete),
+        // Push protection (Bitbucket's hook settings paths, Soteri's hook key)
+        get("/rest/api/latest/projects/{project}/repos/{repo}/settings/hooks/{hook}", Repository(Read), "The push-protection hook of a repository", hooks::repository_hook),
+        get("/rest/api/latest/projects/{project}/repos/{repo}/settings/hooks/{hook}/enabled", Repository(Read), "Whether push protection is on for a repository (own, project or global setting)", hooks::repository_hook),
+        put("/rest/api/latest/projects/{project}/repos/{repo}/settings/hooks/{hook}/enabled", Repository(Admin), "Turn push protection on for a repository (optional body: {\"mode\": \"block\"|\"warn\"})", hooks::enable_repository).any_json("HookSettings"),
+        delete("/rest/api/latest/projects/{project}/repos/{repo}/settings/hooks/{hook}/enabled", Repository(Admin), "Turn push protection off for a repository", hooks::disable_repository),
+        get("/rest/api/latest/projects/{project}/settings/hooks/{hook}", Project(Read), "A project's push-protection default", hooks::project_hook),
+        get("/rest/api/latest/projects/{project}/settings/hooks/{hook}/enabled", Project(Read), "A project's push-protection default", hooks::project_hook),
+        put("/rest/api/latest/projects/{project}/settings/hooks/{hook}/enabled", Project(Admin), "Turn push protection on for a project's repositories that set nothing themselves", hooks::enable_project).any_json("HookSettings"),
+        delete("/rest/api/latest/projects/{project}/settings/hooks/{hook}/enabled", Project(Admin), "Turn push protection off for a project's repositories that set nothing themselves", hooks::disable_project),
+        get("/rest/api/latest/settings/hooks/{hook}", User, "The instance's push-protection default", hooks::global_hook),
+        get("/rest/api/latest/settings/hooks/{hook}/enabled", User, "The instance's push-protection default", hooks::global_hook),
+        put("/rest/api/latest/settings/hooks/{hook}/enabled", SysAdmin, "Turn push protection on for repositories whose project and themselves set nothing", hooks::enable_global).any_json("HookSettings"),
+        delete("/rest/api/latest/settings/hooks/{hook}/enabled", SysAdmin, "Turn push protection off for repositories whose project and themselves set nothing", hooks::disable_global),
+        get(format!("{security}/hook/projects/{{project}}/repos/{{repo}}"), Permission::Hook, "An installed hook's setting and base policy", hooks::hook_settings),
+        post(format!("{security}/hook/projects/{{project}}/repos/{{repo}}/push"), Permission::Hook, "An installed hook's report of a push: which findings are not reviewed; bypasses and pushes over budget are audited", hooks::hook_push).json("HookPush"),
+        post(format!("{security}/hook/tokens"), SysAdmin, "A hook token for every repository (for hooks a host administrator installs; shown once)", hooks::create_token),
         // Secret keys
         post("/rest/secrets/1.0/keys/rotate", SysAdmin, "Rotate the data key, re-encrypting every stored secret", keys::rotate),
         get("/rest/secrets/1.0/keys/inactive", SysAdmin, "Inactive data keys", keys::inactive),
@@ -497,6 +520,16 @@ async fn enforce(
         Err(rejection) => return ApiError::bad_request(rejection.body_text()).into_response(),
     };
     let (mut parts, body) = request.into_parts();
+    if permission == Permission::Hook {
+        match hook_token_repository(&state, &params, &parts).await {
+            Ok(Some(repository)) => {
+                parts.extensions.insert(PathRepository(repository));
+                return next.run(Request::from_parts(parts, body)).await;
+            }
+            Ok(None) => {}
+            Err(error) => return error.into_response(),
+        }
+    }
     match check(&state, permission, &params, &mut parts).await {
         Ok(caller) => {
             parts.extensions.insert(Authenticated(caller));
@@ -542,6 +575,41 @@ async fn check(
                 .await?;
             parts.extensions.insert(PathRepository(repository));
         }
+        Permission::Hook => {
+            let repository = caller
+                .repository(state, &param("project")?, &param("repo")?, Access::Admin)
+                .await?;
+            parts.extensions.insert(PathRepository(repository));
+        }
     }
     Ok(caller)
+}
+
+/// The path's repository when the request carries a hook token valid for
+/// it (`None`: no hook token; the caller is then checked as a user).
+async fn hook_token_repository(
+    state: &Arc<AppState>,
+    params: &RawPathParams,
+    parts: &Parts,
+) -> Result<Option<Repository>, ApiError> {
+    let Some(token) = crate::auth::bearer_token(parts).filter(|token| token.starts_with("lsh_"))
+    else {
+        return Ok(None);
+    };
+    let param = |name: &str| {
+        params
+            .iter()
+            .find(|(key, _)| *key == name)
+            .map(|(_, value)| value.to_string())
+            .unwrap_or_default()
+    };
+    let repository =
+        leakscan_store::catalog::find_repository(&state.pool, &param("project"), &param("repo"))
+            .await?
+            .ok_or_else(ApiError::unauthorized)?;
+    if leakscan_store::hooks::token_allows(&state.pool, &token, repository.id).await? {
+        Ok(Some(repository))
+    } else {
+        Err(ApiError::unauthorized())
+    }
 }

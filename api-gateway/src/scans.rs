@@ -126,11 +126,29 @@ async fn start_job(
     scope: JobScope,
     emails: Vec<String>,
 ) -> Result<Job, ApiError> {
-    let job = jobs::create_job(&state.pool, &scope, &caller.0.name, &emails).await?;
+    start_job_with_emails(state, &caller.0.name, scope, emails).await
+}
+
+/// [`start_job`] on behalf of `requested_by` (an installed hook's pusher).
+pub(crate) async fn start_job_as(
+    state: &AppState,
+    requested_by: &str,
+    scope: JobScope,
+) -> Result<Job, ApiError> {
+    start_job_with_emails(state, requested_by, scope, Vec::new()).await
+}
+
+async fn start_job_with_emails(
+    state: &AppState,
+    requested_by: &str,
+    scope: JobScope,
+    emails: Vec<String>,
+) -> Result<Job, ApiError> {
+    let job = jobs::create_job(&state.pool, &scope, requested_by, &emails).await?;
     if let Err(error) = state.queue.enqueue(job.id).await {
         warn!(%error, scan_key = %job.scan_key, "job not put on the stream; reconciliation will run it");
     }
-    info!(scan_key = %job.scan_key, scope = %job.scope, by = %caller.0.name, "scan requested");
+    info!(scan_key = %job.scan_key, scope = %job.scope, by = %requested_by, "scan requested");
     Ok(job)
 }
 
@@ -782,4 +800,68 @@ pub async fn repository_dashboard(
         exempt: repository.exempt,
         branches: Vec::new(),
     })))
+}
+
+/// The rescan schedule as the API shows it.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ScheduleView {
+    /// The cron expression (UTC); null when there is no schedule.
+    cron: Option<String>,
+    timezone: &'static str,
+    next_run: Option<DateTime<Utc>>,
+    updated_by: Option<String>,
+    updated_at: Option<DateTime<Utc>>,
+}
+
+impl From<Option<leakscan_store::schedules::Schedule>> for ScheduleView {
+    fn from(schedule: Option<leakscan_store::schedules::Schedule>) -> Self {
+        ScheduleView {
+            next_run: schedule
+                .as_ref()
+                .and_then(|s| leakscan_store::schedules::next_run(&s.cron, Utc::now())),
+            updated_by: schedule.as_ref().map(|s| s.updated_by.clone()),
+            updated_at: schedule.as_ref().map(|s| s.updated_at),
+            cron: schedule.map(|s| s.cron),
+            timezone: "UTC",
+        }
+    }
+}
+
+#[derive(Debug, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSchedule {
+    cron: String,
+}
+
+pub async fn get_schedule(
+    State(state): State<Arc<AppState>>,
+) -> Result<Json<ScheduleView>, ApiError> {
+    Ok(Json(
+        leakscan_store::schedules::get(&state.pool).await?.into(),
+    ))
+}
+
+/// Sets the total-rescan schedule: a cron expression in UTC (400 with the
+/// reason when it is not one).
+pub async fn put_schedule(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+    crate::error::JsonBody(body): crate::error::JsonBody<NewSchedule>,
+) -> Result<Json<ScheduleView>, ApiError> {
+    let schedule = leakscan_store::schedules::set(&state.pool, &caller.0.name, &body.cron).await?;
+    info!(cron = %schedule.cron, by = %caller.0.name, "rescan schedule set");
+    Ok(Json(Some(schedule).into()))
+}
+
+pub async fn delete_schedule(
+    State(state): State<Arc<AppState>>,
+    caller: Caller,
+) -> Result<axum::http::StatusCode, ApiError> {
+    if leakscan_store::schedules::delete(&state.pool, &caller.0.name).await? {
+        info!(by = %caller.0.name, "rescan schedule removed");
+        Ok(axum::http::StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::not_found("There is no rescan schedule."))
+    }
 }

@@ -799,3 +799,51 @@ async fn a_user_holds_a_bounded_number_of_event_streams() {
     drop(streams);
     fixture.finish().await;
 }
+
+/// Issue 15: the total-rescan schedule through the API: validated with the
+/// reason, shown with its next run, audited, removable once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rescan_schedule_is_set_shown_and_removed() {
+    let fixture = Fixture::new().await;
+    let admin = Some(ADMIN.0);
+    let path = "/rest/security/latest/schedule";
+    let none = fixture.expect("GET", path, admin, None, 200).await;
+    assert_eq!(none["cron"], Value::Null);
+    for (cron, reason) in [
+        ("every night", "expected 5 fields"),
+        ("0 0 31 2 *", "never fires"),
+        ("0 25 * * *", "cron expression"),
+    ] {
+        let answer = fixture
+            .expect("PUT", path, admin, Some(json!({"cron": cron})), 400)
+            .await;
+        assert!(error_message(&answer).contains(reason), "{cron}: {answer}");
+    }
+    let set = fixture
+        .expect("PUT", path, admin, Some(json!({"cron": "30 2 * * *"})), 200)
+        .await;
+    assert_eq!(set["cron"], "30 2 * * *");
+    assert_eq!(set["timezone"], "UTC");
+    assert_eq!(set["updatedBy"], ADMIN.0);
+    let next: chrono::DateTime<chrono::Utc> = set["nextRun"].as_str().unwrap().parse().unwrap();
+    assert_eq!(next.format("%H:%M:%S").to_string(), "02:30:00");
+    assert!(next > chrono::Utc::now());
+    assert_eq!(
+        fixture.expect("GET", path, admin, None, 200).await["cron"],
+        "30 2 * * *"
+    );
+    let audit = fixture
+        .expect("GET", "/rest/security/latest/audit", admin, None, 200)
+        .await;
+    assert!(
+        audit["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["action"] == "schedule.set"),
+        "{audit}"
+    );
+    fixture.expect("DELETE", path, admin, None, 204).await;
+    fixture.expect("DELETE", path, admin, None, 404).await;
+    fixture.finish().await;
+}

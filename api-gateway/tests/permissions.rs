@@ -150,6 +150,7 @@ fn concrete(path: &str) -> String {
         .replace("{scan_key}", "no-such-job")
         .replace("{user}", "nobody")
         .replace("{token}", "1")
+        .replace("{hook}", leakscan_gateway::hooks::HOOK_KEY)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -2,6 +2,7 @@
 //!
 //! Exit codes of `leakscan scan`: 0 nothing found, 1 findings, 2 error.
 
+mod hook;
 mod report;
 mod up;
 
@@ -129,6 +130,8 @@ enum Command {
     Rules(RulesArgs),
     /// Run the whole cluster (REST API, coordinator, workers) in this process.
     Up(up::UpArgs),
+    /// Git server hooks: `leakscan hook pre-receive` (push protection).
+    Hook(hook::HookArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -232,6 +235,7 @@ fn main() -> ExitCode {
         Command::Scan(args) => run_scan(&args),
         Command::Rules(args) => run_rules(&args).map(|()| ExitCode::SUCCESS),
         Command::Up(args) => up::run_up(args).map(|()| ExitCode::SUCCESS),
+        Command::Hook(args) => hook::run(args),
     };
     match result {
         Ok(code) => code,

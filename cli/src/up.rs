@@ -100,6 +100,8 @@ async fn up(args: UpArgs) -> Result<()> {
         allowed_remotes: args.clone_sources.allowed_remotes.clone(),
         git_credentials: args.clone_sources.git_credentials_file.clone(),
         export_stall_timeout: leakscan_gateway::exports::STALLED_CLIENT,
+        // Hooks run this very executable.
+        hook_install: leakscan_gateway::hooks::HookInstall::new(None, None, args.listen, ""),
     };
     let state = leakscan_gateway::prepare(
         pool.clone(),

@@ -86,6 +86,9 @@ pub struct CoordinatorConfig {
     pub worker_token: String,
     /// How often the leader checks it still holds its lock.
     pub leader_check_interval: Duration,
+    /// How often the leader looks for a due occurrence of the rescan
+    /// schedule.
+    pub schedule_interval: Duration,
     /// TLS for the worker protocol (plaintext without).
     pub tls: Option<CoordinatorTls>,
 }
@@ -132,6 +135,7 @@ impl Default for CoordinatorConfig {
             min_confidence: leakscan_engine::Confidence::Medium,
             worker_token: leakscan_proto::auth::generate_token(),
             leader_check_interval: Duration::from_secs(5),
+            schedule_interval: Duration::from_secs(5),
             tls: None,
         }
     }
@@ -346,6 +350,12 @@ async fn lead(
         Arc::clone(&work_available),
         background.clone(),
     ));
+    let scheduler = tokio::spawn(run_schedule(
+        config.schedule_interval,
+        pool.clone(),
+        queue.clone(),
+        background.clone(),
+    ));
     // A call that outlives its deadline is dropped: the longest legitimate
     // one is a LeaseTask long poll.
     let call_timeout = Duration::from_millis(u64::from(config.max_lease_wait_ms)) + CALL_TIMEOUT;
@@ -371,6 +381,7 @@ async fn lead(
     let _ = consumer.await;
     let _ = expiry.await;
     let _ = reconciler.await;
+    let _ = scheduler.await;
     Ok(served?)
 }
 
@@ -405,6 +416,33 @@ async fn reconcile_periodically(
             Ok(0) => {}
             Ok(_) => work_available.notify_waiters(),
             Err(error) => warn!(%error, "cannot reconcile queued jobs"),
+        }
+    }
+}
+
+/// Starts the scheduled total rescan of each due occurrence while leading
+/// (docs/ARCHITECTURE.md, "Schedules"): the occurrence's row makes it once
+/// per occurrence whichever replica leads.
+async fn run_schedule(interval: Duration, pool: PgPool, queue: JobQueue, stop: CancellationToken) {
+    loop {
+        match leakscan_store::schedules::fire_due(&pool, chrono::Utc::now()).await {
+            Ok(leakscan_store::schedules::Fired::Started(occurrence, job)) => {
+                info!(%occurrence, scan_key = %job.scan_key, "scheduled total rescan started");
+                // The stream entry is a hint: reconciliation expands it
+                // if Redis does not take it.
+                if let Err(error) = queue.enqueue(job.id).await {
+                    warn!(%error, scan_key = %job.scan_key, "scheduled job not put on the stream; reconciliation will run it");
+                }
+            }
+            Ok(leakscan_store::schedules::Fired::Skipped(occurrence)) => {
+                info!(%occurrence, "scheduled total rescan skipped: the previous one still runs");
+            }
+            Ok(leakscan_store::schedules::Fired::Nothing) => {}
+            Err(error) => warn!(%error, "cannot check the rescan schedule"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
         }
     }
 }

@@ -725,3 +725,55 @@ async fn a_leader_that_loses_its_lock_stands_by() {
     standby.handle.await.unwrap();
     database.drop_database().await.unwrap();
 }
+
+/// Issue 15: with a leader and a standby running, each occurrence of the
+/// schedule starts one total rescan; the standby, leading after the
+/// leader stops, goes on without starting an occurrence twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_schedule_fires_once_per_occurrence_with_two_coordinators() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let prefix = prefix();
+    let quick = CoordinatorConfig {
+        schedule_interval: Duration::from_millis(100),
+        leader_check_interval: Duration::from_millis(200),
+        ..CoordinatorConfig::default()
+    };
+    let (first, second) = leader_and_standby(pool, &prefix, quick).await;
+    // Every second (croner's seconds field).
+    leakscan_store::schedules::set(pool, "admin", "* * * * * *")
+        .await
+        .unwrap();
+    let runs = async || -> i64 {
+        sqlx::query_scalar("select count(*) from scheduled_runs")
+            .fetch_one(pool)
+            .await
+            .unwrap()
+    };
+    eventually("two occurrences", async || runs().await >= 2).await;
+    first.shutdown.cancel();
+    first.handle.await.unwrap();
+    let second_state = Arc::clone(&second.state);
+    eventually("the standby to lead", async || second_state.is_leader()).await;
+    let before = runs().await;
+    eventually("an occurrence under the new leader", async || {
+        runs().await >= before + 2
+    })
+    .await;
+    second.shutdown.cancel();
+    second.handle.await.unwrap();
+
+    let (occurrences, started, jobs): (i64, i64, i64) = sqlx::query_as(
+        "select (select count(*) from scheduled_runs),
+                (select count(distinct job_id) from scheduled_runs where job_id is not null),
+                (select count(*) from scan_jobs where requested_by = 'schedule' and scope = 'total')",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert!(occurrences >= 4, "{occurrences}");
+    // Each job belongs to one occurrence, and every scheduled job to one.
+    assert_eq!(started, jobs);
+    assert!(jobs >= 1);
+    database.drop_database().await.unwrap();
+}

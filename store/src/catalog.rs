@@ -29,6 +29,8 @@ pub struct Repository {
     /// (the gateway empties it).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub clone_url: String,
+    /// The pre-receive hook's effective setting (its own, its project's or
+    /// the global one).
     pub hook_enabled: bool,
     pub exempt: bool,
     pub default_branch: Option<String>,
@@ -152,7 +154,9 @@ pub async fn upsert_repository(
              on conflict (project_id, slug) do update set clone_url = excluded.clone_url
              returning *
          )
-         select upserted.id, $1 as project_key, slug, upserted.name, clone_url, hook_enabled, exempt, default_branch from upserted",
+         select upserted.id, $1 as project_key, slug, upserted.name, clone_url,
+             coalesce((select enabled from hook_setting_of(upserted.id, upserted.project_id)), false) as hook_enabled,
+             exempt, default_branch from upserted",
     )
     .bind(project_key)
     .bind(slug)
@@ -205,7 +209,9 @@ pub async fn list_projects(pool: &PgPool, page: PageRequest) -> Result<Page<Proj
 /// The columns of [`Repository`] over `repositories r join projects p`.
 macro_rules! repository_columns {
     () => {
-        "r.id, p.key as project_key, r.slug, r.name, r.clone_url, r.hook_enabled, r.exempt, r.default_branch"
+        "r.id, p.key as project_key, r.slug, r.name, r.clone_url, \
+         coalesce((select enabled from hook_setting_of(r.id, r.project_id)), false) as hook_enabled, \
+         r.exempt, r.default_branch"
     };
 }
 
@@ -249,6 +255,19 @@ pub async fn find_repository(
             .fetch_optional(pool)
             .await?,
     )
+}
+
+/// Every repository, or a project's (`Some(key)`), by project and slug.
+pub async fn repositories_in(pool: &PgPool, project_key: Option<&str>) -> Result<Vec<Repository>> {
+    Ok(sqlx::query_as::<_, Repository>(concat!(
+        "select ",
+        repository_columns!(),
+        " from repositories r join projects p on p.id = r.project_id
+          where $1::text is null or p.key = $1 order by p.key, r.slug"
+    ))
+    .bind(project_key)
+    .fetch_all(pool)
+    .await?)
 }
 
 pub async fn branches(pool: &PgPool, repository: RepoId) -> Result<Vec<Branch>> {

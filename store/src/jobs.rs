@@ -104,6 +104,16 @@ pub async fn create_job(
     requested_by: &str,
     emails: &[String],
 ) -> Result<Job> {
+    create_job_with(pool, scope, requested_by, emails).await
+}
+
+/// [`create_job`] on any connection (in a caller's transaction).
+pub async fn create_job_with<'e>(
+    executor: impl sqlx::PgExecutor<'e>,
+    scope: &JobScope,
+    requested_by: &str,
+    emails: &[String],
+) -> Result<Job> {
     let (scope_name, project_key, slug, branch) = scope.parts();
     Ok(sqlx::query_as::<_, Job>(concat!(
         "insert into scan_jobs (scan_key, scope, project_key, repository_slug, branch, requested_by, emails)
@@ -117,7 +127,7 @@ pub async fn create_job(
     .bind(branch)
     .bind(requested_by)
     .bind(emails)
-    .fetch_one(pool)
+    .fetch_one(executor)
     .await?)
 }
 

@@ -28,6 +28,7 @@ pub mod blobs;
 #[macro_use]
 pub mod catalog;
 pub mod findings;
+pub mod hooks;
 pub mod insights;
 pub mod jobs;
 pub mod keys;
@@ -35,6 +36,7 @@ pub mod page;
 pub mod policy;
 pub mod queue;
 pub mod reviews;
+pub mod schedules;
 pub mod secrets;
 pub mod tasks;
 pub mod testing;

@@ -97,6 +97,7 @@ impl Fixture {
             allowed_remotes: vec!["git.example.com".into()],
             git_credentials: None,
             export_stall_timeout: leakscan_gateway::exports::STALLED_CLIENT,
+            hook_install: Default::default(),
         };
         let mut config = config;
         adjust(&mut config);
