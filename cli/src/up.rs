@@ -50,6 +50,8 @@ pub struct UpArgs {
         default_value = "redis://127.0.0.1:6379"
     )]
     redis_url: String,
+    #[command(flatten)]
+    mail: leakscan_coordinator::mail::MailArgs,
     /// Bootstrap administrator (created or reset at start).
     #[arg(long, env = "LEAKSCAN_ADMIN_USER", default_value = "admin")]
     admin_user: String,
@@ -118,6 +120,10 @@ async fn up(args: UpArgs) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(leakscan_service::cancel_on_signal(shutdown.clone()));
+    let mail = args
+        .mail
+        .config(Some(format!("http://{}", args.listen)))
+        .map_err(anyhow::Error::msg)?;
     let coordinator_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let coordinator_address = coordinator_listener.local_addr()?;
     // A credential of this run's own: only these workers may lease tasks.
@@ -127,6 +133,7 @@ async fn up(args: UpArgs) -> Result<()> {
             consumer_name: format!("up-{}", std::process::id()),
             min_confidence: args.min_confidence,
             worker_token: worker_token.clone(),
+            mail,
             ..CoordinatorConfig::default()
         },
         pool.clone(),

@@ -13,6 +13,8 @@
 //! [`run`] takes the listener, pool and queue, so a test can start a whole
 //! coordinator on port 0 with a fresh database.
 
+pub mod mail;
+
 use std::{
     collections::HashMap,
     sync::{
@@ -91,6 +93,9 @@ pub struct CoordinatorConfig {
     pub schedule_interval: Duration,
     /// TLS for the worker protocol (plaintext without).
     pub tls: Option<CoordinatorTls>,
+    /// SMTP for the summaries of jobs started with `email=` (none: they
+    /// wait in the outbox).
+    pub mail: Option<mail::MailConfig>,
 }
 
 /// TLS for the worker protocol: the coordinator's certificate chain and key
@@ -136,6 +141,7 @@ impl Default for CoordinatorConfig {
             worker_token: leakscan_proto::auth::generate_token(),
             leader_check_interval: Duration::from_secs(5),
             schedule_interval: Duration::from_secs(5),
+            mail: None,
             tls: None,
         }
     }
@@ -350,6 +356,10 @@ async fn lead(
         Arc::clone(&work_available),
         background.clone(),
     ));
+    let mailer = config
+        .mail
+        .clone()
+        .map(|mail| tokio::spawn(mail::deliver(mail, pool.clone(), background.clone())));
     let scheduler = tokio::spawn(run_schedule(
         config.schedule_interval,
         pool.clone(),
@@ -382,6 +392,9 @@ async fn lead(
     let _ = expiry.await;
     let _ = reconciler.await;
     let _ = scheduler.await;
+    if let Some(mailer) = mailer {
+        let _ = mailer.await;
+    }
     Ok(served?)
 }
 

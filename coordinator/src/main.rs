@@ -69,6 +69,8 @@ struct Args {
     #[arg(long, env = "LEAKSCAN_TLS_CA", requires = "tls_cert")]
     tls_ca: Option<std::path::PathBuf>,
     /// Report only findings of this confidence or higher (low, medium, high).
+    #[command(flatten)]
+    mail: leakscan_coordinator::mail::MailArgs,
     #[arg(long, env = "LEAKSCAN_MIN_CONFIDENCE", default_value = "medium", value_parser = parse_confidence)]
     min_confidence: leakscan_engine::Confidence,
 }
@@ -114,6 +116,7 @@ async fn main() -> anyhow::Result<()> {
         }),
         _ => None,
     };
+    let mail = args.mail.config(None).map_err(anyhow::Error::msg)?;
     let config = CoordinatorConfig {
         lease_ms: args.lease_ms,
         heartbeat_interval_ms: args.heartbeat_ms,
@@ -129,6 +132,7 @@ async fn main() -> anyhow::Result<()> {
         min_confidence: args.min_confidence,
         worker_token: args.worker_token,
         tls,
+        mail,
         ..CoordinatorConfig::default()
     };
     let shutdown = CancellationToken::new();

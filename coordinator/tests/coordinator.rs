@@ -777,3 +777,143 @@ async fn a_schedule_fires_once_per_occurrence_with_two_coordinators() {
     assert!(jobs >= 1);
     database.drop_database().await.unwrap();
 }
+
+/// A total job that ended, started with `email=` for `addresses`.
+async fn ended_job(pool: &PgPool, addresses: &[&str]) -> jobs::Job {
+    let emails: Vec<String> = addresses.iter().map(|a| a.to_string()).collect();
+    let job = jobs::create_job(pool, &JobScope::Total, "admin", &emails)
+        .await
+        .unwrap();
+    sqlx::query(
+        "update scan_jobs set state = 'done', started_at = now() - interval '42 seconds', finished_at = now()
+         where id = $1",
+    )
+    .bind(job.id)
+    .execute(pool)
+    .await
+    .unwrap();
+    jobs::job(pool, job.id).await.unwrap()
+}
+
+fn mail_config(smtp_url: String) -> leakscan_coordinator::mail::MailConfig {
+    leakscan_coordinator::mail::MailConfig {
+        smtp_url,
+        from: "leakscan <leakscan@example.com>".into(),
+        public_url: Some("http://leakscan.example.com".into()),
+        interval: Duration::from_millis(100),
+    }
+}
+
+/// Issue 15: when a job started with `email=` ends, each address gets one
+/// message (plain text and HTML), also when the leader is stopped while
+/// the SMTP server has not yet accepted the first one and the standby
+/// takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_summaries_are_mailed_once_per_address_across_failover() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let smtp = leakscan_testkit::SmtpServer::hold_first(Duration::from_secs(30));
+    let job = ended_job(pool, &["sec@example.com", "ops@example.com"]).await;
+    // The transaction that ended the job queued one row per address.
+    let outbox = leakscan_store::email::job_outbox(pool, job.id)
+        .await
+        .unwrap();
+    assert_eq!(outbox.len(), 2);
+    assert!(outbox.iter().all(|(_, state, _, _)| state == "pending"));
+
+    let config = CoordinatorConfig {
+        mail: Some(mail_config(smtp.url())),
+        leader_check_interval: Duration::from_millis(200),
+        ..CoordinatorConfig::default()
+    };
+    let (first, second) = leader_and_standby(pool, &prefix(), config).await;
+    eventually("the leader to be mid-send", async || smtp.is_holding()).await;
+    first.shutdown.cancel();
+    first.handle.await.unwrap();
+    let second_state = Arc::clone(&second.state);
+    eventually("the standby to lead", async || second_state.is_leader()).await;
+    eventually("both summaries sent", async || {
+        let outbox = leakscan_store::email::job_outbox(pool, job.id)
+            .await
+            .unwrap();
+        outbox.iter().all(|(_, state, _, _)| state == "sent")
+    })
+    .await;
+    // A further round of the mailer sends nothing more.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    second.shutdown.cancel();
+    second.handle.await.unwrap();
+
+    let accepted = smtp.accepted();
+    let mut recipients: Vec<String> = accepted.iter().flat_map(|m| m.recipients.clone()).collect();
+    recipients.sort();
+    assert_eq!(
+        recipients,
+        ["ops@example.com", "sec@example.com"],
+        "{accepted:?}"
+    );
+    let message = &accepted[0];
+    assert_eq!(message.from, "leakscan@example.com");
+    assert!(
+        message
+            .data
+            .contains("Subject: leakscan: total rescan done - 0 new findings"),
+        "{}",
+        message.data
+    );
+    assert!(
+        message.data.contains("multipart/alternative"),
+        "{}",
+        message.data
+    );
+    assert!(message.data.contains("text/html"), "{}", message.data);
+    assert!(message.data.contains(&job.scan_key), "{}", message.data);
+    assert!(message.data.contains("Duration: 42 s"), "{}", message.data);
+    assert!(message
+        .data
+        .contains("http://leakscan.example.com/rest/security/latest/dashboard"));
+    database.drop_database().await.unwrap();
+}
+
+/// A down SMTP server is retried with backoff and never blocks anything:
+/// the attempt and its error are recorded, the row stays pending.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_smtp_server_is_retried_later() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap()
+    };
+    let job = ended_job(pool, &["sec@example.com"]).await;
+    let running = start(
+        pool,
+        &prefix(),
+        CoordinatorConfig {
+            mail: Some(mail_config(format!("smtp://{closed}"))),
+            ..CoordinatorConfig::default()
+        },
+    )
+    .await;
+    eventually("a failed attempt", async || {
+        let outbox = leakscan_store::email::job_outbox(pool, job.id)
+            .await
+            .unwrap();
+        outbox[0].2 >= 1
+    })
+    .await;
+    running.shutdown.cancel();
+    running.handle.await.unwrap();
+    let (state, attempts, error, retry_in): (String, i32, Option<String>, f64) = sqlx::query_as(
+        "select state, attempts, last_error, extract(epoch from next_attempt_at - now())::float8
+         from email_outbox where job_id = $1",
+    )
+    .bind(job.id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((state.as_str(), attempts), ("pending", 1));
+    assert!(error.is_some_and(|e| !e.is_empty()));
+    assert!(retry_in > 20.0, "{retry_in}");
+    database.drop_database().await.unwrap();
+}

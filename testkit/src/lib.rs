@@ -399,3 +399,190 @@ fn postgres_bin_dir() -> PathBuf {
         .map(|(_, bin)| bin)
         .unwrap_or_else(|| PathBuf::from(""))
 }
+
+/// A message an [`SmtpServer`] accepted: it answered `250` to the end of
+/// its data while the client was still there.
+#[derive(Debug, Clone)]
+pub struct SmtpMessage {
+    pub from: String,
+    pub recipients: Vec<String>,
+    /// The message as sent (headers and body, dot-unstuffed).
+    pub data: String,
+}
+
+/// A small SMTP server on loopback (EHLO/HELO, MAIL, RCPT, DATA, RSET,
+/// NOOP, QUIT; no TLS, no authentication), recording what it accepts, as
+/// a real server would: a message counts once the server answered `250`
+/// to its final dot. With [`SmtpServer::hold_first`], it waits before
+/// answering the first message, and drops it if the client goes away
+/// meanwhile (a sender killed mid-send). It lives as long as the test.
+pub struct SmtpServer {
+    address: std::net::SocketAddr,
+    accepted: std::sync::Arc<std::sync::Mutex<Vec<SmtpMessage>>>,
+    holding: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl SmtpServer {
+    pub fn start() -> SmtpServer {
+        SmtpServer::with_hold(None)
+    }
+
+    /// Holds the first message's `250` up to `hold`.
+    pub fn hold_first(hold: std::time::Duration) -> SmtpServer {
+        SmtpServer::with_hold(Some(hold))
+    }
+
+    fn with_hold(hold: Option<std::time::Duration>) -> SmtpServer {
+        use std::sync::{atomic::AtomicBool, Arc, Mutex};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
+        let address = listener.local_addr().expect("local address");
+        let accepted = Arc::new(Mutex::new(Vec::new()));
+        let holding = Arc::new(AtomicBool::new(false));
+        let hold = Arc::new(Mutex::new(hold));
+        {
+            let (accepted, holding) = (Arc::clone(&accepted), Arc::clone(&holding));
+            std::thread::spawn(move || {
+                for socket in listener.incoming().flatten() {
+                    let (accepted, holding, hold) = (
+                        Arc::clone(&accepted),
+                        Arc::clone(&holding),
+                        Arc::clone(&hold),
+                    );
+                    std::thread::spawn(move || {
+                        let _ = smtp_session(socket, &accepted, &holding, &hold);
+                    });
+                }
+            });
+        }
+        SmtpServer {
+            address,
+            accepted,
+            holding,
+        }
+    }
+
+    /// `smtp://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("smtp://{}", self.address)
+    }
+
+    pub fn accepted(&self) -> Vec<SmtpMessage> {
+        self.accepted.lock().expect("not poisoned").clone()
+    }
+
+    /// Whether the first message is being held right now.
+    pub fn is_holding(&self) -> bool {
+        self.holding.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+fn smtp_session(
+    socket: std::net::TcpStream,
+    accepted: &std::sync::Mutex<Vec<SmtpMessage>>,
+    holding: &std::sync::atomic::AtomicBool,
+    hold: &std::sync::Mutex<Option<std::time::Duration>>,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let mut writer = socket.try_clone()?;
+    let mut reader = BufReader::new(socket);
+    writer.write_all(b"220 leakscan-test ESMTP\r\n")?;
+    let (mut from, mut recipients) = (String::new(), Vec::new());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line)? == 0 {
+            return Ok(());
+        }
+        let command = line.trim_end().to_string();
+        let verb = command
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        let argument = |prefix: &str| {
+            command
+                .get(prefix.len()..)
+                .unwrap_or("")
+                .trim()
+                .trim_start_matches('<')
+                .trim_end_matches('>')
+                .to_string()
+        };
+        match verb.as_str() {
+            "EHLO" => writer.write_all(b"250-leakscan-test\r\n250 8BITMIME\r\n")?,
+            "HELO" | "NOOP" => writer.write_all(b"250 OK\r\n")?,
+            "MAIL" => {
+                from = argument("MAIL FROM:");
+                recipients.clear();
+                writer.write_all(b"250 OK\r\n")?;
+            }
+            "RCPT" => {
+                recipients.push(argument("RCPT TO:"));
+                writer.write_all(b"250 OK\r\n")?;
+            }
+            "RSET" => {
+                recipients.clear();
+                writer.write_all(b"250 OK\r\n")?;
+            }
+            "DATA" => {
+                writer.write_all(b"354 end with <CRLF>.<CRLF>\r\n")?;
+                let mut data = String::new();
+                loop {
+                    line.clear();
+                    if reader.read_line(&mut line)? == 0 {
+                        return Ok(());
+                    }
+                    if line == ".\r\n" || line == ".\n" {
+                        break;
+                    }
+                    data.push_str(line.strip_prefix('.').unwrap_or(&line));
+                }
+                if let Some(hold) = hold.lock().expect("not poisoned").take() {
+                    // The first message: wait, and drop it if the client
+                    // leaves meanwhile.
+                    holding.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let deadline = std::time::Instant::now() + hold;
+                    reader
+                        .get_ref()
+                        .set_read_timeout(Some(std::time::Duration::from_millis(50)))?;
+                    let mut gone = false;
+                    while std::time::Instant::now() < deadline {
+                        let mut byte = [0u8; 1];
+                        match reader.get_mut().read(&mut byte) {
+                            Ok(0) => {
+                                gone = true;
+                                break;
+                            }
+                            Ok(_) => {}
+                            Err(error)
+                                if matches!(
+                                    error.kind(),
+                                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                                ) => {}
+                            Err(_) => {
+                                gone = true;
+                                break;
+                            }
+                        }
+                    }
+                    holding.store(false, std::sync::atomic::Ordering::SeqCst);
+                    if gone {
+                        return Ok(());
+                    }
+                    reader.get_ref().set_read_timeout(None)?;
+                }
+                writer.write_all(b"250 OK queued\r\n")?;
+                accepted.lock().expect("not poisoned").push(SmtpMessage {
+                    from: from.clone(),
+                    recipients: recipients.clone(),
+                    data,
+                });
+            }
+            "QUIT" => {
+                writer.write_all(b"221 bye\r\n")?;
+                return Ok(());
+            }
+            _ => writer.write_all(b"502 not implemented\r\n")?,
+        }
+    }
+}
