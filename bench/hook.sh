@@ -68,7 +68,6 @@ def hook(base):
     elapsed = time.perf_counter() - started
     if result.returncode not in (0, 1):
         sys.exit(f"hook failed ({result.returncode}): {result.stderr[-2000:]}")
-    found = result.stderr.count("\n  ") if result.returncode == 1 else 0
     return elapsed, result.returncode
 
 for depth in (1, 1000):
