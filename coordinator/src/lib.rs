@@ -187,7 +187,8 @@ impl From<sqlx::Error> for CoordinatorError {
 }
 
 /// Runs the coordinator until `shutdown`: waits to become leader, then
-/// serves. A standby serves nothing (its readiness is `state.is_leader()`).
+/// serves. A standby answers every call `UNAVAILABLE` (its readiness is
+/// `state.is_leader()`).
 /// A leader that loses its lock (its lock connection ended, e.g. when
 /// PostgreSQL restarted) stops serving and stands by again, so there are
 /// never two leaders for longer than `leader_check_interval`.
@@ -203,7 +204,32 @@ pub async fn run(
     let authenticate = RequireToken::new(&config.worker_token)?;
     let mut incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
     loop {
-        let Some(lock_connection) = become_leader(&pool, &shutdown).await? else {
+        // Until it leads, the replica answers every call UNAVAILABLE.
+        let standing_by = shutdown.child_token();
+        let lock = {
+            let standby = stand_by(
+                &config,
+                &mut incoming,
+                authenticate.clone(),
+                standing_by.clone(),
+            );
+            tokio::pin!(standby);
+            tokio::select! {
+                lock = become_leader(&pool, &shutdown) => {
+                    standing_by.cancel();
+                    if let Err(error) = standby.await {
+                        warn!(%error, "the standby service stopped with an error");
+                    }
+                    lock?
+                }
+                served = &mut standby => {
+                    // The listener failed: nothing more can be served.
+                    served?;
+                    return Ok(());
+                }
+            }
+        };
+        let Some(lock_connection) = lock else {
             return Ok(());
         };
         state.leader.store(true, Ordering::SeqCst);
@@ -564,6 +590,89 @@ fn task_progress(progress: Option<&Progress>) -> TaskProgress {
         commits_done: progress.commits_done as i64,
         blobs_read: progress.blobs_read as i64,
     }
+}
+
+/// What a standby serves: every call answers `UNAVAILABLE` at once, so a
+/// worker given this replica's address moves on to the next one instead of
+/// waiting for its call's deadline (docs/ARCHITECTURE.md, "Leadership").
+struct StandbyService;
+
+fn not_leading<T>() -> Result<Response<T>, Status> {
+    Err(Status::unavailable(
+        "this coordinator stands by: the leader is another replica",
+    ))
+}
+
+#[tonic::async_trait]
+impl Coordinator for StandbyService {
+    async fn register(
+        &self,
+        _: Request<RegisterRequest>,
+    ) -> Result<Response<RegisterResponse>, Status> {
+        not_leading()
+    }
+    async fn lease_task(
+        &self,
+        _: Request<LeaseTaskRequest>,
+    ) -> Result<Response<LeaseTaskResponse>, Status> {
+        not_leading()
+    }
+    async fn heartbeat(
+        &self,
+        _: Request<HeartbeatRequest>,
+    ) -> Result<Response<HeartbeatResponse>, Status> {
+        not_leading()
+    }
+    async fn send_findings(
+        &self,
+        _: Request<SendFindingsRequest>,
+    ) -> Result<Response<SendFindingsResponse>, Status> {
+        not_leading()
+    }
+    async fn complete_task(
+        &self,
+        _: Request<CompleteTaskRequest>,
+    ) -> Result<Response<CompleteTaskResponse>, Status> {
+        not_leading()
+    }
+    async fn fail_task(
+        &self,
+        _: Request<FailTaskRequest>,
+    ) -> Result<Response<FailTaskResponse>, Status> {
+        not_leading()
+    }
+    async fn lookup_blobs(
+        &self,
+        _: Request<LookupBlobsRequest>,
+    ) -> Result<Response<LookupBlobsResponse>, Status> {
+        not_leading()
+    }
+    async fn store_blob_results(
+        &self,
+        _: Request<StoreBlobResultsRequest>,
+    ) -> Result<Response<StoreBlobResultsResponse>, Status> {
+        not_leading()
+    }
+}
+
+/// Serves [`StandbyService`] on `incoming` until `stop`.
+async fn stand_by(
+    config: &CoordinatorConfig,
+    incoming: &mut tokio_stream::wrappers::TcpListenerStream,
+    authenticate: RequireToken,
+    stop: CancellationToken,
+) -> Result<(), CoordinatorError> {
+    let mut server = tonic::transport::Server::builder();
+    if let Some(tls) = &config.tls {
+        server = server.tls_config(tls.server_config())?;
+    }
+    Ok(server
+        .add_service(CoordinatorServer::with_interceptor(
+            StandbyService,
+            authenticate,
+        ))
+        .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
+        .await?)
 }
 
 #[tonic::async_trait]

@@ -917,3 +917,58 @@ async fn an_unreachable_smtp_server_is_retried_later() {
     assert!(retry_in > 20.0, "{retry_in}");
     database.drop_database().await.unwrap();
 }
+
+/// Regression (issue 13): a standby accepted connections and answered
+/// nothing, so a worker given its address waited for each call's deadline
+/// before moving on. It now answers every call UNAVAILABLE (what makes a
+/// worker move on to the next address) until it leads.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_standby_answers_unavailable_until_it_leads() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let quick = CoordinatorConfig {
+        leader_check_interval: Duration::from_millis(200),
+        ..CoordinatorConfig::default()
+    };
+    let (first, second) = leader_and_standby(pool, &prefix(), quick).await;
+    let channel = Channel::from_shared(second.address.clone())
+        .unwrap()
+        .timeout(Duration::from_secs(20))
+        .connect_lazy();
+    let mut standby =
+        CoordinatorClient::with_interceptor(channel, AttachToken::new(TOKEN).unwrap());
+    let request = RegisterRequest {
+        worker_name: "w".into(),
+        slots: 1,
+        version: "test".into(),
+    };
+    // Bounded so that the old behaviour fails the test instead of hanging it.
+    let answer = tokio::time::timeout(Duration::from_secs(60), standby.register(request.clone()))
+        .await
+        .expect("the standby answered");
+    let status = answer.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    assert!(status.message().contains("stands by"), "{status}");
+    // Once the leader is gone, the same address serves.
+    first.shutdown.cancel();
+    first.handle.await.unwrap();
+    let second_state = Arc::clone(&second.state);
+    eventually("the standby to lead", async || second_state.is_leader()).await;
+    let mut registered = None;
+    for _ in 0..100 {
+        match standby.register(request.clone()).await {
+            Ok(reply) => {
+                registered = Some(reply.into_inner().worker_id);
+                break;
+            }
+            Err(status) if status.code() == tonic::Code::Unavailable => {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(status) => panic!("{status}"),
+        }
+    }
+    assert!(registered.is_some_and(|id| !id.is_empty()));
+    second.shutdown.cancel();
+    second.handle.await.unwrap();
+    database.drop_database().await.unwrap();
+}
