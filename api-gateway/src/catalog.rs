@@ -522,11 +522,12 @@ mod tests {
         use crate::sources::clone_url_shape;
         clone_url_shape("https://bitbucket.example.com/scm/p/r.git").unwrap();
         clone_url_shape("/srv/git/p/r.git").unwrap();
+        clone_url_shape("ssh://git@bitbucket.example.com:7999/p/r.git").unwrap();
         for bad in [
             "ext::sh -c touch% /tmp/x",
             "-uupload-pack=x",
             "relative/path",
-            "ssh://h/r",
+            "git@h:r",
             "/a b",
         ] {
             assert!(clone_url_shape(bad).is_err(), "{bad}");

@@ -43,9 +43,10 @@ pub enum Shape<'a> {
     Local(&'a str),
 }
 
-/// Only transports that cannot run commands: http(s), `file://` URLs and
-/// absolute paths (never `ext::`, never something git reads as an option),
-/// without spaces or control characters, at most 2048 bytes.
+/// Only transports that cannot run commands: http(s), ssh (`ssh://`
+/// URLs), `file://` URLs and absolute paths (never `ext::`, never
+/// something git reads as an option), without spaces or control
+/// characters, at most 2048 bytes.
 pub fn clone_url_shape(url: &str) -> Result<Shape<'_>, String> {
     if url.len() > 2048 || url.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return Err(
@@ -53,14 +54,15 @@ pub fn clone_url_shape(url: &str) -> Result<Shape<'_>, String> {
         );
     }
     let lower = url.to_ascii_lowercase();
-    if lower.starts_with("https://") || lower.starts_with("http://") {
+    if lower.starts_with("https://") || lower.starts_with("http://") || lower.starts_with("ssh://")
+    {
         Ok(Shape::Remote)
     } else if lower.starts_with("file:///") {
         Ok(Shape::Local(&url["file://".len()..]))
     } else if url.starts_with('/') {
         Ok(Shape::Local(url))
     } else {
-        Err("use an http(s) URL, a file:// URL or an absolute path".into())
+        Err("use an http(s) or ssh:// URL, a file:// URL or an absolute path".into())
     }
 }
 
@@ -85,7 +87,19 @@ impl CloneSources {
 
     fn check_remote(&self, url: &str) -> Result<(), String> {
         let rest = &url[url.find("://").map_or(0, |at| at + 3)..];
-        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let mut authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        // ssh names the account to log in as (`ssh://git@host/…`): a user
+        // name without a password is no credential.
+        if url
+            .get(..6)
+            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("ssh://"))
+        {
+            if let Some((user, host)) = authority.split_once('@') {
+                if !user.is_empty() && !user.contains(':') {
+                    authority = host;
+                }
+            }
+        }
         if authority.contains('@') {
             return Err(
                 "credentials do not belong in a clone URL: the operator gives them to git in the credentials file (LEAKSCAN_GIT_CREDENTIALS_FILE)"
@@ -176,6 +190,8 @@ mod tests {
             "http://GIT.example.com:7990/scm/p/r.git".into(),
             "https://build.corp.example/r.git".into(),
             "https://mirror.example.org:8443/r.git".into(),
+            "ssh://git@git.example.com:7999/p/r.git".into(),
+            "ssh://git.example.com/r.git".into(),
         ] {
             assert_eq!(sources.check(&ok), Ok(()), "{ok}");
         }
@@ -204,7 +220,12 @@ mod tests {
                 "credentials",
             ),
             ("ext::sh -c id".into(), "spaces"),
-            ("ssh://git.example.com/r.git".into(), "use an http(s)"),
+            ("git.example.com:r.git".into(), "use an http(s) or ssh"),
+            (
+                "ssh://bob:secret@git.example.com/r.git".into(),
+                "credentials",
+            ),
+            ("ssh://git@evil.example.net/r.git".into(), "not among"),
             ("-uupload-pack=x".into(), "use an http(s)"),
             ("relative/path".into(), "use an http(s)"),
         ] {

@@ -76,10 +76,12 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
 }
 
 /// Prepares a git command as the gateway and the workers run git against a
-/// clone source: no terminal prompt and no stdin, only the `file`, `http`
-/// and `https` transports (never `ext::`), killed when its future is
-/// dropped, and credentials from the operator's file only
-/// ([`git_credentials_env`]) when one is given.
+/// clone source: no terminal prompt and no stdin, only the `file`, `http`,
+/// `https` and `ssh` transports (never `ext::`), ssh in batch mode (keys
+/// and known hosts from the service account's `~/.ssh`, or the operator's
+/// own `GIT_SSH_COMMAND`), killed when its future is dropped, and
+/// credentials from the operator's file only ([`git_credentials_env`])
+/// when one is given.
 pub fn prepare_git(
     command: &mut tokio::process::Command,
     credentials: Option<&std::path::Path>,
@@ -87,9 +89,12 @@ pub fn prepare_git(
     if let Some(file) = credentials {
         git_credentials_env(command, file)?;
     }
+    if std::env::var_os("GIT_SSH_COMMAND").is_none() {
+        command.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
+    }
     command
         .env("GIT_TERMINAL_PROMPT", "0")
-        .env("GIT_ALLOW_PROTOCOL", "file:http:https")
+        .env("GIT_ALLOW_PROTOCOL", "file:http:https:ssh")
         .stdin(std::process::Stdio::null())
         .kill_on_drop(true);
     Ok(())
