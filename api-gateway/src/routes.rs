@@ -467,8 +467,13 @@ fn insight_routes<const DC: bool>(base: &str) -> Vec<Route> {
 
 /// The router of the table, each route behind its permission check.
 pub fn router(state: &Arc<AppState>) -> Router<Arc<AppState>> {
+    let routes = routes();
+    let taken: std::collections::HashSet<(Method, String)> = routes
+        .iter()
+        .map(|route| (route.method.clone(), route.path.clone()))
+        .collect();
     let mut router = Router::new();
-    for route in routes() {
+    for route in routes {
         let handler = if route.permission == Permission::Public {
             route.handler
         } else {
@@ -477,9 +482,35 @@ pub fn router(state: &Arc<AppState>) -> Router<Arc<AppState>> {
                 enforce,
             ))
         };
+        // Bitbucket serves every REST path under `latest` and under its
+        // version number, and Soteri's document mixes `1.0` and `latest`:
+        // each route answers under the other one too, unless the table has
+        // a route of its own there.
+        if let Some(alias) = version_alias(&route.path) {
+            if !taken.contains(&(route.method.clone(), alias.clone())) {
+                router = router.route(&alias, handler.clone());
+            }
+        }
         router = router.route(&route.path, handler);
     }
     router
+}
+
+/// The same path under the other version segment (`latest` ↔ `1.0`) of
+/// `/rest/api/`, `/rest/security/` and `/rest/access-tokens/`.
+fn version_alias(path: &str) -> Option<String> {
+    for base in ["/rest/api/", "/rest/security/", "/rest/access-tokens/"] {
+        if let Some(rest) = path.strip_prefix(base) {
+            let (version, tail) = rest.split_once('/')?;
+            let other = match version {
+                "latest" => "1.0",
+                "1.0" => "latest",
+                _ => return None,
+            };
+            return Some(format!("{base}{other}/{tail}"));
+        }
+    }
+    None
 }
 
 /// The user a request was authenticated as, for the handler's `Caller`.

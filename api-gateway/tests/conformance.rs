@@ -1608,3 +1608,50 @@ async fn a_failed_scan_says_why_without_the_credentials_it_quoted() {
     assert!(rescheduled.get("lastError").is_none(), "{rescheduled}");
     fixture.finish().await;
 }
+
+/// Bitbucket answers every REST path under `latest` and under `1.0`, and
+/// Soteri's document writes some paths with one and some with the other:
+/// a client that picks the other version reaches the same route (with the
+/// same permission check), and the route table's own paths win.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rest_paths_answer_under_latest_and_1_0() {
+    let fixture = Fixture::new().await;
+    let latest = fixture
+        .expect("GET", "/rest/api/latest/projects", ADMIN_USER, None, 200)
+        .await;
+    let versioned = fixture
+        .expect("GET", "/rest/api/1.0/projects", ADMIN_USER, None, 200)
+        .await;
+    assert_eq!(latest, versioned);
+    assert!(!latest["values"].as_array().unwrap().is_empty());
+    // Soteri's status path under 1.0, its scan path under latest.
+    let job = fixture
+        .expect(
+            "PUT",
+            "/rest/security/1.0/status/projects/PROJ/repos/api",
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(job["scope"], "repository", "{job}");
+    let status = fixture
+        .expect(
+            "GET",
+            "/rest/security/latest/scan/PROJ/repos/api?branch=main",
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    assert_eq!(status["scanKey"], job["scanKey"], "{status}");
+    // The permission check is the route's: no credentials, 401.
+    fixture
+        .expect("GET", "/rest/api/1.0/projects", None, None, 401)
+        .await;
+    // No alias where there is no route.
+    fixture
+        .expect("GET", "/rest/api/2.0/projects", ADMIN_USER, None, 404)
+        .await;
+    fixture.finish().await;
+}
