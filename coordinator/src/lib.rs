@@ -49,8 +49,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::{info, warn};
 
-/// Key of the advisory lock whose holder is the leader.
-const LEADER_LOCK: i64 = 7_243_000;
+/// Key of the advisory lock whose holder is the leader (public so that a
+/// test can hold it and keep a coordinator standing by).
+pub const LEADER_LOCK: i64 = 7_243_000;
 
 /// How long a call may run beyond the longest LeaseTask long poll.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);

@@ -129,7 +129,21 @@ pub enum WorkerError {
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
     let credential = AttachToken::new(&config.token)?;
     let coordinators = Arc::new(Coordinators::new(&config, &credential)?);
-    let registered = coordinators.register(&config).await?;
+    // No coordinator may lead yet (all starting, or standing by and
+    // answering UNAVAILABLE): wait for one, as long as the worker runs.
+    let registered = loop {
+        match coordinators.register(&config).await {
+            Ok(registered) => break registered,
+            Err(WorkerError::Status(status)) if is_transient(&status) => {
+                warn!(%status, "no coordinator leads yet: registering again in a second");
+                tokio::select! {
+                    () = shutdown.cancelled() => return Ok(()),
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+            Err(error) => return Err(error),
+        }
+    };
     info!(worker_id = %registered.worker_id, "registered with the coordinator");
     let heartbeat = Duration::from_millis(u64::from(
         registered.heartbeat_interval_ms.clamp(100, 60_000),

@@ -478,3 +478,42 @@ async fn the_cluster_runs_over_mutual_tls_and_refuses_unknown_workers() {
     cluster.stop().await;
     database.drop_database().await.unwrap();
 }
+
+/// Regression: a worker registered once at start, so one that met no
+/// leading coordinator (all starting, or a standby answering UNAVAILABLE)
+/// exited with an error. It now registers again every second until a
+/// coordinator leads, and then scans.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_waits_for_a_coordinator_to_lead() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let repo = GitRepo::new();
+    repo.write("app.env", format!("{}\n", example("AWS_ACCESS_KEY_ID")));
+    repo.commit_all("init");
+    let id = register(pool, "waited", &repo).await;
+    // Another holder of the leader lock keeps the coordinator standing by.
+    let mut holder = pool.acquire().await.unwrap();
+    sqlx::query("select pg_advisory_lock($1)")
+        .bind(leakscan_coordinator::LEADER_LOCK)
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    let cluster = Cluster::start(pool).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for worker in &cluster.workers {
+        assert!(
+            !worker.is_finished(),
+            "a worker gave up before any coordinator led"
+        );
+    }
+    let _: bool = sqlx::query_scalar("select pg_advisory_unlock($1)")
+        .bind(leakscan_coordinator::LEADER_LOCK)
+        .fetch_one(&mut *holder)
+        .await
+        .unwrap();
+    drop(holder);
+    assert_eq!(cluster.total_rescan(pool).await.state, "done");
+    assert_eq!(stored_findings(pool, id).await, expected_findings(&repo));
+    cluster.stop().await;
+    database.drop_database().await.unwrap();
+}
