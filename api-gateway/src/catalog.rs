@@ -91,6 +91,9 @@ pub async fn list_repositories(
             .await
             .is_ok()
     {
+        for repository in &mut page.values {
+            repository.clone_url = displayed_clone_url(&repository.clone_url);
+        }
         return Ok(Json(page));
     }
     for repository in &mut page.values {
@@ -105,9 +108,33 @@ pub async fn list_repositories(
             .is_err()
         {
             repository.clone_url.clear();
+        } else {
+            repository.clone_url = displayed_clone_url(&repository.clone_url);
         }
     }
     Ok(Json(page))
+}
+
+/// A clone URL as its administrators see it: a password inside it (kept by
+/// repositories registered before credentials were refused there) shows as
+/// `***`; a login name alone (`ssh://git@…`) stays.
+fn displayed_clone_url(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (authority, path) = rest.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => {
+            let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
+            if userinfo.contains(':') {
+                format!("{scheme}://{user}:***@{host}{path}")
+            } else {
+                url.to_string()
+            }
+        }
+        None => url.to_string(),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -254,6 +281,8 @@ fn clone_links(clone_url: &str) -> serde_json::Value {
             .rsplit_once('@')
             .map_or(authority, |(_, host)| host);
         json!([{"href": format!("{scheme}://{host}{path}"), "name": "http"}])
+    } else if lower.starts_with("ssh://") {
+        json!([{"href": displayed_clone_url(clone_url), "name": "ssh"}])
     } else if lower.starts_with("file://") {
         json!([{"href": clone_url, "name": "file"}])
     } else if clone_url.starts_with('/') {
@@ -514,6 +543,27 @@ mod tests {
                 ("main".into(), "1111".into())
             ]
         );
+    }
+
+    #[test]
+    fn passwords_in_clone_urls_are_never_shown() {
+        assert_eq!(
+            displayed_clone_url("https://bob:hunter2@git.example.com/scm/p/r.git"),
+            "https://bob:***@git.example.com/scm/p/r.git"
+        );
+        assert_eq!(
+            displayed_clone_url("ssh://git@git.example.com:7999/p/r.git"),
+            "ssh://git@git.example.com:7999/p/r.git"
+        );
+        assert_eq!(displayed_clone_url("/srv/git/p/r.git"), "/srv/git/p/r.git");
+        let links = clone_links("https://bob:hunter2@git.example.com/r.git").to_string();
+        assert!(
+            !links.contains("hunter2") && !links.contains("bob"),
+            "{links}"
+        );
+        let links = clone_links("ssh://git@git.example.com:7999/p/r.git");
+        assert_eq!(links[0]["name"], "ssh");
+        assert_eq!(links[0]["href"], "ssh://git@git.example.com:7999/p/r.git");
     }
 
     #[test]

@@ -847,3 +847,40 @@ async fn the_rescan_schedule_is_set_shown_and_removed() {
     fixture.expect("DELETE", path, admin, None, 404).await;
     fixture.finish().await;
 }
+
+/// Regression (issue 13): a repository registered before credentials were
+/// refused in clone URLs showed its password to its administrators in
+/// `cloneUrl`. It now shows `***` in its place.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_left_in_an_old_clone_url_is_never_shown() {
+    let fixture = Fixture::new().await;
+    leakscan_store::catalog::upsert_repository(
+        &fixture.database.pool,
+        "PROJ",
+        "legacy",
+        "https://bob:hunter2@git.example.com/scm/p/legacy.git",
+    )
+    .await
+    .unwrap();
+    let page = fixture
+        .expect(
+            "GET",
+            "/rest/api/latest/projects/PROJ/repos?limit=1000",
+            Some(ADMIN.0),
+            None,
+            200,
+        )
+        .await;
+    let legacy = page["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|repository| repository["slug"] == "legacy")
+        .unwrap();
+    assert_eq!(
+        legacy["cloneUrl"],
+        "https://bob:***@git.example.com/scm/p/legacy.git"
+    );
+    assert!(!page.to_string().contains("hunter2"), "{page}");
+    fixture.finish().await;
+}
