@@ -16,7 +16,7 @@ use leakscan_store::{
 };
 use leakscan_testkit::{PrivatePostgres, PrivateRedis};
 use leakscan_tests::{
-    address_in, branches, generate_repository, keys, leakscan_scan, wait_until, Api, Process,
+    address_in, branches, generate_repository, git, keys, leakscan_scan, wait_until, Api, Process,
 };
 use serde_json::{json, Value};
 
@@ -645,20 +645,6 @@ fn the_cluster_scans_survives_a_killed_worker_and_stops_when_cancelled() {
     phase("all checked");
     drop(cluster);
     runtime.block_on(database.drop_database()).unwrap();
-}
-
-/// Runs git in `dir` with a fixed identity.
-fn git(dir: &Path, args: &[&str]) {
-    let status = std::process::Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Dev Example")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
-        .env("GIT_COMMITTER_NAME", "Dev Example")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
-        .status()
-        .unwrap();
-    assert!(status.success(), "git {args:?}");
 }
 
 fn write_file(dir: &Path, path: &str, content: &str) {

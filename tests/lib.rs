@@ -266,3 +266,23 @@ pub fn leakscan_scan(repository: &Path, branch: &str) -> BTreeSet<FindingKey> {
     let report: Value = serde_json::from_slice(&output.stdout).expect("JSON report");
     keys(report.as_array().expect("a JSON array of findings"))
 }
+
+/// Runs git in `dir` as a fixed author and committer; panics with git's
+/// message if it fails. Returns what git printed, trimmed.
+pub fn git(dir: &Path, args: &[&str]) -> String {
+    let output = Command::new("git")
+        .args(args)
+        .current_dir(dir)
+        .env("GIT_AUTHOR_NAME", "Dev Example")
+        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
+        .env("GIT_COMMITTER_NAME", "Dev Example")
+        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).trim().to_string()
+}

@@ -14,7 +14,7 @@ use leakscan_store::{
     secrets::MasterKey,
     testing::{redis_url, unique_name, TestDatabase},
 };
-use leakscan_tests::{address_in, bin, Api, Process};
+use leakscan_tests::{address_in, bin, git, Api, Process};
 use serde_json::{json, Value};
 
 const ADMIN: (&str, &str) = ("admin", "hook-admin-password");
@@ -33,24 +33,6 @@ fn fake_key(index: u32) -> String {
         })
         .collect();
     format!("AKIA{body}")
-}
-
-fn git(dir: &Path, args: &[&str]) -> String {
-    let output = Command::new("git")
-        .args(args)
-        .current_dir(dir)
-        .env("GIT_AUTHOR_NAME", "Dev Example")
-        .env("GIT_AUTHOR_EMAIL", "dev@example.com")
-        .env("GIT_COMMITTER_NAME", "Dev Example")
-        .env("GIT_COMMITTER_EMAIL", "dev@example.com")
-        .output()
-        .unwrap();
-    assert!(
-        output.status.success(),
-        "git {args:?}: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8_lossy(&output.stdout).trim().to_string()
 }
 
 /// A developer's clone and the repository under the root it pushes to.

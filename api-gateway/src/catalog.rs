@@ -119,21 +119,15 @@ pub async fn list_repositories(
 /// repositories registered before credentials were refused there) shows as
 /// `***`; a login name alone (`ssh://git@…`) stays.
 fn displayed_clone_url(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
+    let Some((scheme, after)) = url.split_once("://") else {
         return url.to_string();
     };
-    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let (authority, path) = rest.split_at(end);
-    match authority.rsplit_once('@') {
-        Some((userinfo, host)) => {
+    match leakscan_store::catalog::split_authority(after) {
+        (Some(userinfo), host, path) if userinfo.contains(':') => {
             let user = userinfo.split_once(':').map_or(userinfo, |(user, _)| user);
-            if userinfo.contains(':') {
-                format!("{scheme}://{user}:***@{host}{path}")
-            } else {
-                url.to_string()
-            }
+            format!("{scheme}://{user}:***@{host}{path}")
         }
-        None => url.to_string(),
+        _ => url.to_string(),
     }
 }
 
@@ -274,12 +268,8 @@ fn clone_links(clone_url: &str) -> serde_json::Value {
     use serde_json::json;
     let lower = clone_url.to_ascii_lowercase();
     if lower.starts_with("http://") || lower.starts_with("https://") {
-        let (scheme, rest) = clone_url.split_once("://").unwrap_or(("https", clone_url));
-        let authority_end = rest.find('/').unwrap_or(rest.len());
-        let (authority, path) = rest.split_at(authority_end);
-        let host = authority
-            .rsplit_once('@')
-            .map_or(authority, |(_, host)| host);
+        let (scheme, after) = clone_url.split_once("://").unwrap_or(("https", clone_url));
+        let (_, host, path) = leakscan_store::catalog::split_authority(after);
         json!([{"href": format!("{scheme}://{host}{path}"), "name": "http"}])
     } else if lower.starts_with("ssh://") {
         json!([{"href": displayed_clone_url(clone_url), "name": "ssh"}])

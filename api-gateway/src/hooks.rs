@@ -598,8 +598,7 @@ pub async fn hook_push(
             .map_err(leakscan_store::StoreError::from)?;
         for &index in &unreviewed {
             let finding = &report.findings[index];
-            let fingerprint = leakscan_engine::Secret::new(finding.secret.as_bytes())
-                .fingerprint(secrets.fingerprint_key(), &finding.rule_id);
+            let fingerprint = secrets.fingerprint(&finding.rule_id, finding.secret.as_bytes());
             audit::record(&mut transaction, &actor, "hook.bypass", &target, &json!({
                 "ref": report.ref_name, "commit": finding.commit, "path": finding.path,
                 "line": finding.line, "rule": finding.rule_id, "fingerprint": fingerprint, "reason": reason,
@@ -658,7 +657,7 @@ pub async fn hook_push(
             branch,
         };
         Some(
-            crate::scans::start_job_as(&state, &actor, scope)
+            crate::scans::start_job(&state, &actor, scope, Vec::new())
                 .await?
                 .scan_key,
         )

@@ -120,25 +120,7 @@ fn emails(query: &HashMap<String, Vec<String>>) -> Result<Vec<String>, ApiError>
 /// Records a queued job and puts it on the stream. PostgreSQL is the
 /// source of truth: if Redis does not take the entry, the coordinator's
 /// reconciliation still runs the job, so the request succeeds.
-async fn start_job(
-    state: &AppState,
-    caller: &Caller,
-    scope: JobScope,
-    emails: Vec<String>,
-) -> Result<Job, ApiError> {
-    start_job_with_emails(state, &caller.0.name, scope, emails).await
-}
-
-/// [`start_job`] on behalf of `requested_by` (an installed hook's pusher).
-pub(crate) async fn start_job_as(
-    state: &AppState,
-    requested_by: &str,
-    scope: JobScope,
-) -> Result<Job, ApiError> {
-    start_job_with_emails(state, requested_by, scope, Vec::new()).await
-}
-
-async fn start_job_with_emails(
+pub(crate) async fn start_job(
     state: &AppState,
     requested_by: &str,
     scope: JobScope,
@@ -160,7 +142,7 @@ pub async fn total_rescan(
     caller.require_security()?;
     let emails = emails(&query_values(&query))?;
     Ok(Json(
-        start_job(&state, &caller, JobScope::Total, emails)
+        start_job(&state, &caller.0.name, JobScope::Total, emails)
             .await?
             .into(),
     ))
@@ -178,7 +160,9 @@ pub async fn project_rescan(
     let emails = emails(&query_values(&query))?;
     let scope = JobScope::Project { project_key };
     Ok(Json(
-        start_job(&state, &caller, scope, emails).await?.into(),
+        start_job(&state, &caller.0.name, scope, emails)
+            .await?
+            .into(),
     ))
 }
 
@@ -194,7 +178,9 @@ pub async fn repository_rescan(
         slug: repository.slug,
     };
     Ok(Json(
-        start_job(&state, &caller, scope, emails).await?.into(),
+        start_job(&state, &caller.0.name, scope, emails)
+            .await?
+            .into(),
     ))
 }
 
@@ -246,7 +232,7 @@ async fn start_branch_job(
         slug: repository.slug.clone(),
         branch: branch.to_string(),
     };
-    start_job(state, caller, scope, emails).await
+    start_job(state, &caller.0.name, scope, emails).await
 }
 
 #[derive(Debug, Serialize)]

@@ -355,22 +355,48 @@ fn quarantine_dirs() -> Vec<PathBuf> {
     dirs
 }
 
-/// Whether each commit's message carries [`SKIP_MARKER`] (read with git,
-/// which sees the quarantine through the environment it was given).
+/// Whether each commit's message carries [`SKIP_MARKER`], read with one
+/// `git log` (which sees the quarantine through the environment it was
+/// given). A commit git cannot read counts as unmarked.
 fn skip_marked(git_dir: &std::path::Path, commits: &[&str]) -> HashMap<String, bool> {
-    commits
-        .iter()
-        .map(|commit| {
-            let marked = std::process::Command::new("git")
-                .arg("--git-dir")
-                .arg(git_dir)
-                .args(["show", "-s", "--format=%B", commit])
-                .output()
-                .map(|output| String::from_utf8_lossy(&output.stdout).contains(SKIP_MARKER))
-                .unwrap_or(false);
-            (commit.to_string(), marked)
-        })
-        .collect()
+    let mut marked: HashMap<String, bool> =
+        commits.iter().map(|c| (c.to_string(), false)).collect();
+    if commits.is_empty() {
+        return marked;
+    }
+    let child = std::process::Command::new("git")
+        .arg("--git-dir")
+        .arg(git_dir)
+        .args([
+            "log",
+            "--no-walk=unsorted",
+            "--stdin",
+            "-z",
+            "--format=%H%n%B",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+    let Ok(mut child) = child else { return marked };
+    if let Some(mut stdin) = child.stdin.take() {
+        use std::io::Write as _;
+        let list: String = commits.iter().map(|c| format!("{c}\n")).collect();
+        // The writer is dropped at the end of this block, closing git's stdin.
+        let _ = stdin.write_all(list.as_bytes());
+    }
+    let Ok(output) = child.wait_with_output() else {
+        return marked;
+    };
+    for record in output.stdout.split(|&byte| byte == 0) {
+        let record = String::from_utf8_lossy(record);
+        if let Some((commit, message)) = record.split_once('\n') {
+            if let Some(flag) = marked.get_mut(commit.trim()) {
+                *flag = message.contains(SKIP_MARKER);
+            }
+        }
+    }
+    marked
 }
 
 fn short(commit: &str) -> &str {

@@ -114,6 +114,21 @@ pub fn validate_slug(slug: &str) -> Result<()> {
     }
 }
 
+/// What follows a URL's `scheme://`, split: the user information (before
+/// the authority's last `@`) if any, the host with its port, and the rest.
+/// The authority ends at the first of `/ ? #` or whitespace, so this also
+/// reads URLs quoted inside a longer text (git's error messages).
+pub fn split_authority(after_scheme: &str) -> (Option<&str>, &str, &str) {
+    let end = after_scheme
+        .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
+        .unwrap_or(after_scheme.len());
+    let (authority, rest) = after_scheme.split_at(end);
+    match authority.rsplit_once('@') {
+        Some((userinfo, host)) => (Some(userinfo), host, rest),
+        None => (None, authority, rest),
+    }
+}
+
 /// The project with this key.
 pub async fn find_project(pool: &PgPool, key: &str) -> Result<Option<Project>> {
     Ok(
@@ -352,6 +367,23 @@ pub async fn list_visible_repositories(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authorities_split_at_the_last_at_sign() {
+        assert_eq!(
+            split_authority("u:p@ss@host.example:8443/scm/r.git"),
+            (Some("u:p@ss"), "host.example:8443", "/scm/r.git")
+        );
+        assert_eq!(
+            split_authority("host.example?x=1"),
+            (None, "host.example", "?x=1")
+        );
+        assert_eq!(
+            split_authority("git@host rest"),
+            (Some("git"), "host", " rest")
+        );
+        assert_eq!(split_authority(""), (None, "", ""));
+    }
 
     #[test]
     fn branch_names_follow_git_ref_rules() {

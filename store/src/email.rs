@@ -100,17 +100,6 @@ pub async fn new_findings(
     job: &Job,
     limit: i64,
 ) -> Result<(Vec<(String, i64)>, Vec<NewFinding>)> {
-    let counts: Vec<(String, i64)> = sqlx::query_as(
-        "select f.severity, count(distinct f.id) from findings f
-         join finding_branches fb on fb.finding_id = f.id
-         join scan_tasks t on t.id = fb.task_id
-         where t.job_id = $1 and f.scan_date >= $2
-         group by f.severity",
-    )
-    .bind(job.id)
-    .bind(job.created_at)
-    .fetch_all(pool)
-    .await?;
     let listed: Vec<NewFinding> = sqlx::query_as(
         "select distinct on (f.id) p.key as project_key, r.slug, fb.branch, f.path, f.line, f.rule_name,
                 f.severity, f.redacted
@@ -138,6 +127,15 @@ pub async fn new_findings(
             (&a.project_key, &a.slug, &a.path).cmp(&(&b.project_key, &b.slug, &b.path))
         })
     });
+    // Counted over the whole list before it is cut to `limit`; sorted by
+    // severity, so equal severities are neighbours.
+    let mut counts: Vec<(String, i64)> = Vec::new();
+    for finding in &listed {
+        match counts.last_mut() {
+            Some((severity, count)) if *severity == finding.severity => *count += 1,
+            _ => counts.push((finding.severity.clone(), 1)),
+        }
+    }
     listed.truncate(limit.max(0) as usize);
     Ok((counts, listed))
 }

@@ -309,20 +309,12 @@ pub fn safe_error(error: &str) -> String {
     while let Some(at) = rest.find("://") {
         let (before, after) = rest.split_at(at + 3);
         safe.push_str(before);
-        // The authority ends at the first of / ? # or whitespace; userinfo
-        // is what precedes its last @.
-        let end = after
-            .find(|c: char| matches!(c, '/' | '?' | '#') || c.is_whitespace())
-            .unwrap_or(after.len());
-        let authority = &after[..end];
-        match authority.rfind('@') {
-            Some(at) => {
-                safe.push_str("***");
-                safe.push_str(&authority[at..]);
-            }
-            None => safe.push_str(authority),
+        let (userinfo, host, after_authority) = crate::catalog::split_authority(after);
+        if userinfo.is_some() {
+            safe.push_str("***@");
         }
-        rest = &after[end..];
+        safe.push_str(host);
+        rest = after_authority;
     }
     safe.push_str(rest);
     safe.chars()
