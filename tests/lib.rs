@@ -60,6 +60,21 @@ impl Process {
         log: PathBuf,
         ready_marker: &str,
     ) -> (Process, String) {
+        let (process, mut lines) = Process::start_lines(name, binary, args, env, log, ready_marker);
+        let line = lines.pop().expect("the ready line");
+        (process, line)
+    }
+
+    /// As [`Process::start`], returning every stdout line up to and with
+    /// the ready line.
+    pub fn start_lines(
+        name: &str,
+        binary: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+        log: PathBuf,
+        ready_marker: &str,
+    ) -> (Process, Vec<String>) {
         let log_file = std::fs::File::create(&log).expect("log file");
         let mut child = Command::new(bin(binary))
             .args(args)
@@ -85,11 +100,15 @@ impl Process {
             child,
             log,
         };
+        let mut seen = Vec::new();
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match received.recv_timeout(left) {
-                Ok(line) if line.contains(ready_marker) => return (process, line),
-                Ok(_) => {}
+                Ok(line) if line.contains(ready_marker) => {
+                    seen.push(line);
+                    return (process, seen);
+                }
+                Ok(line) => seen.push(line),
                 Err(_) => panic!(
                     "{name} did not print {ready_marker:?}; its log:\n{}",
                     process.log_text()
@@ -106,6 +125,29 @@ impl Process {
     pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+
+    /// SIGTERM (what Kubernetes sends first), without waiting.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "kill -TERM {}", self.child.id());
+    }
+
+    /// The exit status, once the process ended within `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 }
 
@@ -285,4 +327,31 @@ pub fn git(dir: &Path, args: &[&str]) -> String {
         String::from_utf8_lossy(&output.stderr)
     );
     String::from_utf8_lossy(&output.stdout).trim().to_string()
+}
+
+/// GETs `url` without credentials: status and body.
+pub fn get_plain(url: &str) -> (u16, String) {
+    match ureq::get(url).timeout(Duration::from_secs(30)).call() {
+        Ok(answer) => (answer.status(), answer.into_string().unwrap_or_default()),
+        Err(ureq::Error::Status(code, answer)) => (code, answer.into_string().unwrap_or_default()),
+        Err(error) => panic!("GET {url}: {error}"),
+    }
+}
+
+/// GETs `url` without credentials and reads the JSON it answers.
+pub fn get_json(url: &str) -> Value {
+    let (status, body) = get_plain(url);
+    serde_json::from_str(&body)
+        .unwrap_or_else(|error| panic!("GET {url} ({status}): {error}: {body}"))
+}
+
+/// Prometheus text as `name{labels}` → value (comments skipped).
+pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
+    text.lines()
+        .filter(|line| !line.starts_with('#') && !line.trim().is_empty())
+        .filter_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            Some((series.to_string(), value.parse().ok()?))
+        })
+        .collect()
 }

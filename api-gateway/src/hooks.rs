@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use tracing::{info, warn};
 
+use crate::metrics::HookResult;
 use crate::{
     auth::Caller,
     error::{ApiError, JsonBody, PathParams as UrlPath},
@@ -664,6 +665,15 @@ pub async fn hook_push(
     } else {
         None
     };
+    state.metrics.hook_report(if report.over_budget {
+        HookResult::OverBudget
+    } else if unreviewed.is_empty() {
+        HookResult::Reviewed
+    } else if report.bypass.is_some() {
+        HookResult::Bypassed
+    } else {
+        HookResult::Open
+    });
     Ok(Json(PushDecision {
         unreviewed,
         scan_key,

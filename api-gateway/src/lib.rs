@@ -15,6 +15,7 @@ pub mod exports;
 pub mod hooks;
 pub mod insights;
 pub mod keys;
+pub mod metrics;
 pub mod openapi;
 pub mod params;
 pub mod policy;
@@ -62,6 +63,9 @@ pub struct GatewayConfig {
     pub export_stall_timeout: std::time::Duration,
     /// How push protection is installed into repositories under the roots.
     pub hook_install: hooks::HookInstall,
+    /// On SIGTERM, how long to go on accepting requests after readiness
+    /// turned 503 (`--shutdown-delay`).
+    pub shutdown_delay: std::time::Duration,
 }
 
 impl GatewayConfig {
@@ -91,11 +95,19 @@ pub struct AppState {
     pub exports: Arc<tokio::sync::Semaphore>,
     /// Open event streams per user.
     pub event_streams: Arc<scans::StreamCounts>,
+    /// Cancelled once the gateway drains (SIGTERM): `/health/ready`
+    /// answers 503 and event streams end.
+    pub draining: CancellationToken,
+    pub metrics: Arc<metrics::GatewayMetrics>,
+    /// What `/metrics` is written from.
+    pub metrics_text: leakscan_service::ops::Metrics,
     secrets: tokio::sync::OnceCell<Arc<leakscan_store::secrets::SecretBox>>,
 }
 
 impl AppState {
     pub fn new(pool: PgPool, queue: JobQueue, config: GatewayConfig) -> AppState {
+        let metrics = Arc::new(metrics::GatewayMetrics::default());
+        let metrics_text = leakscan_service::ops::Metrics::new(metrics.registry(), "gateway", None);
         AppState {
             pool,
             queue,
@@ -105,6 +117,9 @@ impl AppState {
             migrated: AtomicBool::new(false),
             exports: Arc::new(tokio::sync::Semaphore::new(exports::MAX_CONCURRENT_EXPORTS)),
             event_streams: Arc::default(),
+            draining: CancellationToken::new(),
+            metrics,
+            metrics_text,
             secrets: tokio::sync::OnceCell::new(),
         }
     }
@@ -145,8 +160,23 @@ pub fn app(state: Arc<AppState>) -> Router {
         Router::new().nest(context_path, api).fallback(not_found)
     };
     app.layer(axum::middleware::from_fn(xsrf))
+        .layer(axum::middleware::from_fn_with_state(state, count_request))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(guard))
+}
+
+/// Counts each answer in `leakscan_http_requests_total`.
+async fn count_request(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    let method = request.method().clone();
+    let response = next.run(request).await;
+    state
+        .metrics
+        .request(method.as_str(), response.status().as_u16());
+    response
 }
 
 /// The largest request body (JSON, CSV imports): larger answers 413.
@@ -256,46 +286,61 @@ pub(crate) async fn live() -> Json<serde_json::Value> {
     Json(json!({"status": "UP"}))
 }
 
-/// Ready once the migrations ran and PostgreSQL and Redis answer.
-pub(crate) async fn ready(
-    State(state): State<Arc<AppState>>,
-) -> (StatusCode, Json<serde_json::Value>) {
+/// Ready once the migrations ran and PostgreSQL and Redis answer, until
+/// the gateway drains.
+pub(crate) async fn ready(State(state): State<Arc<AppState>>) -> axum::response::Response {
     let migrated = state.migrated.load(Ordering::SeqCst);
     let postgres = sqlx::query_scalar::<_, i32>("select 1")
         .fetch_one(&state.pool)
         .await
         .is_ok();
     let redis = state.queue.ping().await.is_ok();
-    let up = migrated && postgres && redis;
-    (
-        if up {
-            StatusCode::OK
-        } else {
-            StatusCode::SERVICE_UNAVAILABLE
-        },
-        Json(json!({
-            "status": if up { "UP" } else { "DOWN" },
+    let draining = state.draining.is_cancelled();
+    leakscan_service::ops::ready_response(
+        migrated && postgres && redis && !draining,
+        json!({
             "migrations": migrated,
             "postgres": postgres,
             "redis": redis,
-        })),
+            "draining": draining,
+        }),
     )
 }
 
 /// Serves the API on `listener` until `shutdown`. The caller has run the
-/// migrations (and set `state.migrated`).
+/// migrations (and set `state.migrated`). On `shutdown` the gateway
+/// drains: `/health/ready` answers 503 and event streams end at once; it
+/// goes on accepting requests for `config.shutdown_delay` (while a load
+/// balancer takes it out), then stops accepting and finishes the requests
+/// in flight.
 pub async fn run(
     state: Arc<AppState>,
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    let stop_accepting = CancellationToken::new();
+    let drain = tokio::spawn({
+        let (state, stop_accepting) = (Arc::clone(&state), stop_accepting.clone());
+        async move {
+            shutdown.cancelled().await;
+            state.draining.cancel();
+            tracing::info!(
+                delay_secs = state.config.shutdown_delay.as_secs_f64(),
+                "draining: readiness answers 503"
+            );
+            tokio::time::sleep(state.config.shutdown_delay).await;
+            stop_accepting.cancel();
+        }
+    });
     // The client's address throttles failed sign-ins from it.
-    axum::serve(
+    let served = axum::serve(
         listener,
         app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
     )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await
+    .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
+    .await;
+    drain.abort();
+    served
 }
 
 /// Everything the gateway does before it serves: migrations, the bootstrap

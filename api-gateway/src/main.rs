@@ -58,6 +58,10 @@ struct Args {
     /// address).
     #[arg(long, env = "LEAKSCAN_PUBLIC_URL")]
     public_url: Option<String>,
+    /// On SIGTERM: seconds to go on accepting requests after /health/ready turned 503 (while a
+    /// load balancer takes the gateway out), before in-flight requests are finished and it exits.
+    #[arg(long, env = "LEAKSCAN_SHUTDOWN_DELAY", default_value_t = 0)]
+    shutdown_delay: u64,
     /// The master key is needed to import reviews (calls that need it
     /// answer 503 without).
     #[command(flatten)]
@@ -95,6 +99,7 @@ async fn main() -> anyhow::Result<()> {
         git_credentials: args.clone_sources.git_credentials_file,
         export_stall_timeout: leakscan_gateway::exports::STALLED_CLIENT,
         hook_install,
+        shutdown_delay: std::time::Duration::from_secs(args.shutdown_delay),
     };
     let admin = args.admin_user.zip(args.admin_password);
     let state = leakscan_gateway::prepare(pool, queue, config, admin).await?;

@@ -205,6 +205,7 @@ pub fn routes() -> Vec<Route> {
     let mut routes = vec![
         get("/health/live", Public, "Liveness", crate::live),
         get("/health/ready", Public, "Readiness: migrations ran, PostgreSQL and Redis answer", crate::ready),
+        get("/metrics", Public, "Metrics in Prometheus (OpenMetrics) text", crate::metrics::metrics),
         get("/rest/openapi.json", Public, "This API's OpenAPI 3 document", openapi::document),
         // Catalog
         get("/rest/api/latest/projects", User, "Projects the caller may read", catalog::list_projects).query(PAGE),

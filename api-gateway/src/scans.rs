@@ -571,6 +571,9 @@ pub async fn job_events(
             }
         },
     );
+    // A draining gateway ends its streams, so its shutdown is not held up
+    // by dashboards that never close them (clients reconnect elsewhere).
+    let stream = futures::StreamExt::take_until(stream, state.draining.clone().cancelled_owned());
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }
 

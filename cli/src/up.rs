@@ -104,6 +104,7 @@ async fn up(args: UpArgs) -> Result<()> {
         export_stall_timeout: leakscan_gateway::exports::STALLED_CLIENT,
         // Hooks run this very executable.
         hook_install: leakscan_gateway::hooks::HookInstall::new(None, None, args.listen, ""),
+        shutdown_delay: std::time::Duration::ZERO,
     };
     let state = leakscan_gateway::prepare(
         pool.clone(),
@@ -165,6 +166,9 @@ async fn up(args: UpArgs) -> Result<()> {
             git_credentials: args.clone_sources.git_credentials_file.clone(),
             // In one process, on loopback.
             tls: None,
+            // The whole cluster stops at once: hand running tasks back
+            // (they are queued again in PostgreSQL for the next start).
+            drain_timeout: std::time::Duration::ZERO,
         };
         worker_handles.push(tokio::spawn(leakscan_worker::run(config, shutdown.clone())));
     }

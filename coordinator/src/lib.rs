@@ -14,6 +14,8 @@
 //! coordinator on port 0 with a fresh database.
 
 pub mod mail;
+pub mod metrics;
+pub use metrics::ops_router;
 
 use std::{
     collections::HashMap,
@@ -148,12 +150,14 @@ impl Default for CoordinatorConfig {
     }
 }
 
-/// What tests and health checks can see of a running coordinator.
+/// What tests, health checks and `/metrics` can see of a running
+/// coordinator.
 #[derive(Default)]
 pub struct CoordinatorState {
     leader: AtomicBool,
     leaderships: AtomicU64,
     jobs_expanded: AtomicU64,
+    pub(crate) metrics: metrics::CoordinatorMetrics,
 }
 
 impl CoordinatorState {
@@ -373,6 +377,7 @@ async fn lead(
     let expiry = tokio::spawn(expire_leases(
         config.clone(),
         pool.clone(),
+        Arc::clone(state),
         Arc::clone(&work_available),
         background.clone(),
     ));
@@ -383,10 +388,14 @@ async fn lead(
         Arc::clone(&work_available),
         background.clone(),
     ));
-    let mailer = config
-        .mail
-        .clone()
-        .map(|mail| tokio::spawn(mail::deliver(mail, pool.clone(), background.clone())));
+    let mailer = config.mail.clone().map(|mail| {
+        tokio::spawn(mail::deliver(
+            mail,
+            pool.clone(),
+            Arc::clone(state),
+            background.clone(),
+        ))
+    });
     let scheduler = tokio::spawn(run_schedule(
         config.schedule_interval,
         pool.clone(),
@@ -402,6 +411,7 @@ async fn lead(
         pool: pool.clone(),
         workers: Mutex::new(HashMap::new()),
         work_available,
+        state: Arc::clone(state),
     };
     let mut server = tonic::transport::Server::builder();
     if let Some(tls) = &config.tls {
@@ -543,6 +553,7 @@ async fn consume_stream(
 async fn expire_leases(
     config: CoordinatorConfig,
     pool: PgPool,
+    state: Arc<CoordinatorState>,
     work_available: Arc<Notify>,
     stop: CancellationToken,
 ) {
@@ -555,6 +566,10 @@ async fn expire_leases(
             Ok(expired) if !expired.is_empty() => {
                 for (task, outcome) in &expired {
                     warn!(task_id = task.0, ?outcome, "scan task lease expired");
+                    state.metrics.lease_expirations.inc();
+                    if *outcome == tasks::AfterFailure::Requeue {
+                        state.metrics.retries.inc();
+                    }
                 }
                 work_available.notify_waiters();
             }
@@ -571,6 +586,7 @@ struct CoordinatorService {
     /// Registered workers and their slots.
     workers: Mutex<HashMap<String, u32>>,
     work_available: Arc<Notify>,
+    state: Arc<CoordinatorState>,
 }
 
 fn status(error: StoreError) -> Status {
@@ -741,6 +757,11 @@ impl Coordinator for CoordinatorService {
             .map_err(status)?;
             if let Some(leased) = leased {
                 info!(task_id = leased.task_id.0, worker = %request.worker_id, "scan task leased");
+                let counted = &self.state.metrics;
+                counted.leases.inc();
+                if leased.attempts == 1 {
+                    counted.queue_wait.observe(leased.queued_seconds);
+                }
                 let mut spec = policy::base_policy(&self.pool, leased.repository_id)
                     .await
                     .map_err(status)?;
@@ -835,6 +856,7 @@ impl Coordinator for CoordinatorService {
         )
         .await
         .map_err(status)?;
+        self.state.metrics.findings.inc_by(recorded);
         Ok(Response::new(SendFindingsResponse { recorded }))
     }
 
@@ -844,16 +866,21 @@ impl Coordinator for CoordinatorService {
     ) -> Result<Response<CompleteTaskResponse>, Status> {
         let request = request.into_inner();
         let task = parse_task_id(&request.task_id)?;
+        let progress = request.progress.unwrap_or_default();
         let completion = tasks::Completion {
-            blobs_read: task_progress(request.progress.as_ref()).blobs_read,
+            blobs_read: task_progress(Some(&progress)).blobs_read,
             head_commit: request.head_commit,
             policy_digest: request.policy_digest,
             base_digest: request.base_digest,
             full_scan: request.full_scan,
         };
-        tasks::complete_task(&self.pool, task, &request.lease_id, &completion)
+        let leased_ms = tasks::complete_task(&self.pool, task, &request.lease_id, &completion)
             .await
             .map_err(status)?;
+        let counted = &self.state.metrics;
+        counted.task_duration.observe(leased_ms as f64 / 1000.0);
+        counted.blobs_scanned.inc_by(progress.blobs_done);
+        counted.bytes_scanned.inc_by(progress.bytes_scanned);
         self.work_available.notify_waiters();
         Ok(Response::new(CompleteTaskResponse {}))
     }
@@ -875,6 +902,9 @@ impl Coordinator for CoordinatorService {
         .await
         .map_err(status)?;
         warn!(task_id = task.0, ?outcome, "scan task attempt failed");
+        if outcome == tasks::AfterFailure::Requeue {
+            self.state.metrics.retries.inc();
+        }
         self.work_available.notify_waiters();
         Ok(Response::new(FailTaskResponse {}))
     }

@@ -88,7 +88,12 @@ pub fn backoff(attempts: i32) -> Duration {
 }
 
 /// Delivers due messages while leading.
-pub async fn deliver(config: MailConfig, pool: PgPool, stop: CancellationToken) {
+pub async fn deliver(
+    config: MailConfig,
+    pool: PgPool,
+    state: std::sync::Arc<crate::CoordinatorState>,
+    stop: CancellationToken,
+) {
     let transport = match AsyncSmtpTransport::<Tokio1Executor>::from_url(&config.smtp_url) {
         Ok(builder) => builder.timeout(Some(Duration::from_secs(60))).build(),
         Err(error) => {
@@ -120,11 +125,21 @@ pub async fn deliver(config: MailConfig, pool: PgPool, stop: CancellationToken) 
             let recorded = match result {
                 Ok(()) => {
                     info!(outbox = id, scan_key = %claimed.job.scan_key, "job summary e-mailed");
+                    state
+                        .metrics
+                        .emails
+                        .get_or_create(&vec![("result", "sent".into())])
+                        .inc();
                     claimed.sent().await
                 }
                 Err(error) => {
                     let delay = backoff(claimed.attempts);
                     warn!(outbox = id, %address, %error, retry_in_s = delay.as_secs(), "e-mail not sent");
+                    state
+                        .metrics
+                        .emails
+                        .get_or_create(&vec![("result", "failed".into())])
+                        .inc();
                     claimed.failed(&error, delay).await
                 }
             };

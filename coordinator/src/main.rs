@@ -55,6 +55,10 @@ struct Args {
     /// This replica's name in the job stream's consumer group.
     #[arg(long, env = "LEAKSCAN_CONSUMER_NAME")]
     consumer_name: Option<String>,
+    /// Where to serve /health/live, /health/ready (200 only on the leader), /metrics and
+    /// /scaling (e.g. 0.0.0.0:7992); not served without.
+    #[arg(long, env = "LEAKSCAN_OPS_LISTEN")]
+    ops_listen: Option<SocketAddr>,
     /// Database connections.
     #[arg(long, env = "LEAKSCAN_DB_POOL_SIZE", default_value_t = 16)]
     db_pool_size: u32,
@@ -137,19 +141,29 @@ async fn main() -> anyhow::Result<()> {
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(leakscan_service::cancel_on_signal(shutdown.clone()));
+    let state = Arc::new(CoordinatorState::default());
+    let ops_stop = CancellationToken::new();
+    if let Some(address) = args.ops_listen {
+        let ops_listener = leakscan_service::ops::bind(address).await?;
+        println!(
+            "leakscan-coordinator operations endpoints on {}",
+            ops_listener.local_addr()?
+        );
+        let router =
+            leakscan_coordinator::ops_router(Arc::clone(&state), pool.clone(), queue.clone());
+        tokio::spawn(leakscan_service::ops::serve(
+            ops_listener,
+            router,
+            ops_stop.clone(),
+        ));
+    }
     println!(
         "leakscan-coordinator listening on {}",
         listener.local_addr()?
     );
-    leakscan_coordinator::run(
-        config,
-        pool,
-        queue,
-        secrets,
-        listener,
-        Arc::new(CoordinatorState::default()),
-        shutdown,
-    )
-    .await?;
+    let ran =
+        leakscan_coordinator::run(config, pool, queue, secrets, listener, state, shutdown).await;
+    ops_stop.cancel();
+    ran?;
     Ok(())
 }

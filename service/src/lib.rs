@@ -5,6 +5,9 @@
 //! - [`cancel_on_signal`]: turns SIGINT/SIGTERM into a cancelled
 //!   [`CancellationToken`], the root of each binary's graceful shutdown.
 //! - [`MasterKeyArgs`]: the `--master-key` / `--master-key-file` flags.
+//! - [`ops`]: the health probes and `/metrics`.
+
+pub mod ops;
 
 use std::path::PathBuf;
 

@@ -235,6 +235,13 @@ impl JobQueue {
 
     /// Entries waiting to be read or acknowledged (the autoscaling signal).
     pub async fn depth(&self) -> Result<u64> {
+        let (lag, pending) = self.stream_stats().await?;
+        Ok(lag + pending)
+    }
+
+    /// The consumer group's lag (entries no coordinator has read yet) and
+    /// its pending entries (read, not yet acknowledged).
+    pub async fn stream_stats(&self) -> Result<(u64, u64)> {
         let mut connection = self.connection.clone();
         let length: u64 = connection.xlen(&self.stream).await?;
         let stream = self.stream.clone();
@@ -256,7 +263,7 @@ impl JobQueue {
                 _ => None,
             })
             .unwrap_or(length);
-        Ok(lag + pending.count() as u64)
+        Ok((lag, pending.count() as u64))
     }
 }
 

@@ -22,7 +22,7 @@ pub struct Parallelism {
 }
 
 /// A task handed to a worker.
-#[derive(Debug, Clone, PartialEq, Eq, FromRow)]
+#[derive(Debug, Clone, PartialEq, FromRow)]
 pub struct LeasedTask {
     pub task_id: TaskId,
     pub lease_id: String,
@@ -37,6 +37,9 @@ pub struct LeasedTask {
     pub last_scanned_digest: Option<String>,
     pub attempts: i32,
     pub lease_expires_at: DateTime<Utc>,
+    /// Seconds from the task's creation to this lease (on a first attempt,
+    /// how long it waited in the queue).
+    pub queued_seconds: f64,
 }
 
 /// What happens to a task whose attempt failed or whose lease expired.
@@ -125,7 +128,8 @@ pub async fn lease_next_task(
              returning t.*
          )
          select l.id as task_id, l.lease_id, l.job_id, j.scan_key, l.repository_id, p.key as project_key,
-                r.slug, r.clone_url, l.branch, b.last_scanned_commit, b.last_scanned_digest, l.attempts, l.lease_expires_at
+                r.slug, r.clone_url, l.branch, b.last_scanned_commit, b.last_scanned_digest, l.attempts, l.lease_expires_at,
+                extract(epoch from now() - l.created_at)::float8 as queued_seconds
          from leased l
          join scan_jobs j on j.id = l.job_id
          join repositories r on r.id = l.repository_id
@@ -215,13 +219,14 @@ pub struct Completion {
 }
 
 /// Marks a task done, records what its branch scan covered, and finishes
-/// the job when it was the last one.
+/// the job when it was the last one. Returns how long the task was leased,
+/// in milliseconds.
 pub async fn complete_task(
     pool: &PgPool,
     task: TaskId,
     lease_id: &str,
     completion: &Completion,
-) -> Result<()> {
+) -> Result<i64> {
     let head_commit = completion.head_commit.as_str();
     let blobs_read = completion.blobs_read;
     let mut transaction = pool.begin().await?;
@@ -268,7 +273,7 @@ pub async fn complete_task(
     .await?;
     settle_job(&mut transaction, job).await?;
     transaction.commit().await?;
-    Ok(())
+    Ok(duration_ms)
 }
 
 /// Records a failed attempt: back to the queue while attempts remain and
@@ -374,6 +379,56 @@ pub async fn expire_leases(
     }
     transaction.commit().await?;
     Ok(outcomes)
+}
+
+/// Jobs and tasks by state, and the ages of the oldest waiting and the
+/// oldest leased task: what the coordinator's `/metrics` and `/scaling`
+/// read at each scrape.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Overview {
+    pub jobs: Vec<(String, i64)>,
+    pub tasks: Vec<(String, i64)>,
+    /// Queued tasks of running jobs: what workers could take now.
+    pub tasks_pending: i64,
+    pub tasks_leased: i64,
+    /// Seconds since the oldest pending task was queued (0 when none).
+    pub oldest_pending_seconds: f64,
+    /// Seconds since the oldest leased task was leased (0 when none).
+    pub oldest_leased_seconds: f64,
+}
+
+/// See [`Overview`]. Counts by state use the tables' state indexes; the
+/// finished states are counted too (they only grow).
+pub async fn overview(pool: &PgPool) -> Result<Overview> {
+    let jobs: Vec<(String, i64)> =
+        sqlx::query_as("select state, count(*) from scan_jobs group by state order by state")
+            .fetch_all(pool)
+            .await?;
+    let tasks: Vec<(String, i64)> =
+        sqlx::query_as("select state, count(*) from scan_tasks group by state order by state")
+            .fetch_all(pool)
+            .await?;
+    let (tasks_pending, oldest_pending_seconds): (i64, f64) = sqlx::query_as(
+        "select count(*), coalesce(extract(epoch from now() - min(t.created_at))::float8, 0)
+         from scan_tasks t join scan_jobs j on j.id = t.job_id
+         where t.state = 'queued' and j.state = 'running'",
+    )
+    .fetch_one(pool)
+    .await?;
+    let (tasks_leased, oldest_leased_seconds): (i64, f64) = sqlx::query_as(
+        "select count(*), coalesce(extract(epoch from now() - min(coalesce(leased_at, now())))::float8, 0)
+         from scan_tasks where state = 'leased'",
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(Overview {
+        jobs,
+        tasks,
+        tasks_pending,
+        tasks_leased,
+        oldest_pending_seconds,
+        oldest_leased_seconds,
+    })
 }
 
 /// Cancels the jobs in `state` (`queued` or `running`) and their unfinished

@@ -127,15 +127,27 @@ impl GitRepo {
 /// A TCP server on loopback that accepts connections and never answers: a
 /// remote that stalls. It lives as long as the test process.
 pub fn silent_server() -> std::net::SocketAddr {
+    silent_server_counting().0
+}
+
+/// [`silent_server`], and how many connections it has taken so far (a
+/// client that reached it is now stuck there).
+pub fn silent_server_counting() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let address = listener.local_addr().expect("local address");
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = std::sync::Arc::clone(&accepted);
     std::thread::spawn(move || {
         let mut held = Vec::new();
         for socket in listener.incoming().flatten() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             held.push(socket);
         }
     });
-    address
+    (address, accepted)
 }
 
 /// A Redis server of the test's own (a temporary directory, a free port on

@@ -29,6 +29,9 @@ use tokio_util::sync::CancellationToken;
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
 use tracing::{info, warn};
 
+pub mod metrics;
+pub use metrics::{TaskEnd, WorkerState};
+
 /// The coordinator's client: every call carries the worker token.
 type Client = CoordinatorClient<InterceptedService<Channel, AttachToken>>;
 
@@ -90,6 +93,9 @@ pub struct WorkerConfig {
     pub git_credentials: Option<PathBuf>,
     /// TLS to the coordinator (an `https://` URL); plaintext without.
     pub tls: Option<WorkerTls>,
+    /// On shutdown, how long running tasks may go on before they are
+    /// stopped and handed back (`--drain-timeout`).
+    pub drain_timeout: Duration,
 }
 
 /// TLS to the coordinator: the CA (PEM) that signed its certificate, and
@@ -124,9 +130,21 @@ pub enum WorkerError {
 }
 
 /// Runs until `shutdown`: `slots` loops, each leasing and scanning tasks.
-/// On shutdown a running task is stopped and handed back (failed as
-/// retryable), so another worker takes it over.
+/// See [`run_with_state`].
 pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    run_with_state(config, Arc::new(WorkerState::default()), shutdown).await
+}
+
+/// Runs until `shutdown`, counting into `state`. Once `shutdown` comes the
+/// worker drains: it leases nothing more, and a running task may finish
+/// within `config.drain_timeout`; one still running then is stopped and
+/// handed back (failed as retryable), so another worker takes it over.
+/// Returns when no task runs any more.
+pub async fn run_with_state(
+    config: WorkerConfig,
+    state: Arc<WorkerState>,
+    shutdown: CancellationToken,
+) -> Result<(), WorkerError> {
     let credential = AttachToken::new(&config.token)?;
     let coordinators = Arc::new(Coordinators::new(&config, &credential)?);
     // No coordinator may lead yet (all starting, or standing by and
@@ -145,6 +163,24 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
         }
     };
     info!(worker_id = %registered.worker_id, "registered with the coordinator");
+    state.set_registered();
+    // Cancelled `drain_timeout` after `shutdown`: stops the running tasks.
+    let stop_tasks = CancellationToken::new();
+    let drain = tokio::spawn({
+        let (shutdown, stop_tasks, state) =
+            (shutdown.clone(), stop_tasks.clone(), Arc::clone(&state));
+        let timeout = config.drain_timeout;
+        async move {
+            shutdown.cancelled().await;
+            state.set_draining();
+            info!(
+                timeout_secs = timeout.as_secs_f64(),
+                "draining: no more leases; running tasks may finish"
+            );
+            tokio::time::sleep(timeout).await;
+            stop_tasks.cancel();
+        }
+    });
     let heartbeat = Duration::from_millis(u64::from(
         registered.heartbeat_interval_ms.clamp(100, 60_000),
     ));
@@ -162,12 +198,14 @@ pub async fn run(config: WorkerConfig, shutdown: CancellationToken) -> Result<()
             worker_id: registered.worker_id.clone(),
             config: config.clone(),
             heartbeat,
+            state: Arc::clone(&state),
         };
-        loops.push(tokio::spawn(slot.run(shutdown.clone())));
+        loops.push(tokio::spawn(slot.run(shutdown.clone(), stop_tasks.clone())));
     }
     for handle in loops {
         let _ = handle.await;
     }
+    drain.abort();
     Ok(())
 }
 
@@ -280,10 +318,12 @@ struct Slot {
     worker_id: String,
     config: WorkerConfig,
     heartbeat: Duration,
+    state: Arc<WorkerState>,
 }
 
 impl Slot {
-    async fn run(mut self, shutdown: CancellationToken) {
+    /// Leases until `shutdown`; a running task stops at `stop_tasks`.
+    async fn run(mut self, shutdown: CancellationToken, stop_tasks: CancellationToken) {
         while !shutdown.is_cancelled() {
             // Another slot may have moved on to the next coordinator.
             (self.client_index, self.client) = self.coordinators.current();
@@ -295,7 +335,7 @@ impl Slot {
                 }) => leased,
             };
             match leased.map(|response| response.into_inner().task) {
-                Ok(Some(task)) => self.run_task(task, &shutdown).await,
+                Ok(Some(task)) => self.run_task(task, &stop_tasks).await,
                 Ok(None) => {}
                 Err(status) => {
                     warn!(%status, "cannot lease a task");
@@ -311,18 +351,27 @@ impl Slot {
         }
     }
 
-    async fn run_task(&mut self, task: Task, shutdown: &CancellationToken) {
+    async fn run_task(&mut self, task: Task, stop: &CancellationToken) {
         info!(task_id = %task.task_id, branch = %task.branch, attempt = task.attempt, "scan task started");
+        let started = std::time::Instant::now();
+        self.state.task_started();
         let progress = Arc::new(ScanProgress::default());
         let mut heartbeat_client = self.client.clone();
         let outcome = {
             let work = self.scan(&task, Arc::clone(&progress));
             tokio::pin!(work);
             let mut ticker = tokio::time::interval(self.heartbeat);
+            // Once told to stop, that branch is off: a cancelled token is
+            // ready at every poll, and selecting it again would spin this
+            // task without ever yielding to the runtime.
+            let mut stopping = false;
             loop {
                 tokio::select! {
                     result = &mut work => break result,
-                    () = shutdown.cancelled() => progress.cancel.store(true, Ordering::Relaxed),
+                    () = stop.cancelled(), if !stopping => {
+                        stopping = true;
+                        progress.cancel.store(true, Ordering::Relaxed);
+                    }
                     _ = ticker.tick() => {
                         let beat = heartbeat_client.heartbeat(HeartbeatRequest {
                             worker_id: self.worker_id.clone(),
@@ -343,19 +392,34 @@ impl Slot {
                 }
             }
         };
-        let result = match outcome {
-            Ok(scanned) => self.finish(&task, scanned, &progress).await,
+        let (end, result) = match outcome {
+            Ok(scanned) => {
+                let findings = scanned.findings.len() as u64;
+                let result = self.finish(&task, scanned, &progress).await;
+                if result.is_ok() {
+                    self.state.scanned(
+                        progress.blobs_scanned.load(Ordering::Relaxed),
+                        progress.bytes_scanned.load(Ordering::Relaxed),
+                        findings,
+                    );
+                }
+                (TaskEnd::Completed, result)
+            }
             Err(TaskError::Cancelled) => {
                 info!(task_id = %task.task_id, "scan task stopped");
                 // Hand the task back unless the job was cancelled (then the
                 // coordinator refuses, which is fine).
-                self.fail(&task, "worker stopped", true).await
+                (
+                    TaskEnd::HandedBack,
+                    self.fail(&task, "worker stopped", true).await,
+                )
             }
             Err(TaskError::Failed { message, retryable }) => {
                 warn!(task_id = %task.task_id, error = %message, "scan task failed");
-                self.fail(&task, &message, retryable).await
+                (TaskEnd::Failed, self.fail(&task, &message, retryable).await)
             }
         };
+        self.state.task_ended(end, started.elapsed().as_secs_f64());
         if let Err(status) = result {
             warn!(task_id = %task.task_id, %status, "cannot report the task's end");
         }
@@ -478,13 +542,19 @@ impl Slot {
             Arc::clone(locks.entry(mirror.clone()).or_default())
         };
         let updating = mirror_lock.lock().await;
-        update_mirror(
-            &repository.clone_url,
-            &mirror,
-            self.config.git_credentials.as_deref(),
-            GIT_TIMEOUT,
-        )
-        .await?;
+        // A git server that stops answering holds a clone until
+        // GIT_TIMEOUT: a stopped task (drain, cancelled job) does not wait
+        // for it. Dropping the update kills git; a half-made clone is
+        // removed.
+        tokio::select! {
+            updated = update_mirror(
+                &repository.clone_url,
+                &mirror,
+                self.config.git_credentials.as_deref(),
+                GIT_TIMEOUT,
+            ) => updated?,
+            () = stopped(&progress) => return Err(TaskError::Cancelled),
+        }
         let head = git_output(
             &mirror,
             &[
@@ -832,6 +902,7 @@ async fn update_mirror(
             .unwrap_or_default(),
         staging_suffix()
     ));
+    let mut cleanup = Staging(Some(staging.clone()));
     let output = match run_git(
         tokio::process::Command::new("git")
             .args(["-c", "gc.auto=0", "clone", "--quiet", "--mirror", "--"])
@@ -862,7 +933,28 @@ async fn update_mirror(
             return Err(failed(format!("{}: {error}", mirror.display())));
         }
     }
+    cleanup.0 = None;
     Ok(())
+}
+
+/// Resolves once `progress` is cancelled (a flag the engine polls; this
+/// looks every 50 ms).
+async fn stopped(progress: &ScanProgress) {
+    while !progress.is_cancelled() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Removes a staging directory when dropped, unless it was renamed into
+/// place (a clone stopped half-way leaves nothing behind).
+struct Staging(Option<PathBuf>);
+
+impl Drop for Staging {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_dir_all(path);
+        }
+    }
 }
 
 /// A suffix unique to this process and call, for staging directories.

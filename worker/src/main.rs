@@ -4,7 +4,11 @@ use std::path::PathBuf;
 
 use anyhow::Context as _;
 use clap::Parser;
-use leakscan_worker::WorkerConfig;
+use std::sync::Arc;
+
+use leakscan_service::ops;
+use leakscan_worker::{WorkerConfig, WorkerState};
+use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 #[global_allocator]
@@ -55,6 +59,23 @@ struct Args {
     /// Engine threads per task (0: one per core).
     #[arg(long, env = "LEAKSCAN_WORKER_THREADS", default_value_t = 0)]
     threads: usize,
+    /// On SIGTERM: seconds a running task may go on before it is stopped and handed back (keep
+    /// Kubernetes' terminationGracePeriodSeconds above it).
+    #[arg(long, env = "LEAKSCAN_DRAIN_TIMEOUT", default_value = "100", value_parser = parse_seconds)]
+    drain_timeout: std::time::Duration,
+    /// Where to serve /health/live, /health/ready and /metrics (e.g. 0.0.0.0:7993); not served
+    /// without.
+    #[arg(long, env = "LEAKSCAN_OPS_LISTEN")]
+    ops_listen: Option<std::net::SocketAddr>,
+}
+
+/// Whole seconds, with or without an `s`: `100`, `100s`.
+fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
+    text.trim()
+        .trim_end_matches('s')
+        .parse::<u64>()
+        .map(std::time::Duration::from_secs)
+        .map_err(|_| format!("{text:?} is not a number of seconds"))
 }
 
 #[tokio::main]
@@ -91,15 +112,43 @@ async fn main() -> anyhow::Result<()> {
         token: args.worker_token,
         git_credentials: args.git_credentials_file,
         tls,
+        drain_timeout: args.drain_timeout,
     };
     let shutdown = CancellationToken::new();
     tokio::spawn(leakscan_service::cancel_on_signal(shutdown.clone()));
+    let state = Arc::new(WorkerState::default());
+    let ops_stop = CancellationToken::new();
+    if let Some(address) = args.ops_listen {
+        let listener = ops::bind(address).await?;
+        println!(
+            "leakscan-worker operations endpoints on {}",
+            listener.local_addr()?
+        );
+        let ready: ops::ReadyCheck = {
+            let state = Arc::clone(&state);
+            Arc::new(move || {
+                let (registered, draining) = (state.is_registered(), state.is_draining());
+                Box::pin(async move {
+                    (
+                        registered && !draining,
+                        json!({"registered": registered, "draining": draining}),
+                    )
+                })
+            })
+        };
+        let metrics = ops::Metrics::new(state.registry(), "worker", None);
+        tokio::spawn(ops::serve(
+            listener,
+            ops::router(ready, metrics, axum::Router::new()),
+            ops_stop.clone(),
+        ));
+    }
     println!(
         "leakscan-worker {} connecting to {}",
         config.name, config.coordinator_url
     );
-    leakscan_worker::run(config, shutdown)
-        .await
-        .context("worker stopped")?;
+    let ran = leakscan_worker::run_with_state(config, state, shutdown).await;
+    ops_stop.cancel();
+    ran.context("worker stopped")?;
     Ok(())
 }

@@ -121,13 +121,22 @@ struct Cluster {
 
 impl Cluster {
     async fn start(pool: &sqlx::PgPool) -> Cluster {
-        Cluster::start_with_tls(pool, None).await
+        Cluster::start_with(pool, None, 2).await
     }
 
     /// With `tls`, the coordinator and the workers speak (mutual) TLS.
     async fn start_with_tls(
         pool: &sqlx::PgPool,
         tls: Option<(CoordinatorTls, WorkerTls)>,
+    ) -> Cluster {
+        Cluster::start_with(pool, tls, 2).await
+    }
+
+    /// A coordinator and `workers` workers.
+    async fn start_with(
+        pool: &sqlx::PgPool,
+        tls: Option<(CoordinatorTls, WorkerTls)>,
+        workers: usize,
     ) -> Cluster {
         let prefix = format!("{}:", unique_name("leakscan-test"));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -151,7 +160,7 @@ impl Cluster {
             shutdown.clone(),
         ));
         let mirrors = tempfile::tempdir().unwrap();
-        let workers: Vec<_> = (0..2)
+        let workers: Vec<_> = (0..workers)
             .map(|index| {
                 tokio::spawn(leakscan_worker::run(
                     WorkerConfig {
@@ -167,6 +176,7 @@ impl Cluster {
                         token: token.clone(),
                         git_credentials: None,
                         tls: tls.clone(),
+                        drain_timeout: Duration::ZERO,
                     },
                     shutdown.clone(),
                 ))
@@ -182,6 +192,22 @@ impl Cluster {
             coordinator,
             workers,
             mirrors,
+        }
+    }
+
+    /// A worker's configuration: one slot, mirrors under `mirrors`.
+    fn worker_config(&self, name: &str, mirrors: &std::path::Path) -> WorkerConfig {
+        WorkerConfig {
+            coordinator_url: self.coordinator_url.clone(),
+            name: name.into(),
+            slots: 1,
+            mirror_dir: mirrors.to_path_buf(),
+            threads: 1,
+            lease_wait_ms: 500,
+            token: self.token.clone(),
+            git_credentials: None,
+            tls: None,
+            drain_timeout: Duration::ZERO,
         }
     }
 
@@ -467,6 +493,7 @@ async fn the_cluster_runs_over_mutual_tls_and_refuses_unknown_workers() {
                     token: cluster.token.clone(),
                     git_credentials: None,
                     tls,
+                    drain_timeout: Duration::ZERO,
                 },
                 CancellationToken::new(),
             ),
@@ -514,6 +541,137 @@ async fn a_worker_waits_for_a_coordinator_to_lead() {
     drop(holder);
     assert_eq!(cluster.total_rescan(pool).await.state, "done");
     assert_eq!(stored_findings(pool, id).await, expected_findings(&repo));
+    cluster.stop().await;
+    database.drop_database().await.unwrap();
+}
+
+/// Files and directories under `dir` whose names contain `needle`.
+fn entries_named(dir: &std::path::Path, needle: &str) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if entry.file_name().to_string_lossy().contains(needle) {
+            found.push(path.clone());
+        }
+        if path.is_dir() {
+            found.extend(entries_named(&path, needle));
+        }
+    }
+    found
+}
+
+/// Issue 16: a worker told to stop (SIGTERM) leases nothing more, and a
+/// task that does not finish within the drain timeout (here: its git host
+/// hangs mid-clone) is stopped and handed back; the worker returns, leaves
+/// no half-made clone, and another worker completes the task with every
+/// finding.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_draining_worker_hands_back_its_task_and_another_completes_it() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let repo = GitRepo::new();
+    repo.write("app.env", format!("{}\n", example("AWS_ACCESS_KEY_ID")));
+    repo.commit_all("init");
+    repo.write("ci.sh", format!("{}\n", example("GITHUB_PAT_CLASSIC")));
+    repo.commit_all("ci");
+    let id = register(pool, "drained", &repo).await;
+    let (address, accepted) = leakscan_testkit::silent_server_counting();
+    let stuck_url = format!("http://{address}/stuck.git");
+    sqlx::query("update repositories set clone_url = $2 where id = $1")
+        .bind(id)
+        .bind(&stuck_url)
+        .execute(pool)
+        .await
+        .unwrap();
+    let cluster = Cluster::start_with(pool, None, 0).await;
+    let mirrors_a = tempfile::tempdir().unwrap();
+    let state = Arc::new(leakscan_worker::WorkerState::default());
+    let stop_a = CancellationToken::new();
+    let mut config = cluster.worker_config("draining", mirrors_a.path());
+    config.drain_timeout = Duration::from_millis(300);
+    let worker_a = tokio::spawn(leakscan_worker::run_with_state(
+        config,
+        Arc::clone(&state),
+        stop_a.clone(),
+    ));
+    let job = jobs::create_job(
+        pool,
+        &JobScope::Branch {
+            project_key: "PROJ".into(),
+            slug: "drained".into(),
+            branch: "main".into(),
+        },
+        "admin",
+        &[],
+    )
+    .await
+    .unwrap();
+    cluster.queue.enqueue(job.id).await.unwrap();
+    // Mid-task: the clone has reached the hanging host.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while accepted.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the clone never started"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(state.is_registered() && !state.is_draining());
+    stop_a.cancel();
+    tokio::time::timeout(Duration::from_secs(30), worker_a)
+        .await
+        .expect("the draining worker returned")
+        .unwrap()
+        .unwrap();
+    assert!(state.is_draining());
+    let (task_state, attempts, error): (String, i32, Option<String>) =
+        sqlx::query_as("select state, attempts, last_error from scan_tasks where job_id = $1")
+            .bind(job.id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!((task_state.as_str(), attempts), ("queued", 1));
+    assert_eq!(error.as_deref(), Some("worker stopped"));
+    let mut metrics = String::new();
+    prometheus_client::encoding::text::encode(&mut metrics, &state.registry()).unwrap();
+    assert!(
+        metrics.contains("leakscan_worker_tasks_total{outcome=\"handed_back\"} 1\n"),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains("leakscan_worker_tasks_in_flight 0\n"),
+        "{metrics}"
+    );
+    assert_eq!(
+        entries_named(mirrors_a.path(), ".clone-"),
+        Vec::<std::path::PathBuf>::new()
+    );
+    // The host answers again: another worker completes the task.
+    sqlx::query("update repositories set clone_url = $2 where id = $1")
+        .bind(id)
+        .bind(repo.path().to_str().unwrap())
+        .execute(pool)
+        .await
+        .unwrap();
+    let mirrors_b = tempfile::tempdir().unwrap();
+    let stop_b = CancellationToken::new();
+    let worker_b = tokio::spawn(leakscan_worker::run(
+        cluster.worker_config("taker", mirrors_b.path()),
+        stop_b.clone(),
+    ));
+    let done = wait_for_job(pool, &job.scan_key).await;
+    assert_eq!(done.state, "done", "{done:?}");
+    let attempts: i32 = sqlx::query_scalar("select attempts from scan_tasks where job_id = $1")
+        .bind(job.id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 2);
+    let expected = expected_findings(&repo);
+    assert_eq!(expected.len(), 2);
+    assert_eq!(stored_findings(pool, id).await, expected);
+    stop_b.cancel();
+    worker_b.await.unwrap().unwrap();
     cluster.stop().await;
     database.drop_database().await.unwrap();
 }

@@ -98,6 +98,7 @@ impl Fixture {
             git_credentials: None,
             export_stall_timeout: leakscan_gateway::exports::STALLED_CLIENT,
             hook_install: Default::default(),
+            shutdown_delay: std::time::Duration::ZERO,
         };
         let mut config = config;
         adjust(&mut config);
