@@ -12,6 +12,19 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   cargo install --locked cargo-nextest
 fi
 
+# The manifest tests (tests/deploy.rs) render deploy/k8s with kubectl and
+# validate it with kubernetes-validate (from PyPI, in a venv of its own).
+if ! command -v kubectl >/dev/null 2>&1; then
+  echo "kubectl is needed for the manifest tests: install it (https://kubernetes.io/docs/tasks/tools/)" >&2
+  exit 1
+fi
+TOOLS_VENV="${LEAKSCAN_TOOLS_VENV:-$HOME/.cache/leakscan-tools-venv}"
+if [ ! -x "$TOOLS_VENV/bin/kubernetes-validate" ]; then
+  python3 -m venv "$TOOLS_VENV"
+  "$TOOLS_VENV/bin/pip" install --quiet 'kubernetes-validate==1.37.0'
+fi
+export LEAKSCAN_K8S_VALIDATE="$TOOLS_VENV/bin/kubernetes-validate"
+
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 # Everything builds with the release profile: Vectorscan (C++) is compiled

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Makes what leakscan needs available on a bare Debian machine, idempotently:
-#  - build dependencies (cmake, g++, libboost-dev for Vectorscan; git; pkg-config),
+#  - build dependencies (cmake, g++, libboost-dev for Vectorscan; git; pkg-config; python3-venv),
 #  - PostgreSQL on 127.0.0.1:5432 (user postgres, password postgres),
 #  - Redis on 127.0.0.1:6379.
 # Installs with apt when missing, starts when stopped, does nothing when all runs.
@@ -30,8 +30,9 @@ apt_install() {
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
-# Build dependencies (Vectorscan builds from source with cmake, g++ and Boost).
-apt_install cmake g++ libboost-dev pkg-config git ca-certificates
+# Build dependencies (Vectorscan builds from source with cmake, g++ and Boost),
+# and python3-venv for the test tools' venv (scripts/test.sh).
+apt_install cmake g++ libboost-dev pkg-config git ca-certificates python3-venv
 
 # PostgreSQL.
 pg_ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }
