@@ -49,9 +49,35 @@ pub fn crc32_base62_holds(token: &[u8]) -> Option<bool> {
     Some(base62_6(crc32(random)) == checksum)
 }
 
+/// Whether `token` (a Grafana legacy API key: base64 JSON) decodes to an
+/// object that names the key (`"n":`). The JSON is read as far as the
+/// base64 is whole, so a cut or damaged tail still counts.
+pub fn grafana_key_names_itself(token: &[u8]) -> bool {
+    let text: &[u8] = match token.iter().position(|&b| b == b'=') {
+        Some(padding) => &token[..padding],
+        None => token,
+    };
+    let whole = &text[..text.len() - text.len() % 4];
+    crate::lookalike::decode_base64(whole)
+        .is_some_and(|json| json.windows(4).any(|window| window == b"\"n\":"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grafana_keys_name_themselves() {
+        // {"k":"C3J27XDCG2LmlZGEONYlgCtjfIZ4SOcM","n":"deploy-bot","id":7}
+        let key = b"eyJrIjoiQzNKMjdYRENHMkxtbFpHRU9OWWxnQ3RqZklaNFNPY00iLCJuIjoiZGVwbG95LWJvdCIsImlkIjo3fQ==";
+        assert!(grafana_key_names_itself(key));
+        // Cut short, the name still decodes.
+        assert!(grafana_key_names_itself(&key[..70]));
+        // {"k":"aQfDPrAJ71fTquWoGsbeKXgzg2sye9b2","t":"report","c":3}
+        let other =
+            b"eyJrIjoiYVFmRFByQUo3MWZUcXVXb0dzYmVLWGd6ZzJzeWU5YjIiLCJ0IjoicmVwb3J0IiwiYyI6M30=";
+        assert!(!grafana_key_names_itself(other));
+    }
 
     #[test]
     fn crc32_of_known_input() {

@@ -131,6 +131,11 @@ pub enum Checksum {
     /// GitHub's and npm's token format: prefix, 30 base62 characters, then
     /// the CRC-32 of those 30 characters in 6 base62 digits.
     Crc32Base62,
+    /// Grafana's legacy API keys: base64 of a JSON object that names the
+    /// key (`{"k":…,"n":…,"id":…}`). A value with the prefix that decodes
+    /// to no `"n":` is another base64 JSON (a report link, a state blob),
+    /// not a key: its confidence is low.
+    GrafanaKeyJson,
 }
 
 /// One rule as written in a rule file.

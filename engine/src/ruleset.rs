@@ -308,6 +308,11 @@ impl CompiledRule {
             {
                 self.confidence.lowered()
             }
+            Some(Checksum::GrafanaKeyJson)
+                if !crate::checksum::grafana_key_names_itself(secret) =>
+            {
+                Confidence::Low
+            }
             _ => self.confidence,
         }
     }
