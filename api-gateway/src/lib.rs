@@ -193,11 +193,26 @@ async fn guard(
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
     use futures::FutureExt as _;
+    use tracing::Instrument as _;
     let method = request.method().clone();
     let path = request.uri().path().to_string();
-    let answer = std::panic::AssertUnwindSafe(next.run(request)).catch_unwind();
+    // One span per request (the path, never the query: it may carry
+    // values); it continues a caller's trace given in `traceparent`.
+    let span = tracing::info_span!("request", %method, %path, status = tracing::field::Empty);
+    leakscan_service::telemetry::continue_trace(
+        &span,
+        request
+            .headers()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok()),
+    );
+    let answer =
+        std::panic::AssertUnwindSafe(next.run(request).instrument(span.clone())).catch_unwind();
     match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
-        Ok(Ok(response)) => response,
+        Ok(Ok(response)) => {
+            span.record("status", response.status().as_u16());
+            response
+        }
         Ok(Err(_)) => {
             tracing::error!(%method, %path, "a request handler panicked");
             error::ApiError::internal().into_response()

@@ -70,7 +70,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    leakscan_service::init_logging();
+    let _telemetry = leakscan_service::telemetry::init("leakscan-gateway");
     let args = Args::parse();
     let pool = leakscan_store::connect(&args.database_url, args.db_pool_size)
         .await

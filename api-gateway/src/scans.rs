@@ -127,7 +127,16 @@ pub(crate) async fn start_job(
     emails: Vec<String>,
 ) -> Result<Job, ApiError> {
     let job = jobs::create_job(&state.pool, &scope, requested_by, &emails).await?;
-    if let Err(error) = state.queue.enqueue(job.id).await {
+    // The coordinator's expansion and the tasks' leases join this trace.
+    let traceparent = leakscan_service::telemetry::current_traceparent();
+    if let Some(traceparent) = &traceparent {
+        jobs::set_traceparent(&state.pool, job.id, traceparent).await?;
+    }
+    if let Err(error) = state
+        .queue
+        .enqueue_traced(job.id, traceparent.as_deref())
+        .await
+    {
         warn!(%error, scan_key = %job.scan_key, "job not put on the stream; reconciliation will run it");
     }
     info!(scan_key = %job.scan_key, scope = %job.scope, by = %requested_by, "scan requested");

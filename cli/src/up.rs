@@ -75,12 +75,17 @@ fn parse_confidence(text: &str) -> Result<leakscan_engine::Confidence, String> {
 }
 
 pub fn run_up(args: UpArgs) -> Result<()> {
-    leakscan_service::init_logging();
-    tokio::runtime::Builder::new_multi_thread()
+    let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .context("failed to start the async runtime")?
-        .block_on(up(args))
+        .context("failed to start the async runtime")?;
+    // The OTLP exporter's channel lives on the runtime: made inside it, and
+    // (declared after it) flushed and dropped before it.
+    let _telemetry = {
+        let _inside = runtime.enter();
+        leakscan_service::telemetry::init("leakscan")
+    };
+    runtime.block_on(up(args))
 }
 
 async fn up(args: UpArgs) -> Result<()> {

@@ -49,7 +49,7 @@ use sqlx::PgPool;
 use tokio::{net::TcpListener, sync::Notify};
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _};
 
 /// Key of the advisory lock whose holder is the leader (public so that a
 /// test can hold it and keep a coordinator standing by).
@@ -528,8 +528,20 @@ async fn consume_stream(
             }
         };
         for delivery in deliveries {
+            let span = tracing::info_span!(
+                "expand job",
+                job = delivery.job.0,
+                tasks = tracing::field::Empty
+            );
+            leakscan_service::telemetry::continue_trace(&span, delivery.traceparent.as_deref());
             // Acknowledge only once the tasks are in PostgreSQL.
-            match jobs::expand_job(&pool, delivery.job).await {
+            let expanded = jobs::expand_job(&pool, delivery.job)
+                .instrument(span.clone())
+                .await;
+            if let Ok(tasks) = &expanded {
+                span.record("tasks", tasks);
+            }
+            match expanded {
                 Ok(tasks) => {
                     state.jobs_expanded.fetch_add(1, Ordering::SeqCst);
                     info!(job = delivery.job.0, tasks, "expanded job");
@@ -598,6 +610,20 @@ fn status(error: StoreError) -> Status {
             Status::internal("internal error")
         }
     }
+}
+
+/// A span for a worker's call, continuing the trace its `traceparent`
+/// metadata names (the worker's scan of the task).
+fn traced_call<T>(name: &'static str, request: &Request<T>) -> tracing::Span {
+    let span = tracing::info_span!("call", otel.name = name, findings = tracing::field::Empty);
+    leakscan_service::telemetry::continue_trace(
+        &span,
+        request
+            .metadata()
+            .get("traceparent")
+            .and_then(|value| value.to_str().ok()),
+    );
+    span
 }
 
 fn task_progress(progress: Option<&Progress>) -> TaskProgress {
@@ -756,6 +782,15 @@ impl Coordinator for CoordinatorService {
             .await
             .map_err(status)?;
             if let Some(leased) = leased {
+                // The lease joins the trace of the job's request; the worker
+                // continues it from the answer's metadata.
+                let span = tracing::info_span!(
+                    "lease task",
+                    task_id = leased.task_id.0,
+                    attempt = leased.attempts
+                );
+                leakscan_service::telemetry::continue_trace(&span, leased.traceparent.as_deref());
+                let traceparent = span.in_scope(leakscan_service::telemetry::current_traceparent);
                 info!(task_id = leased.task_id.0, worker = %request.worker_id, "scan task leased");
                 let counted = &self.state.metrics;
                 counted.leases.inc();
@@ -768,7 +803,7 @@ impl Coordinator for CoordinatorService {
                 spec.min_confidence = self.config.min_confidence;
                 let policy_json = serde_json::to_string(&spec)
                     .map_err(|error| Status::internal(format!("policy: {error}")))?;
-                return Ok(Response::new(LeaseTaskResponse {
+                let mut response = Response::new(LeaseTaskResponse {
                     task: Some(Task {
                         task_id: leased.task_id.0.to_string(),
                         lease_id: leased.lease_id,
@@ -787,7 +822,11 @@ impl Coordinator for CoordinatorService {
                         lease_ms: self.config.lease_ms,
                         attempt: leased.attempts as u32,
                     }),
-                }));
+                });
+                if let Some(value) = traceparent.and_then(|value| value.parse().ok()) {
+                    response.metadata_mut().insert("traceparent", value);
+                }
+                return Ok(response);
             }
             let now = tokio::time::Instant::now();
             if now >= deadline {
@@ -823,7 +862,9 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<SendFindingsRequest>,
     ) -> Result<Response<SendFindingsResponse>, Status> {
+        let span = traced_call("record findings", &request);
         let request = request.into_inner();
+        span.record("findings", request.findings.len());
         let task = parse_task_id(&request.task_id)?;
         let batch: Vec<NewFinding> = request
             .findings
@@ -854,6 +895,7 @@ impl Coordinator for CoordinatorService {
             &request.lease_id,
             &batch,
         )
+        .instrument(span)
         .await
         .map_err(status)?;
         self.state.metrics.findings.inc_by(recorded);
@@ -864,6 +906,7 @@ impl Coordinator for CoordinatorService {
         &self,
         request: Request<CompleteTaskRequest>,
     ) -> Result<Response<CompleteTaskResponse>, Status> {
+        let span = traced_call("complete task", &request);
         let request = request.into_inner();
         let task = parse_task_id(&request.task_id)?;
         let progress = request.progress.unwrap_or_default();
@@ -875,6 +918,7 @@ impl Coordinator for CoordinatorService {
             full_scan: request.full_scan,
         };
         let leased_ms = tasks::complete_task(&self.pool, task, &request.lease_id, &completion)
+            .instrument(span)
             .await
             .map_err(status)?;
         let counted = &self.state.metrics;

@@ -85,7 +85,7 @@ fn parse_confidence(text: &str) -> Result<leakscan_engine::Confidence, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    leakscan_service::init_logging();
+    let _telemetry = leakscan_service::telemetry::init("leakscan-coordinator");
     let args = Args::parse();
     let Some(master) = args.master_key.load()? else {
         anyhow::bail!(

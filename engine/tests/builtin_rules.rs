@@ -68,13 +68,9 @@ fn builtin_rule_examples_match_and_negatives_do_not() {
             .unwrap_or_else(|error| panic!("{error}"));
         let mut scanner = ruleset.scanner().unwrap();
         let mut matched_by = |text: &str, id: &str| {
-            scanner
-                .scan_raw(text.as_bytes())
-                .iter()
-                .any(|m| {
-                    ruleset.rule(m.rule).id == id
-                        && m.confidence >= leakscan_engine::Confidence::Medium
-                })
+            scanner.scan_raw(text.as_bytes()).iter().any(|m| {
+                ruleset.rule(m.rule).id == id && m.confidence >= leakscan_engine::Confidence::Medium
+            })
         };
         for spec in builtin_rules() {
             for example in &spec.examples {

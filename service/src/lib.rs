@@ -6,8 +6,10 @@
 //!   [`CancellationToken`], the root of each binary's graceful shutdown.
 //! - [`MasterKeyArgs`]: the `--master-key` / `--master-key-file` flags.
 //! - [`ops`]: the health probes and `/metrics`.
+//! - [`telemetry`]: traces over OTLP, and `traceparent` in and out.
 
 pub mod ops;
+pub mod telemetry;
 
 use std::path::PathBuf;
 
@@ -43,16 +45,35 @@ impl MasterKeyArgs {
 
 /// Sets up the global log subscriber once (later calls do nothing).
 pub fn init_logging() {
+    init_subscriber(None);
+}
+
+/// The log subscriber: lines on stderr, filtered by `LEAKSCAN_LOG` (default
+/// `info`), as JSON when `LEAKSCAN_LOG_FORMAT=json`; plus `extra` (the
+/// trace exporter's layer) when given.
+pub(crate) fn init_subscriber(
+    extra: Option<Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>>,
+) {
+    use tracing_subscriber::{layer::SubscriberExt as _, util::SubscriberInitExt as _, Layer as _};
     let filter = tracing_subscriber::EnvFilter::try_from_env("LEAKSCAN_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if std::env::var("LEAKSCAN_LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().try_init()
+    let json = std::env::var("LEAKSCAN_LOG_FORMAT").as_deref() == Ok("json");
+    let lines = if json {
+        tracing_subscriber::fmt::layer()
+            .json()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
     } else {
-        builder.try_init()
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed()
     };
+    let _ = tracing_subscriber::registry()
+        .with(extra)
+        .with(lines)
+        .try_init();
 }
 
 /// Cancels `shutdown` on SIGINT or SIGTERM (what Kubernetes sends).

@@ -131,6 +131,17 @@ pub async fn create_job_with<'e>(
     .await?)
 }
 
+/// Records the `traceparent` of the request that created `job`, so the
+/// leases of its tasks join that trace.
+pub async fn set_traceparent(pool: &PgPool, job: JobId, traceparent: &str) -> Result<()> {
+    sqlx::query("update scan_jobs set traceparent = $2 where id = $1")
+        .bind(job)
+        .bind(traceparent)
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
 pub async fn find_job(pool: &PgPool, scan_key: &str) -> Result<Option<Job>> {
     Ok(sqlx::query_as::<_, Job>(concat!(
         "select ",

@@ -17,6 +17,8 @@ pub const MAX_BLOCK_MS: usize = 5_000;
 pub struct Delivery {
     pub entry_id: String,
     pub job: JobId,
+    /// The trace the job's request belongs to, when it was traced.
+    pub traceparent: Option<String>,
 }
 
 /// The key prefix when the Redis URL names none.
@@ -117,10 +119,17 @@ impl JobQueue {
 
     /// Appends a job id.
     pub async fn enqueue(&self, job: JobId) -> Result<String> {
+        self.enqueue_traced(job, None).await
+    }
+
+    /// Appends a job id and the `traceparent` of the request that made it.
+    pub async fn enqueue_traced(&self, job: JobId, traceparent: Option<&str>) -> Result<String> {
         let mut connection = self.connection.clone();
-        let id: String = connection
-            .xadd(&self.stream, "*", &[("job", job.0.to_string())])
-            .await?;
+        let mut fields = vec![("job", job.0.to_string())];
+        if let Some(traceparent) = traceparent {
+            fields.push(("traceparent", traceparent.to_string()));
+        }
+        let id: String = connection.xadd(&self.stream, "*", &fields).await?;
         Ok(id)
     }
 
@@ -166,7 +175,7 @@ impl JobQueue {
         let mut deliveries = Vec::new();
         for key in reply.map(|reply| reply.keys).unwrap_or_default() {
             for entry in key.ids {
-                deliveries.push(parse_entry(&entry.id, entry.map.get("job"))?);
+                deliveries.push(parse_entry(&entry.id, &entry.map)?);
             }
         }
         Ok(deliveries)
@@ -199,7 +208,7 @@ impl JobQueue {
         reply
             .claimed
             .iter()
-            .map(|entry| parse_entry(&entry.id, entry.map.get("job")))
+            .map(|entry| parse_entry(&entry.id, &entry.map))
             .collect()
     }
 
@@ -273,8 +282,15 @@ fn is_nogroup(error: &redis::RedisError) -> bool {
     error.code() == Some("NOGROUP")
 }
 
-fn parse_entry(entry_id: &str, job: Option<&Value>) -> Result<Delivery> {
-    let job = match job {
+fn parse_entry(
+    entry_id: &str,
+    fields: &std::collections::HashMap<String, Value>,
+) -> Result<Delivery> {
+    let traceparent = match fields.get("traceparent") {
+        Some(Value::BulkString(bytes)) => String::from_utf8(bytes.clone()).ok(),
+        _ => None,
+    };
+    let job = match fields.get("job") {
         Some(Value::BulkString(bytes)) => std::str::from_utf8(bytes)
             .ok()
             .and_then(|text| text.parse::<i64>().ok()),
@@ -285,5 +301,6 @@ fn parse_entry(entry_id: &str, job: Option<&Value>) -> Result<Delivery> {
     Ok(Delivery {
         entry_id: entry_id.to_string(),
         job: JobId(job),
+        traceparent,
     })
 }

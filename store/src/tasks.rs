@@ -40,6 +40,8 @@ pub struct LeasedTask {
     /// Seconds from the task's creation to this lease (on a first attempt,
     /// how long it waited in the queue).
     pub queued_seconds: f64,
+    /// The trace of the request that created the job, when it was traced.
+    pub traceparent: Option<String>,
 }
 
 /// What happens to a task whose attempt failed or whose lease expired.
@@ -129,7 +131,7 @@ pub async fn lease_next_task(
          )
          select l.id as task_id, l.lease_id, l.job_id, j.scan_key, l.repository_id, p.key as project_key,
                 r.slug, r.clone_url, l.branch, b.last_scanned_commit, b.last_scanned_digest, l.attempts, l.lease_expires_at,
-                extract(epoch from now() - l.created_at)::float8 as queued_seconds
+                extract(epoch from now() - l.created_at)::float8 as queued_seconds, j.traceparent
          from leased l
          join scan_jobs j on j.id = l.job_id
          join repositories r on r.id = l.repository_id

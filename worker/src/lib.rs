@@ -27,7 +27,7 @@ use leakscan_proto::v1::{
 };
 use tokio_util::sync::CancellationToken;
 use tonic::{service::interceptor::InterceptedService, transport::Channel};
-use tracing::{info, warn};
+use tracing::{info, warn, Instrument as _};
 
 pub mod metrics;
 pub use metrics::{TaskEnd, WorkerState};
@@ -334,9 +334,23 @@ impl Slot {
                     wait_ms: self.config.lease_wait_ms,
                 }) => leased,
             };
-            match leased.map(|response| response.into_inner().task) {
-                Ok(Some(task)) => self.run_task(task, &stop_tasks).await,
-                Ok(None) => {}
+            let leased = leased.map(|response| {
+                let traceparent = response
+                    .metadata()
+                    .get("traceparent")
+                    .and_then(|value| value.to_str().ok())
+                    .map(str::to_string);
+                (response.into_inner().task, traceparent)
+            });
+            match leased {
+                Ok((Some(task), traceparent)) => {
+                    // The scan joins the trace of the job's request (the
+                    // lease's metadata names it).
+                    let span = tracing::info_span!("scan task", task_id = %task.task_id, attempt = task.attempt);
+                    leakscan_service::telemetry::continue_trace(&span, traceparent.as_deref());
+                    self.run_task(task, &stop_tasks).instrument(span).await
+                }
+                Ok((None, _)) => {}
                 Err(status) => {
                     warn!(%status, "cannot lease a task");
                     if is_transient(&status) {
@@ -470,7 +484,7 @@ impl Slot {
             // Idempotent on the coordinator's side: safe to send again.
             self.with_retries("send findings", |mut client| {
                 let request = request.clone();
-                async move { client.send_findings(request).await }
+                async move { client.send_findings(traced(request)).await }
             })
             .await?;
         }
@@ -486,7 +500,7 @@ impl Slot {
         let completed = self
             .with_retries("complete task", |mut client| {
                 let request = request.clone();
-                async move { client.complete_task(request).await }
+                async move { client.complete_task(traced(request)).await }
             })
             .await;
         match completed {
@@ -935,6 +949,17 @@ async fn update_mirror(
     }
     cleanup.0 = None;
     Ok(())
+}
+
+/// `message` as a call that carries the current span's `traceparent`.
+fn traced<T>(message: T) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    if let Some(value) = leakscan_service::telemetry::current_traceparent()
+        .and_then(|traceparent| traceparent.parse().ok())
+    {
+        request.metadata_mut().insert("traceparent", value);
+    }
+    request
 }
 
 /// Resolves once `progress` is cancelled (a flag the engine polls; this

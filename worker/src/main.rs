@@ -80,7 +80,7 @@ fn parse_seconds(text: &str) -> Result<std::time::Duration, String> {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    leakscan_service::init_logging();
+    let _telemetry = leakscan_service::telemetry::init("leakscan-worker");
     let args = Args::parse();
     // Compiled prefilters are kept beside the mirrors (a cache too), so a
     // restarted worker does not compile the rules again.
