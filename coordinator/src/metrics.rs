@@ -188,10 +188,11 @@ impl CoordinatorMetrics {
                         .get_or_create(&vec![("state", task_state)])
                         .set(count);
                 }
-                self.tasks_pending.set(overview.tasks_pending);
-                self.tasks_in_flight.set(overview.tasks_leased);
-                self.oldest_pending.set(overview.oldest_pending_seconds);
-                self.oldest_leased.set(overview.oldest_leased_seconds);
+                let load = overview.load;
+                self.tasks_pending.set(load.tasks_pending);
+                self.tasks_in_flight.set(load.tasks_leased);
+                self.oldest_pending.set(load.oldest_pending_seconds);
+                self.oldest_leased.set(load.oldest_leased_seconds);
             }
             Err(error) => {
                 tracing::warn!(%error, "metrics: cannot read jobs and tasks");
@@ -221,15 +222,15 @@ struct Scaling {
 async fn scaling(
     State(scaling): State<Scaling>,
 ) -> Result<Json<serde_json::Value>, (axum::http::StatusCode, String)> {
-    let overview = tasks::overview(&scaling.pool).await.map_err(|error| {
+    let load = tasks::load(&scaling.pool).await.map_err(|error| {
         (
             axum::http::StatusCode::SERVICE_UNAVAILABLE,
             format!("cannot read the tasks: {error}"),
         )
     })?;
     Ok(Json(json!({
-        "tasksPending": overview.tasks_pending,
-        "tasksLeased": overview.tasks_leased,
+        "tasksPending": load.tasks_pending,
+        "tasksLeased": load.tasks_leased,
     })))
 }
 
