@@ -160,23 +160,8 @@ pub fn app(state: Arc<AppState>) -> Router {
         Router::new().nest(context_path, api).fallback(not_found)
     };
     app.layer(axum::middleware::from_fn(xsrf))
-        .layer(axum::middleware::from_fn_with_state(state, count_request))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(axum::middleware::from_fn(guard))
-}
-
-/// Counts each answer in `leakscan_http_requests_total`.
-async fn count_request(
-    State(state): State<Arc<AppState>>,
-    request: axum::extract::Request,
-    next: axum::middleware::Next,
-) -> axum::response::Response {
-    let method = request.method().clone();
-    let response = next.run(request).await;
-    state
-        .metrics
-        .request(method.as_str(), response.status().as_u16());
-    response
+        .layer(axum::middleware::from_fn_with_state(state, guard))
 }
 
 /// The largest request body (JSON, CSV imports): larger answers 413.
@@ -186,8 +171,10 @@ pub const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 
 /// Every request: a handler that does not answer within
 /// [`REQUEST_TIMEOUT`] answers 503, and one that panics answers 500 (the
-/// panic is logged) instead of taking the connection down.
+/// panic is logged) instead of taking the connection down. Each answer is
+/// counted in `leakscan_http_requests_total` and traced.
 async fn guard(
+    State(state): State<Arc<AppState>>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
@@ -208,11 +195,8 @@ async fn guard(
     );
     let answer =
         std::panic::AssertUnwindSafe(next.run(request).instrument(span.clone())).catch_unwind();
-    match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
-        Ok(Ok(response)) => {
-            span.record("status", response.status().as_u16());
-            response
-        }
+    let response = match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+        Ok(Ok(response)) => response,
         Ok(Err(_)) => {
             tracing::error!(%method, %path, "a request handler panicked");
             error::ApiError::internal().into_response()
@@ -228,7 +212,11 @@ async fn guard(
             )
             .into_response()
         }
-    }
+    };
+    let status = response.status().as_u16();
+    span.record("status", status);
+    state.metrics.request(method.as_str(), status);
+    response
 }
 
 /// XSRF (DESIGN §7): a state-changing request whose `Origin` is another

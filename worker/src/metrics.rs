@@ -32,28 +32,27 @@ impl TaskEnd {
 /// The worker's counters and state.
 pub struct WorkerState {
     registered: AtomicBool,
-    draining: AtomicBool,
     tasks_in_flight: Gauge,
     tasks_ended: Family<Vec<(&'static str, &'static str)>, Counter>,
     task_duration: Histogram,
     blobs_scanned: Counter,
     bytes_scanned: Counter,
     findings: Counter,
-    draining_gauge: Gauge,
+    /// 1 once draining: also what [`WorkerState::is_draining`] reads.
+    draining: Gauge,
 }
 
 impl Default for WorkerState {
     fn default() -> Self {
         WorkerState {
             registered: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
             tasks_in_flight: Gauge::default(),
             tasks_ended: Family::default(),
             task_duration: Histogram::new(leakscan_service::ops::duration_buckets()),
             blobs_scanned: Counter::default(),
             bytes_scanned: Counter::default(),
             findings: Counter::default(),
-            draining_gauge: Gauge::default(),
+            draining: Gauge::default(),
         }
     }
 }
@@ -97,7 +96,7 @@ impl WorkerState {
         registry.register(
             "leakscan_worker_draining",
             "1 once the worker was told to stop: it leases nothing more",
-            self.draining_gauge.clone(),
+            self.draining.clone(),
         );
         registry
     }
@@ -107,7 +106,7 @@ impl WorkerState {
     }
 
     pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::SeqCst)
+        self.draining.get() == 1
     }
 
     pub(crate) fn set_registered(&self) {
@@ -115,8 +114,7 @@ impl WorkerState {
     }
 
     pub(crate) fn set_draining(&self) {
-        self.draining.store(true, Ordering::SeqCst);
-        self.draining_gauge.set(1);
+        self.draining.set(1);
     }
 
     pub(crate) fn task_started(&self) {

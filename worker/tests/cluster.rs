@@ -490,15 +490,8 @@ async fn the_cluster_runs_over_mutual_tls_and_refuses_unknown_workers() {
             leakscan_worker::run_with_state(
                 WorkerConfig {
                     coordinator_url: url,
-                    name: "intruder".into(),
-                    slots: 1,
-                    mirror_dir: pki.path().join("mirrors"),
-                    threads: 1,
-                    lease_wait_ms: 500,
-                    token: cluster.token.clone(),
-                    git_credentials: None,
                     tls,
-                    drain_timeout: Duration::ZERO,
+                    ..cluster.worker_config("intruder", &pki.path().join("mirrors"))
                 },
                 Arc::clone(&state),
                 CancellationToken::new(),
