@@ -15,6 +15,7 @@ use leakscan_store::{
 use leakscan_tests::{git, wait_until, Api};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::{InMemorySpanExporter, SdkTracerProvider, SpanData};
+use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 use tracing_subscriber::{layer::SubscriberExt as _, Layer as _};
 
@@ -35,13 +36,20 @@ fn one_trace_spans_gateway_coordinator_and_worker() {
         .with_simple_exporter(exporter.clone())
         .build();
     leakscan_service::telemetry::install_propagator();
-    let subscriber = tracing_subscriber::registry().with(
-        tracing_opentelemetry::layer()
-            .with_tracer(provider.tracer("test"))
-            .with_filter(tracing_subscriber::filter::filter_fn(
-                leakscan_service::telemetry::is_ours,
-            )),
-    );
+    // The log lines go to the test's output (shown when it fails).
+    let subscriber = tracing_subscriber::registry()
+        .with(
+            tracing_opentelemetry::layer()
+                .with_tracer(provider.tracer("test"))
+                .with_filter(tracing_subscriber::filter::filter_fn(
+                    leakscan_service::telemetry::is_ours,
+                )),
+        )
+        .with(
+            tracing_subscriber::fmt::layer()
+                .with_test_writer()
+                .with_filter(tracing_subscriber::EnvFilter::new("info")),
+        );
     tracing::subscriber::set_global_default(subscriber).unwrap();
 
     let work = tempfile::tempdir().unwrap();
@@ -128,6 +136,7 @@ fn one_trace_spans_gateway_coordinator_and_worker() {
         200,
     );
     let scan_key = job["scanKey"].as_str().unwrap().to_string();
+    let mut last_state = Value::Null;
     let done = wait_until("the rescan", Duration::from_secs(60), || {
         let job = api.expect(
             "GET",
@@ -135,6 +144,10 @@ fn one_trace_spans_gateway_coordinator_and_worker() {
             None,
             200,
         );
+        if job["state"] != last_state {
+            eprintln!("job: {job}");
+            last_state = job["state"].clone();
+        }
         (job["state"] == "done").then_some(job)
     });
     assert_eq!(done["tasksDone"], 1, "{done}");

@@ -57,6 +57,14 @@ pub const LEADER_LOCK: i64 = 7_243_000;
 
 /// How long a call may run beyond the longest LeaseTask long poll.
 const CALL_TIMEOUT: Duration = Duration::from_secs(120);
+/// Once a replica stops serving (it leads at last, or stops leading), how
+/// long its connections get to close before they are let go. A graceful
+/// shutdown waits for every connection, and one that never closes (a TCP
+/// probe holding its socket, a client stuck mid-handshake) would otherwise
+/// keep a standby from ever leading, or a leader from ever handing over.
+/// Workers retry what was cut short, on the next coordinator.
+const STANDBY_GRACE: Duration = Duration::from_secs(2);
+const HANDOVER_GRACE: Duration = Duration::from_secs(10);
 /// HTTP/2 pings on idle connections, so a worker that vanished without
 /// closing its connection is noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
@@ -222,8 +230,10 @@ pub async fn run(
             tokio::select! {
                 lock = become_leader(&pool, &shutdown) => {
                     standing_by.cancel();
-                    if let Err(error) = standby.await {
-                        warn!(%error, "the standby service stopped with an error");
+                    match tokio::time::timeout(STANDBY_GRACE, &mut standby).await {
+                        Ok(Ok(())) => {}
+                        Ok(Err(error)) => warn!(%error, "the standby service stopped with an error"),
+                        Err(_) => warn!("connections to the standby service still open: let go"),
                     }
                     lock?
                 }
@@ -417,13 +427,23 @@ async fn lead(
     if let Some(tls) = &config.tls {
         server = server.tls_config(tls.server_config())?;
     }
-    let served = server
+    let serving = server
         .timeout(call_timeout)
         .http2_keepalive_interval(Some(KEEPALIVE_INTERVAL))
         .http2_keepalive_timeout(Some(KEEPALIVE_TIMEOUT))
         .add_service(CoordinatorServer::with_interceptor(service, authenticate))
-        .serve_with_incoming_shutdown(incoming, leading.cancelled())
-        .await;
+        .serve_with_incoming_shutdown(incoming, leading.cancelled());
+    tokio::pin!(serving);
+    let served = tokio::select! {
+        served = &mut serving => served,
+        () = async {
+            leading.cancelled().await;
+            tokio::time::sleep(HANDOVER_GRACE).await;
+        } => {
+            warn!("connections still open {} s after leading ended: let go", HANDOVER_GRACE.as_secs());
+            Ok(())
+        }
+    };
     background.cancel();
     let _ = consumer.await;
     let _ = expiry.await;

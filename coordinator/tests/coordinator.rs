@@ -972,3 +972,49 @@ async fn a_standby_answers_unavailable_until_it_leads() {
     second.handle.await.unwrap();
     database.drop_database().await.unwrap();
 }
+
+/// Regression (issue 16): a standby that takes over first shuts its
+/// standby service down gracefully, and that waited for every connection
+/// to close. One that never did (a TCP probe holding its socket, a client
+/// stuck mid-handshake) kept the replica from ever leading. The standby
+/// now lets open connections go after a short grace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_connection_to_a_standby_does_not_keep_it_from_leading() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let (first, second) = leader_and_standby(pool, &prefix(), CoordinatorConfig::default()).await;
+    let silent = tokio::net::TcpStream::connect(second.address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    // The standby has accepted it (an answered call comes after it).
+    let mut standby = client(&second.address).await;
+    let status = standby
+        .register(RegisterRequest {
+            worker_name: "w".into(),
+            slots: 1,
+            version: "test".into(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    drop(standby);
+    first.shutdown.cancel();
+    first.handle.await.unwrap();
+    let second_state = Arc::clone(&second.state);
+    eventually("the standby to lead", async || second_state.is_leader()).await;
+    let mut leader = client(&second.address).await;
+    register(&mut leader, "after", 1).await;
+    drop(leader);
+    // Nor does one keep the leader from stopping (SIGTERM) and handing
+    // over. Bounded, so that a hang fails the test.
+    let _also_silent = tokio::net::TcpStream::connect(second.address.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    second.shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(60), second.handle)
+        .await
+        .expect("the leader stopped")
+        .unwrap();
+    drop(silent);
+    database.drop_database().await.unwrap();
+}

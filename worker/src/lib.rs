@@ -39,6 +39,8 @@ type Client = CoordinatorClient<InterceptedService<Channel, AttachToken>>;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a call may take beyond the longest LeaseTask long poll.
 const CALL_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a Register call may take.
+const REGISTER_TIMEOUT: Duration = Duration::from_secs(10);
 /// HTTP/2 pings, so a coordinator that vanished is noticed.
 const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(30);
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(20);
@@ -285,13 +287,23 @@ impl Coordinators {
         let mut last_error = None;
         for _ in 0..self.clients.len() {
             let (index, mut client) = self.current();
-            let answer = client
-                .register(RegisterRequest {
+            // Registering answers at once: one that hangs (a coordinator
+            // handing over) is given up soon and tried again, not after
+            // the long-poll deadline of the channel.
+            let answer = tokio::time::timeout(
+                REGISTER_TIMEOUT,
+                client.register(RegisterRequest {
                     worker_name: config.name.clone(),
                     slots: config.slots,
                     version: env!("CARGO_PKG_VERSION").into(),
-                })
-                .await;
+                }),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(tonic::Status::deadline_exceeded(
+                    "the coordinator did not answer Register in time",
+                ))
+            });
             match answer {
                 Ok(reply) => return Ok(reply.into_inner()),
                 Err(status) if is_transient(&status) => {

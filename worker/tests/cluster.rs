@@ -507,6 +507,55 @@ async fn the_cluster_runs_over_mutual_tls_and_refuses_unknown_workers() {
     database.drop_database().await.unwrap();
 }
 
+/// Regression (issue 16): a Register call had only the channel's deadline
+/// (the long poll's plus a minute), so a worker whose first coordinator
+/// address accepted the connection and never answered (a replica stuck
+/// handing over) waited over a minute before it tried the next address.
+/// Register now gives up after a few seconds and moves on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_moves_past_a_coordinator_that_never_answers_register() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let repo = GitRepo::new();
+    repo.write("app.env", format!("{}\n", example("AWS_ACCESS_KEY_ID")));
+    repo.commit_all("init");
+    let id = register(pool, "answered", &repo).await;
+    let cluster = Cluster::start_with(pool, None, 0).await;
+    let (silent, accepted) = leakscan_testkit::silent_server_counting();
+    let mirrors = tempfile::tempdir().unwrap();
+    let config = WorkerConfig {
+        coordinator_url: format!("http://{silent},{}", cluster.coordinator_url),
+        // The channel's deadline is the long poll's plus a minute: 80 s.
+        lease_wait_ms: 20_000,
+        ..cluster.worker_config("patient", mirrors.path())
+    };
+    let worker = tokio::spawn(leakscan_worker::run(config, cluster.shutdown.clone()));
+    // Before the fix, Register on the silent address alone took 50 s (the
+    // HTTP/2 keep-alive gave up first); now 10 s, and the scan a few more.
+    let job = jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    cluster.queue.enqueue(job.id).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
+    loop {
+        let job = jobs::find_job(pool, &job.scan_key).await.unwrap().unwrap();
+        if job.state == "done" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job was not done within 40 s: {job:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert_eq!(stored_findings(pool, id).await, expected_findings(&repo));
+    cluster.shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    cluster.stop().await;
+    database.drop_database().await.unwrap();
+}
+
 /// Regression: a worker registered once at start, so one that met no
 /// leading coordinator (all starting, or a standby answering UNAVAILABLE)
 /// exited with an error. It now registers again every second until a
