@@ -50,6 +50,10 @@ pub fn split_prefix(redis_url: &str) -> (String, String) {
 #[derive(Clone)]
 pub struct JobQueue {
     connection: ConnectionManager,
+    /// Blocking reads only: Redis answers a connection's commands in order,
+    /// so a read that waits for entries would hold up every other command
+    /// (a readiness ping, an enqueue, an acknowledgement) sent behind it.
+    blocking: ConnectionManager,
     stream: String,
 }
 
@@ -69,9 +73,11 @@ impl JobQueue {
         let config = redis::aio::ConnectionManagerConfig::new().set_response_timeout(Some(
             std::time::Duration::from_millis(MAX_BLOCK_MS as u64 + 5_000),
         ));
-        let connection = ConnectionManager::new_with_config(client, config).await?;
+        let connection = ConnectionManager::new_with_config(client.clone(), config.clone()).await?;
+        let blocking = ConnectionManager::new_with_config(client, config).await?;
         let queue = JobQueue {
             connection,
+            blocking,
             stream: format!("{prefix}jobs"),
         };
         queue.ensure_group().await?;
@@ -158,7 +164,12 @@ impl JobQueue {
         id: &str,
         block_ms: Option<usize>,
     ) -> Result<Vec<Delivery>> {
-        let (connection, stream) = (self.connection.clone(), self.stream.clone());
+        let connection = if block_ms.is_some() {
+            self.blocking.clone()
+        } else {
+            self.connection.clone()
+        };
+        let stream = self.stream.clone();
         let reply: Option<StreamReadReply> = self
             .retrying_on_nogroup(|| {
                 let (mut connection, stream) = (connection.clone(), stream.clone());

@@ -295,3 +295,27 @@ async fn concurrent_blob_result_stores_do_not_deadlock() {
     assert_eq!(stored, 5 * 3000);
     database.drop_database().await.unwrap();
 }
+
+/// Regression (issue 16): blocking stream reads shared the one connection
+/// every other queue command used, and Redis answers a connection's
+/// commands in order, so a coordinator's readiness ping (and its enqueues
+/// and acknowledgements) waited behind each read's block. The ping must
+/// answer while a read still waits for entries.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_stream_read_holds_up_no_other_command() {
+    let prefix = format!("{}:", unique_name("leakscan-test"));
+    let queue = JobQueue::connect(&redis_url(), &prefix).await.unwrap();
+    let waiting = tokio::spawn({
+        let queue = queue.clone();
+        async move { queue.read("coordinator-a", 1, 3_000).await }
+    });
+    // Let the read reach Redis and block there (if it had not yet, the
+    // ping would go first and the test would prove nothing, never fail).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    queue.ping().await.unwrap();
+    queue.enqueue(jobs::JobId(1)).await.unwrap();
+    assert!(
+        !waiting.is_finished() || !waiting.await.unwrap().unwrap().is_empty(),
+        "the ping waited for the blocking read to end"
+    );
+}
