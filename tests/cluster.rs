@@ -274,23 +274,15 @@ fn start_gateway(
     dir: &Path,
     index: usize,
 ) -> (Process, Api) {
-    let (gateway, line) = Process::start(
-        "gateway",
-        "leakscan-gateway",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--repos-root",
-            root.to_str().unwrap(),
-            // Repositories registered through the API live here.
-            "--allowed-local-path",
-            dir.to_str().unwrap(),
-        ],
+    let (gateway, address) = leakscan_tests::start_gateway(
         &borrowed(env),
+        root,
+        "127.0.0.1:0",
+        // Repositories registered through the API live here.
+        &["--allowed-local-path", dir.to_str().unwrap()],
         dir.join(format!("gateway{index}.log")),
-        "listening on",
     );
-    let api = Api::new(&address_in(&line), ADMIN.0, ADMIN.1);
+    let api = Api::new(&address, ADMIN.0, ADMIN.1);
     (gateway, api)
 }
 

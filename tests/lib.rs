@@ -355,3 +355,85 @@ pub fn parse_metrics(text: &str) -> std::collections::BTreeMap<String, f64> {
         })
         .collect()
 }
+
+/// The environment the binaries of one test cluster share: its database,
+/// its Redis (URL with a key prefix of its own), a fresh master key and
+/// worker token, and the bootstrap administrator.
+pub struct ClusterEnv {
+    pub worker_token: String,
+    vars: Vec<(&'static str, String)>,
+}
+
+impl ClusterEnv {
+    pub fn new(database_url: &str, redis_url: &str, (user, password): (&str, &str)) -> ClusterEnv {
+        let worker_token = leakscan_proto::auth::generate_token();
+        let master_key = leakscan_store::secrets::MasterKey::generate().to_hex();
+        ClusterEnv {
+            vars: vec![
+                ("LEAKSCAN_WORKER_TOKEN", worker_token.clone()),
+                ("LEAKSCAN_DATABASE_URL", database_url.into()),
+                ("LEAKSCAN_REDIS_URL", redis_url.into()),
+                ("LEAKSCAN_MASTER_KEY", master_key),
+                ("LEAKSCAN_ADMIN_USER", user.into()),
+                ("LEAKSCAN_ADMIN_PASSWORD", password.into()),
+            ],
+            worker_token,
+        }
+    }
+
+    /// The variables, as [`Process::start`] takes them.
+    pub fn vars(&self) -> Vec<(&str, &str)> {
+        self.vars.iter().map(|(k, v)| (*k, v.as_str())).collect()
+    }
+}
+
+/// A gateway process on `listen` serving the repositories under `root`
+/// (more arguments in `extra`), its stderr to `log`; and its address.
+pub fn start_gateway(
+    env: &[(&str, &str)],
+    root: &Path,
+    listen: &str,
+    extra: &[&str],
+    log: PathBuf,
+) -> (Process, String) {
+    let mut args = vec!["--listen", listen, "--repos-root", root.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    let (gateway, line) = Process::start(
+        "gateway",
+        "leakscan-gateway",
+        &args,
+        env,
+        log,
+        "listening on",
+    );
+    (gateway, address_in(&line))
+}
+
+impl Api {
+    /// A total rescan through the API, run to its end (asserted `done`).
+    pub fn total_rescan(&self) -> Value {
+        let job = self.expect(
+            "PUT",
+            "/rest/security/latest/status/total_rescan",
+            None,
+            200,
+        );
+        let done = wait_for_job(self, job["scanKey"].as_str().unwrap_or_default());
+        assert_eq!(done["state"], "done", "{done}");
+        done
+    }
+}
+
+/// The job once it has ended (within 120 s).
+pub fn wait_for_job(api: &Api, scan_key: &str) -> Value {
+    wait_until(&format!("job {scan_key}"), Duration::from_secs(120), || {
+        let job = api.expect(
+            "GET",
+            &format!("/rest/security/latest/jobs/{scan_key}"),
+            None,
+            200,
+        );
+        let state = job["state"].as_str().unwrap_or_default().to_string();
+        (state != "queued" && state != "running").then_some(job)
+    })
+}

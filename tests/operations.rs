@@ -8,13 +8,10 @@
 
 use std::{path::Path, time::Duration};
 
-use leakscan_store::{
-    secrets::MasterKey,
-    testing::{redis_url, unique_name, TestDatabase},
-};
+use leakscan_store::testing::{redis_url, unique_name, TestDatabase};
 use leakscan_tests::{
     address_in, branches, generate_repository, get_json, get_plain, keys, leakscan_scan,
-    parse_metrics, wait_until, Api, Process,
+    parse_metrics, start_gateway, wait_for_job, wait_until, Api, ClusterEnv, Process,
 };
 use serde_json::{json, Value};
 
@@ -81,19 +78,6 @@ fn start_worker(
     )
 }
 
-fn wait_for_job(api: &Api, scan_key: &str) -> Value {
-    wait_until(&format!("job {scan_key}"), Duration::from_secs(120), || {
-        let job = api.expect(
-            "GET",
-            &format!("/rest/security/latest/jobs/{scan_key}"),
-            None,
-            200,
-        );
-        let state = job["state"].as_str().unwrap().to_string();
-        (state != "queued" && state != "running").then_some(job)
-    })
-}
-
 /// A figure of a parsed scrape; a series that is absent counts as 0.
 fn figure(metrics: &std::collections::BTreeMap<String, f64>, series: &str) -> i64 {
     metrics.get(series).copied().unwrap_or(0.0) as i64
@@ -119,16 +103,9 @@ fn probes_metrics_scaling_and_a_worker_draining_on_sigterm() {
         let path = root.join("OPS").join(format!("app-{index}.git"));
         generate_repository(&path, 30, "40k", 1, 3, 40 + index);
     }
-    let master_key = MasterKey::generate().to_hex();
-    let token = leakscan_proto::auth::generate_token();
-    let env = [
-        ("LEAKSCAN_WORKER_TOKEN", token.as_str()),
-        ("LEAKSCAN_DATABASE_URL", database.url.as_str()),
-        ("LEAKSCAN_REDIS_URL", redis.as_str()),
-        ("LEAKSCAN_MASTER_KEY", master_key.as_str()),
-        ("LEAKSCAN_ADMIN_USER", ADMIN.0),
-        ("LEAKSCAN_ADMIN_PASSWORD", ADMIN.1),
-    ];
+    let cluster_env = ClusterEnv::new(&database.url, &redis, ADMIN);
+    let env = cluster_env.vars();
+    let token = cluster_env.worker_token.clone();
     let (leader, leader_grpc, leader_ops) = start_coordinator(&env, dir, 0);
     wait_until(
         "the first coordinator to lead",
@@ -136,20 +113,8 @@ fn probes_metrics_scaling_and_a_worker_draining_on_sigterm() {
         || leader.log_text().contains("became leader").then_some(()),
     );
     let (_standby, standby_grpc, standby_ops) = start_coordinator(&env, dir, 1);
-    let (_gateway, line) = Process::start(
-        "gateway",
-        "leakscan-gateway",
-        &[
-            "--listen",
-            "127.0.0.1:0",
-            "--repos-root",
-            root.to_str().unwrap(),
-        ],
-        &env,
-        dir.join("gateway.log"),
-        "listening on",
-    );
-    let gateway = address_in(&line);
+    let (_gateway, gateway) =
+        start_gateway(&env, &root, "127.0.0.1:0", &[], dir.join("gateway.log"));
     let api = Api::new(&gateway, ADMIN.0, ADMIN.1);
     let coordinators = format!("http://{leader_grpc},http://{standby_grpc}");
     let (mut worker0, lines) = start_worker(
@@ -188,14 +153,7 @@ fn probes_metrics_scaling_and_a_worker_draining_on_sigterm() {
     assert_eq!(get_plain(&format!("http://{gateway}/health/ready")).0, 200);
 
     // A total rescan, then every figure against the database.
-    let job = api.expect(
-        "PUT",
-        "/rest/security/latest/status/total_rescan",
-        None,
-        200,
-    );
-    let done = wait_for_job(&api, job["scanKey"].as_str().unwrap());
-    assert_eq!(done["state"], "done", "{done}");
+    api.total_rescan();
     let (status, text) = get_plain(&format!("http://{leader_ops}/metrics"));
     assert_eq!(status, 200);
     let leader_metrics = parse_metrics(&text);

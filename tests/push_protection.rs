@@ -14,7 +14,7 @@ use leakscan_store::{
     secrets::MasterKey,
     testing::{redis_url, unique_name, TestDatabase},
 };
-use leakscan_tests::{address_in, bin, git, Api, Process};
+use leakscan_tests::{bin, git, Api, Process};
 use serde_json::{json, Value};
 
 const ADMIN: (&str, &str) = ("admin", "hook-admin-password");
@@ -116,15 +116,13 @@ fn start_gateway(
     index: usize,
 ) -> (Process, String) {
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (gateway, line) = Process::start(
-        "gateway",
-        "leakscan-gateway",
-        &["--listen", listen, "--repos-root", root.to_str().unwrap()],
+    leakscan_tests::start_gateway(
         &env,
+        root,
+        listen,
+        &[],
         dir.join(format!("gateway{index}.log")),
-        "listening on",
-    );
-    (gateway, address_in(&line))
+    )
 }
 
 fn audit(api: &Api, action: &str) -> Vec<Value> {

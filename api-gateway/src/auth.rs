@@ -1,4 +1,5 @@
-//! HTTP basic authentication against the users in PostgreSQL, and the
+//! HTTP basic authentication against the users in PostgreSQL (or an
+//! access token, or the dashboard page's session cookie), and the
 //! permission checks the handlers call.
 //!
 //! Verifying an argon2 hash costs tens of milliseconds of CPU, far more
@@ -27,6 +28,7 @@ use axum::{extract::FromRequestParts, http::request::Parts};
 use base64::Engine as _;
 use leakscan_store::{
     catalog::{self, Repository},
+    sessions,
     tokens::{self, TokenScope},
     users::{self, Access, User},
 };
@@ -260,6 +262,19 @@ impl FromRequestParts<Arc<AppState>> for Caller {
                 .ok_or_else(ApiError::unauthorized)?;
             return Ok(Caller(user, Some(scope)));
         }
+        // The dashboard page's session (credentials in the request win).
+        if parts
+            .headers
+            .get(axum::http::header::AUTHORIZATION)
+            .is_none()
+        {
+            if let Some(token) = session_cookie(&parts.headers) {
+                let user = sessions::authenticate(&state.pool, &token)
+                    .await?
+                    .ok_or_else(ApiError::unauthorized)?;
+                return Ok(Caller(user, None));
+            }
+        }
         let (name, password) = basic_credentials(parts).ok_or_else(ApiError::unauthorized)?;
         if state.credentials.remembers(&name, &password) {
             if let Some(user) = users::find_user(&state.pool, &name).await? {
@@ -278,6 +293,36 @@ impl FromRequestParts<Arc<AppState>> for Caller {
         state.credentials.remember(&name, &password);
         Ok(Caller(user, None))
     }
+}
+
+/// The name of the dashboard's session cookie.
+pub const SESSION_COOKIE: &str = "leakscan_session";
+
+/// The dashboard session token of the request's `Cookie` header, if any.
+pub(crate) fn session_cookie(headers: &axum::http::HeaderMap) -> Option<String> {
+    headers
+        .get_all(axum::http::header::COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, token)| token.trim().to_string())
+}
+
+/// Signs a user in with a password, throttled as basic authentication is
+/// (the dashboard's sign-in form).
+pub(crate) async fn sign_in(
+    state: &AppState,
+    name: &str,
+    password: &str,
+    address: Option<IpAddr>,
+) -> Result<User, ApiError> {
+    state
+        .sign_ins
+        .verify(state, name, password, address)
+        .await?
+        .ok_or_else(ApiError::unauthorized)
 }
 
 /// `Authorization: Bearer <token>` (a personal access token).
@@ -373,6 +418,21 @@ impl Caller {
                 "Project {project_key} does not exist."
             ))),
         }
+    }
+
+    /// What the caller may do with a repository (its token's scope
+    /// applied; `Access::None` for one it may not see or that does not
+    /// exist).
+    pub async fn repository_access(
+        &self,
+        state: &AppState,
+        project_key: &str,
+        slug: &str,
+    ) -> Result<Access, ApiError> {
+        let found = users::repository_access(&state.pool, &self.0, project_key, slug).await?;
+        Ok(found.map_or(Access::None, |(_, access)| {
+            self.1.map_or(access, |scope| access.min(scope.repository))
+        }))
     }
 
     /// The repository, if the caller has at least `needed` on it (404 for

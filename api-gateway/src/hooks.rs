@@ -665,7 +665,7 @@ pub async fn hook_push(
     } else {
         None
     };
-    state.metrics.hook_report(if report.over_budget {
+    let result = if report.over_budget {
         HookResult::OverBudget
     } else if unreviewed.is_empty() {
         HookResult::Reviewed
@@ -673,7 +673,18 @@ pub async fn hook_push(
         HookResult::Bypassed
     } else {
         HookResult::Open
-    });
+    };
+    state.metrics.hook_report(result);
+    let recorded = match result {
+        HookResult::OverBudget => hooks::PushResult::OverBudget,
+        HookResult::Reviewed => hooks::PushResult::Reviewed,
+        HookResult::Bypassed => hooks::PushResult::Bypassed,
+        HookResult::Open => match hooks::effective(&state.pool, repository.id).await?.mode {
+            HookMode::Block => hooks::PushResult::Blocked,
+            HookMode::Warn => hooks::PushResult::Warned,
+        },
+    };
+    hooks::record_push(&state.pool, repository.id, recorded).await?;
     Ok(Json(PushDecision {
         unreviewed,
         scan_key,

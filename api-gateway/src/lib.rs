@@ -10,6 +10,7 @@
 
 pub mod auth;
 pub mod catalog;
+pub mod dashboard;
 pub mod error;
 pub mod exports;
 pub mod hooks;
@@ -160,6 +161,7 @@ pub fn app(state: Arc<AppState>) -> Router {
         Router::new().nest(context_path, api).fallback(not_found)
     };
     app.layer(axum::middleware::from_fn(xsrf))
+        .layer(axum::middleware::from_fn(dashboard::no_browser_prompt))
         .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn_with_state(state, guard))
 }

@@ -216,6 +216,10 @@ fn body_schemas() -> Map<String, Value> {
                 },
             }},
         }},
+        "SignIn": {"type": "object", "required": ["name", "password"], "additionalProperties": false, "properties": {
+            "name": {"type": "string", "minLength": 1, "maxLength": 255},
+            "password": {"type": "string", "minLength": 1, "maxLength": 4096},
+        }},
         "NewToken": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {
             "name": {"type": "string", "minLength": 1, "maxLength": 255, "pattern": "^[^\\x00-\\x1f\\x7f-\\x9f]*[^\\s\\x00-\\x1f\\x7f-\\x9f][^\\x00-\\x1f\\x7f-\\x9f]*$"},
             "permissions": {"type": "array", "maxItems": 2, "items": {"type": "string", "enum": [

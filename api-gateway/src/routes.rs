@@ -22,8 +22,8 @@ use axum::{
 use leakscan_store::{catalog::Repository, users::Access};
 
 use crate::{
-    auth::Caller, catalog, error::ApiError, exports, hooks, insights, keys, openapi, policy,
-    reviews, scans, users, AppState,
+    auth::Caller, catalog, dashboard, error::ApiError, exports, hooks, insights, keys, openapi,
+    policy, reviews, scans, users, AppState,
 };
 
 /// What a route needs of its caller.
@@ -207,6 +207,13 @@ pub fn routes() -> Vec<Route> {
         get("/health/ready", Public, "Readiness: migrations ran, PostgreSQL and Redis answer", crate::ready),
         get("/metrics", Public, "Metrics in Prometheus (OpenMetrics) text", crate::metrics::metrics),
         get("/rest/openapi.json", Public, "This API's OpenAPI 3 document", openapi::document),
+        // The dashboard page and its sign-in (docs/ARCHITECTURE.md, "The dashboard page")
+        get("/dashboard", Public, "The dashboard page (HTML)", dashboard::page),
+        get("/dashboard/app.js", Public, "The dashboard page's script", dashboard::script),
+        get("/dashboard/app.css", Public, "The dashboard page's style sheet", dashboard::style),
+        post("/rest/dashboard/latest/session", Public, "Sign in to the dashboard page: sets its session cookie", dashboard::sign_in).json("SignIn"),
+        get("/rest/dashboard/latest/session", User, "The signed-in user", dashboard::current),
+        delete("/rest/dashboard/latest/session", Public, "Sign out of the dashboard page", dashboard::sign_out),
         // Catalog
         get("/rest/api/latest/projects", User, "Projects the caller may read", catalog::list_projects).query(PAGE),
         post("/rest/api/latest/projects", SysAdmin, "Create a project", catalog::create_project).json("NewProject"),

@@ -16,6 +16,7 @@ use futures::Stream;
 use leakscan_store::{
     catalog::Repository,
     findings::{self, ReportedFinding},
+    hooks::PushCounts,
     jobs::{self, Job, JobScope},
     policy, tasks,
     users::Access,
@@ -633,10 +634,62 @@ pub async fn dashboard(
 pub struct BranchDashboard {
     name: String,
     status: &'static str,
+    /// `Scanning` while a task of the branch is queued or leased, `Failed`
+    /// when its newest task failed; absent otherwise.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scan: Option<&'static str>,
     head_commit: String,
     last_scanned_commit: Option<String>,
     /// Findings not hidden by a review, as of the last scan.
     findings: i64,
+}
+
+impl BranchDashboard {
+    /// The dashboard's bar a branch counts in: its scan, else its status.
+    fn bar(&self) -> &'static str {
+        self.scan.unwrap_or(self.status)
+    }
+}
+
+/// Branches by the dashboard's bars (a branch being scanned or whose scan
+/// failed counts there, not under its status).
+#[derive(Debug, Default, Clone, Copy, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StatusCounts {
+    secure: i64,
+    vulnerable: i64,
+    not_scanned: i64,
+    outdated: i64,
+    scanning: i64,
+    failed: i64,
+}
+
+impl StatusCounts {
+    fn of<'a>(branches: impl Iterator<Item = &'a BranchDashboard>) -> StatusCounts {
+        let mut counts = StatusCounts::default();
+        for branch in branches {
+            let slot = match branch.bar() {
+                "Scanning" => &mut counts.scanning,
+                "Failed" => &mut counts.failed,
+                "Vulnerable" => &mut counts.vulnerable,
+                "Outdated" => &mut counts.outdated,
+                "Secure" => &mut counts.secure,
+                _ => &mut counts.not_scanned,
+            };
+            *slot += 1;
+        }
+        counts
+    }
+
+    fn add(mut self, other: StatusCounts) -> StatusCounts {
+        self.secure += other.secure;
+        self.vulnerable += other.vulnerable;
+        self.not_scanned += other.not_scanned;
+        self.outdated += other.outdated;
+        self.scanning += other.scanning;
+        self.failed += other.failed;
+        self
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -648,6 +701,11 @@ pub struct RepositoryDashboard {
     /// scanned, Partially scanned, Outdated and Secure.
     status: &'static str,
     exempt: bool,
+    counts: StatusCounts,
+    /// Pushes the pre-receive hook blocked and let through with a bypass.
+    hook: PushCounts,
+    /// Whether the caller may rescan it (repository write).
+    can_rescan: bool,
     branches: Vec<BranchDashboard>,
 }
 
@@ -656,6 +714,11 @@ pub struct RepositoryDashboard {
 pub struct ProjectDashboard {
     project: String,
     status: &'static str,
+    counts: StatusCounts,
+    hook: PushCounts,
+    /// Whether the caller may rescan the whole project (project admin or
+    /// the security grant).
+    can_rescan: bool,
     repositories: Vec<RepositoryDashboard>,
 }
 
@@ -670,6 +733,14 @@ fn branch_state(summary: &findings::BranchSummary, base: &str) -> &'static str {
         }
         Some(_) if summary.findings > 0 => "Vulnerable",
         Some(_) => "Secure",
+    }
+}
+
+fn branch_scan(summary: &findings::BranchSummary) -> Option<&'static str> {
+    match summary.task_state.as_deref() {
+        Some("queued" | "leased") => Some("Scanning"),
+        Some("failed") => Some("Failed"),
+        _ => None,
     }
 }
 
@@ -697,6 +768,7 @@ async fn repository_dashboards(
 ) -> Result<Vec<RepositoryDashboard>, ApiError> {
     let summaries =
         findings::branch_summaries(&state.pool, project_key, only.map(|r| r.id)).await?;
+    let pushes = leakscan_store::hooks::push_counts(&state.pool, project_key).await?;
     let mut repositories: Vec<RepositoryDashboard> = Vec::new();
     let mut base_of: HashMap<i64, String> = HashMap::new();
     for summary in summaries {
@@ -711,6 +783,7 @@ async fn repository_dashboards(
         };
         let branch = BranchDashboard {
             status: branch_state(&summary, &base),
+            scan: branch_scan(&summary),
             name: summary.branch,
             head_commit: summary.head_commit,
             last_scanned_commit: summary.last_scanned_commit,
@@ -723,6 +796,12 @@ async fn repository_dashboards(
                 repository: summary.slug,
                 status: "",
                 exempt: false,
+                counts: StatusCounts::default(),
+                hook: pushes
+                    .get(&summary.repository_id)
+                    .copied()
+                    .unwrap_or_default(),
+                can_rescan: false,
                 branches: vec![branch],
             }),
         }
@@ -746,6 +825,7 @@ async fn repository_dashboards(
         let vulnerable = repository.branches.iter().any(|b| b.findings > 0);
         repository.status = roll_up(repository.branches.iter().map(|b| b.status), vulnerable);
         repository.exempt = exempt.contains(&repository.repository);
+        repository.counts = StatusCounts::of(repository.branches.iter());
     }
     Ok(repositories)
 }
@@ -759,26 +839,36 @@ pub async fn project_dashboard(
     PathParams(project_key): PathParams<String>,
 ) -> Result<Json<ProjectDashboard>, ApiError> {
     caller.project(&state, &project_key, Access::Read).await?;
-    let mut repositories = repository_dashboards(&state, &project_key, None).await?;
-    if !(caller.0.sys_admin || caller.0.security) {
-        let mut visible = Vec::with_capacity(repositories.len());
-        for repository in repositories {
-            let access = leakscan_store::users::repository_access(
-                &state.pool,
-                &caller.0,
-                &project_key,
-                &repository.repository,
-            )
+    let repositories = repository_dashboards(&state, &project_key, None).await?;
+    let sees_all = caller.require_security().is_ok();
+    let mut visible = Vec::with_capacity(repositories.len());
+    for mut repository in repositories {
+        let access = caller
+            .repository_access(&state, &project_key, &repository.repository)
             .await?;
-            if access.is_some_and(|(_, access)| access >= Access::Read) {
-                visible.push(repository);
-            }
+        if sees_all || access >= Access::Read {
+            repository.can_rescan = access >= Access::Write;
+            visible.push(repository);
         }
-        repositories = visible;
     }
+    let repositories = visible;
     let vulnerable = repositories.iter().any(|r| r.status == "Vulnerable");
+    let can_rescan = caller
+        .project_or_security(&state, &project_key, Access::Admin)
+        .await
+        .is_ok();
     Ok(Json(ProjectDashboard {
         status: roll_up(repositories.iter().map(|r| r.status), vulnerable),
+        counts: repositories
+            .iter()
+            .fold(StatusCounts::default(), |sum, r| sum.add(r.counts)),
+        hook: repositories
+            .iter()
+            .fold(PushCounts::default(), |sum, r| PushCounts {
+                blocked: sum.blocked + r.hook.blocked,
+                bypassed: sum.bypassed + r.hook.bypassed,
+            }),
+        can_rescan,
         project: project_key,
         repositories,
     }))
@@ -787,17 +877,27 @@ pub async fn project_dashboard(
 /// `GET /rest/security/latest/dashboard/projects/{p}/repos/{r}`
 pub async fn repository_dashboard(
     State(state): State<Arc<AppState>>,
+    caller: Caller,
     PathRepository(repository): PathRepository,
 ) -> Result<Json<RepositoryDashboard>, ApiError> {
     let (project_key, slug) = (repository.project_key.clone(), repository.slug.clone());
+    let can_rescan = caller
+        .repository_access(&state, &project_key, &slug)
+        .await?
+        >= Access::Write;
     let mut dashboards = repository_dashboards(&state, &project_key, Some(&repository)).await?;
-    Ok(Json(dashboards.pop().unwrap_or(RepositoryDashboard {
+    let mut dashboard = dashboards.pop().unwrap_or(RepositoryDashboard {
         project: project_key,
         repository: slug,
         status: "Not scanned",
         exempt: repository.exempt,
+        counts: StatusCounts::default(),
+        hook: PushCounts::default(),
+        can_rescan: false,
         branches: Vec::new(),
-    })))
+    });
+    dashboard.can_rescan = can_rescan;
+    Ok(Json(dashboard))
 }
 
 /// The rescan schedule as the API shows it.
@@ -861,5 +961,78 @@ pub async fn delete_schedule(
         Ok(axum::http::StatusCode::NO_CONTENT)
     } else {
         Err(ApiError::not_found("There is no rescan schedule."))
+    }
+}
+
+#[cfg(test)]
+mod dashboard_tests {
+    use super::*;
+
+    fn branch(
+        name: &str,
+        scanned: Option<&str>,
+        findings: i64,
+        task: Option<&str>,
+    ) -> BranchDashboard {
+        let summary = findings::BranchSummary {
+            repository_id: leakscan_store::catalog::RepoId(1),
+            slug: "repo".into(),
+            branch: name.into(),
+            head_commit: "head".into(),
+            last_scanned_commit: scanned.map(str::to_string),
+            last_scanned_base: Some("base".into()),
+            findings,
+            task_state: task.map(str::to_string),
+        };
+        BranchDashboard {
+            status: branch_state(&summary, "base"),
+            scan: branch_scan(&summary),
+            name: summary.branch,
+            head_commit: summary.head_commit,
+            last_scanned_commit: summary.last_scanned_commit,
+            findings,
+        }
+    }
+
+    #[test]
+    fn a_branch_counts_in_its_scans_bar_else_in_its_statuss() {
+        let branches = [
+            branch("secure", Some("head"), 0, Some("done")),
+            branch("vulnerable", Some("head"), 2, None),
+            branch("outdated", Some("older"), 0, Some("done")),
+            branch("new", None, 0, None),
+            branch("queued", None, 0, Some("queued")),
+            branch("leased", Some("head"), 1, Some("leased")),
+            branch("failed", Some("older"), 0, Some("failed")),
+            branch("cancelled", Some("head"), 0, Some("cancelled")),
+        ];
+        let bars: Vec<&str> = branches.iter().map(BranchDashboard::bar).collect();
+        assert_eq!(
+            bars,
+            [
+                "Secure",
+                "Vulnerable",
+                "Outdated",
+                "Not scanned",
+                "Scanning",
+                "Scanning",
+                "Failed",
+                "Secure"
+            ]
+        );
+        let counts = StatusCounts::of(branches.iter());
+        assert_eq!(
+            (
+                counts.secure,
+                counts.vulnerable,
+                counts.not_scanned,
+                counts.outdated,
+                counts.scanning,
+                counts.failed
+            ),
+            (2, 1, 1, 1, 2, 1)
+        );
+        let doubled = counts.add(counts);
+        assert_eq!((doubled.secure, doubled.failed), (4, 2));
     }
 }

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Makes what leakscan needs available on a bare Debian machine, idempotently:
 #  - build dependencies (cmake, g++, libboost-dev for Vectorscan; git; pkg-config; python3-venv),
+#  - Chromium and ChromeDriver for the dashboard's browser test,
 #  - PostgreSQL on 127.0.0.1:5432 (user postgres, password postgres),
 #  - Redis on 127.0.0.1:6379.
 # Installs with apt when missing, starts when stopped, does nothing when all runs.
@@ -31,8 +32,10 @@ apt_install() {
 }
 
 # Build dependencies (Vectorscan builds from source with cmake, g++ and Boost),
-# and python3-venv for the test tools' venv (scripts/test.sh).
-apt_install cmake g++ libboost-dev pkg-config git ca-certificates python3-venv
+# python3-venv for the test tools' venv (scripts/test.sh), and Chromium with
+# ChromeDriver (and a font) for the dashboard's browser test (tests/dashboard.rs).
+apt_install cmake g++ libboost-dev pkg-config git ca-certificates python3-venv \
+  chromium chromium-driver fonts-liberation
 
 # PostgreSQL.
 pg_ready() { pg_isready -q -h 127.0.0.1 -p 5432 2>/dev/null; }

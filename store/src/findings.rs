@@ -332,6 +332,8 @@ pub struct BranchSummary {
     pub last_scanned_base: Option<String>,
     /// Findings not hidden by a review.
     pub findings: i64,
+    /// The state of the branch's newest task (`None`: never scanned).
+    pub task_state: Option<String>,
 }
 
 /// Every branch of a project's repositories (or of one repository), by
@@ -347,7 +349,9 @@ pub async fn branch_summaries(
                 (select count(*) from findings f join finding_branches fb on fb.finding_id = f.id
                  where f.repository_id = r.id and fb.branch = b.name
                    and not exists (select 1 from reviews v where v.secret_hash = f.secret_hash
-                                   and (v.repository_id is null or v.repository_id = r.id))) as findings
+                                   and (v.repository_id is null or v.repository_id = r.id))) as findings,
+                (select t.state from scan_tasks t where t.repository_id = r.id and t.branch = b.name
+                 order by t.id desc limit 1) as task_state
          from repositories r join projects p on p.id = r.project_id
          join branches b on b.repository_id = r.id
          where p.key = $1 and ($2::bigint is null or r.id = $2)

@@ -221,3 +221,69 @@ pub async fn delete_repository_tokens(pool: &PgPool, repository: RepoId) -> Resu
         .await?;
     Ok(())
 }
+
+/// What the hook did with a push it reported (the dashboard counts them).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PushResult {
+    /// Unreviewed secrets in block mode: the push was refused.
+    Blocked,
+    /// Unreviewed secrets in warn mode: let through with a warning.
+    Warned,
+    /// Unreviewed secrets let through with a bypass reason.
+    Bypassed,
+    /// Every secret found was reviewed already.
+    Reviewed,
+    /// The scan ran past its budget: let through, a branch scan queued.
+    OverBudget,
+}
+
+impl PushResult {
+    fn as_str(self) -> &'static str {
+        match self {
+            PushResult::Blocked => "blocked",
+            PushResult::Warned => "warned",
+            PushResult::Bypassed => "bypassed",
+            PushResult::Reviewed => "reviewed",
+            PushResult::OverBudget => "over_budget",
+        }
+    }
+}
+
+/// Records one push report's result.
+pub async fn record_push(pool: &PgPool, repository: RepoId, result: PushResult) -> Result<()> {
+    sqlx::query("insert into hook_reports (repository_id, result) values ($1, $2)")
+        .bind(repository)
+        .bind(result.as_str())
+        .execute(pool)
+        .await?;
+    Ok(())
+}
+
+/// Pushes the hook blocked and let through with a bypass, of one repository.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct PushCounts {
+    pub blocked: i64,
+    pub bypassed: i64,
+}
+
+/// [`PushCounts`] of each repository of a project that has any, by id.
+pub async fn push_counts(
+    pool: &PgPool,
+    project_key: &str,
+) -> Result<std::collections::HashMap<RepoId, PushCounts>> {
+    let rows: Vec<(RepoId, i64, i64)> = sqlx::query_as(
+        "select h.repository_id,
+                count(*) filter (where h.result = 'blocked'),
+                count(*) filter (where h.result = 'bypassed')
+         from hook_reports h join repositories r on r.id = h.repository_id
+         join projects p on p.id = r.project_id
+         where p.key = $1 group by h.repository_id",
+    )
+    .bind(project_key)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, blocked, bypassed)| (id, PushCounts { blocked, bypassed }))
+        .collect())
+}

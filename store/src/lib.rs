@@ -39,6 +39,7 @@ pub mod queue;
 pub mod reviews;
 pub mod schedules;
 pub mod secrets;
+pub mod sessions;
 pub mod tasks;
 pub mod testing;
 pub mod tokens;
