@@ -334,7 +334,8 @@ async fn list_branches_within(
 ) -> Result<BranchListing, String> {
     let mut command = tokio::process::Command::new("git");
     command.args(["ls-remote", "--symref", "--", url, "HEAD", "refs/heads/*"]);
-    leakscan_service::prepare_git(&mut command, credentials)?;
+    let files: Vec<&Path> = credentials.into_iter().collect();
+    leakscan_service::prepare_git(&mut command, &files)?;
     let listing = command.output();
     let output = tokio::time::timeout(timeout, listing)
         .await

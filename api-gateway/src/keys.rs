@@ -41,7 +41,7 @@ pub async fn rotate(
     })
     .await
     .map_err(|_| ApiError::internal())??;
-    let reencrypted = rotation.findings + rotation.blob_results;
+    let reencrypted = rotation.findings + rotation.blob_results + rotation.clone_credentials;
     Ok(Json(json!({
         "status": "SUCCESS",
         "message": format!(
@@ -50,7 +50,11 @@ pub async fn rotate(
         ),
         "activeKey": keys::key_name(rotation.key_id),
         "inactiveKeys": rotation.retired.iter().map(|id| keys::key_name(*id)).collect::<Vec<_>>(),
-        "reencrypted": {"findings": rotation.findings, "blobResults": rotation.blob_results},
+        "reencrypted": {
+            "findings": rotation.findings,
+            "blobResults": rotation.blob_results,
+            "cloneCredentials": rotation.clone_credentials,
+        },
     })))
 }
 

@@ -366,6 +366,23 @@ pub async fn prepare(
             .context("failed to create the bootstrap administrator")?;
     }
     let state = Arc::new(AppState::new(pool, queue, config));
+    // Credentials left inside old clone URLs move out of them (the
+    // coordinator does the same when it leads), so that no answer shows
+    // one (docs/ARCHITECTURE.md, "Clone sources").
+    if state.config.master_key.is_some() {
+        let secrets = state
+            .secrets()
+            .await
+            .map_err(|error| anyhow::anyhow!("loading the data keys: {}", error.message))?;
+        let moved =
+            leakscan_store::clone_credentials::move_out_of_urls(&state.pool, &secrets, "gateway")
+                .await
+                .context("failed to move credentials out of clone URLs")?;
+        for entry in moved {
+            tracing::warn!(repository = %entry.repository, origin = %entry.origin,
+                "moved a credential out of the repository's clone URL into encrypted storage");
+        }
+    }
     state.migrated.store(true, Ordering::SeqCst);
     if !state.config.repos_roots.is_empty() {
         catalog::sync_roots(&state)

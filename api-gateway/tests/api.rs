@@ -884,3 +884,55 @@ async fn a_password_left_in_an_old_clone_url_is_never_shown() {
     assert!(!page.to_string().contains("hunter2"), "{page}");
     fixture.finish().await;
 }
+
+/// Issue 13: a gateway with the master key moves credentials left in old
+/// clone URLs out of them when it starts, so that no answer shows them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_starting_gateway_moves_credentials_out_of_old_clone_urls() {
+    let fixture = Fixture::new().await;
+    let pool = &fixture.database.pool;
+    // As an old version wrote it, before the check.
+    leakscan_store::catalog::upsert_repository(
+        pool,
+        "PROJ",
+        "legacy",
+        "https://ci-bot:Zq8Lm2Vx7Tk4@git.example.com/team/legacy.git",
+    )
+    .await
+    .unwrap();
+    let queue = leakscan_store::queue::JobQueue::connect(
+        &leakscan_store::testing::redis_url(),
+        &format!("{}:", leakscan_store::testing::unique_name("api")),
+    )
+    .await
+    .unwrap();
+    let restarted =
+        leakscan_gateway::prepare(pool.clone(), queue, fixture.state.config.clone(), None)
+            .await
+            .unwrap();
+    let response = app(restarted)
+        .oneshot(
+            Request::get("/rest/api/latest/projects/PROJ/repos?limit=100")
+                .header("Authorization", common::basic_auth(ADMIN.0))
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+        .await
+        .unwrap();
+    let text = String::from_utf8(body.to_vec()).unwrap();
+    assert!(!text.contains("Zq8Lm2Vx7Tk4"), "{text}");
+    assert!(
+        text.contains("https://git.example.com/team/legacy.git"),
+        "{text}"
+    );
+    let moved: i64 = sqlx::query_scalar("select count(*) from clone_credentials")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(moved, 1);
+    fixture.finish().await;
+}

@@ -374,6 +374,15 @@ async fn lead(
     leading: CancellationToken,
 ) -> Result<(), CoordinatorError> {
     let work_available = Arc::new(Notify::new());
+    // Credentials left inside clone URLs registered before they were
+    // refused there move out of the URLs (docs/ARCHITECTURE.md, "Clone
+    // sources").
+    let moved =
+        leakscan_store::clone_credentials::move_out_of_urls(pool, secrets, "coordinator").await?;
+    for entry in &moved {
+        warn!(repository = %entry.repository, origin = %entry.origin,
+            "moved a credential out of the repository's clone URL into encrypted storage");
+    }
     reconcile(pool, state).await?;
     let background = CancellationToken::new();
     let consumer = tokio::spawn(consume_stream(
@@ -823,6 +832,15 @@ impl Coordinator for CoordinatorService {
                 spec.min_confidence = self.config.min_confidence;
                 let policy_json = serde_json::to_string(&spec)
                     .map_err(|error| Status::internal(format!("policy: {error}")))?;
+                let clone_credential = leakscan_store::clone_credentials::git_line(
+                    &self.pool,
+                    &self.secrets,
+                    leased.repository_id,
+                    &leased.clone_url,
+                )
+                .await
+                .map_err(status)?
+                .unwrap_or_default();
                 let mut response = Response::new(LeaseTaskResponse {
                     task: Some(Task {
                         task_id: leased.task_id.0.to_string(),
@@ -832,6 +850,7 @@ impl Coordinator for CoordinatorService {
                             project_key: leased.project_key,
                             slug: leased.slug,
                             clone_url: leased.clone_url,
+                            clone_credential,
                         }),
                         branch: leased.branch,
                         last_scanned_commit: leased.last_scanned_commit.unwrap_or_default(),

@@ -1018,3 +1018,48 @@ async fn a_silent_connection_to_a_standby_does_not_keep_it_from_leading() {
     drop(silent);
     database.drop_database().await.unwrap();
 }
+
+/// Issue 13: a repository registered before credentials were refused in
+/// clone URLs keeps working without showing them: on leading, the
+/// coordinator moves the credential out of the URL, and a lease hands it
+/// to the worker beside the bare URL, as a git credentials line.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_carries_the_credential_moved_out_of_an_old_clone_url() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    catalog::upsert_project(pool, "OLD", "Old").await.unwrap();
+    let repository = catalog::upsert_repository(
+        pool,
+        "OLD",
+        "legacy",
+        "https://ci-bot:Zq8Lm2Vx7Tk4@git.example.com/team/legacy.git",
+    )
+    .await
+    .unwrap();
+    catalog::replace_branches(pool, repository.id, &[("main".into(), "h0".into())])
+        .await
+        .unwrap();
+    jobs::create_job(pool, &JobScope::Total, "admin", &[])
+        .await
+        .unwrap();
+    let coordinator = start(pool, &prefix(), CoordinatorConfig::default()).await;
+    let state = Arc::clone(&coordinator.state);
+    eventually("leadership", async || state.is_leader()).await;
+    let mut client = client(&coordinator.address).await;
+    let worker = register(&mut client, "worker-1", 1).await;
+    let task = lease(&mut client, &worker, 5000).await.expect("a task");
+    let leased = task.repository.unwrap();
+    assert_eq!(leased.clone_url, "https://git.example.com/team/legacy.git");
+    assert_eq!(
+        leased.clone_credential,
+        "https://ci-bot:Zq8Lm2Vx7Tk4@git.example.com"
+    );
+    let stored: String = sqlx::query_scalar("select clone_url from repositories")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(!stored.contains("Zq8Lm2Vx7Tk4"), "{stored}");
+    coordinator.shutdown.cancel();
+    coordinator.handle.await.unwrap();
+    database.drop_database().await.unwrap();
+}

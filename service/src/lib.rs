@@ -104,14 +104,14 @@ pub async fn cancel_on_signal(shutdown: CancellationToken) {
 /// `https` and `ssh` transports (never `ext::`), ssh in batch mode (keys
 /// and known hosts from the service account's `~/.ssh`, or the operator's
 /// own `GIT_SSH_COMMAND`), killed when its future is dropped, and
-/// credentials from the operator's file only ([`git_credentials_env`])
-/// when one is given.
+/// credentials from the given git credentials files only
+/// ([`git_credentials_env`]).
 pub fn prepare_git(
     command: &mut tokio::process::Command,
-    credentials: Option<&std::path::Path>,
+    credentials: &[&std::path::Path],
 ) -> Result<(), String> {
-    if let Some(file) = credentials {
-        git_credentials_env(command, file)?;
+    if !credentials.is_empty() {
+        git_credentials_env(command, credentials)?;
     }
     if std::env::var_os("GIT_SSH_COMMAND").is_none() {
         command.env("GIT_SSH_COMMAND", "ssh -o BatchMode=yes");
@@ -124,27 +124,48 @@ pub fn prepare_git(
     Ok(())
 }
 
-/// Makes `command` (a git command) read credentials from `file` only, a
-/// git credentials file (`https://user:token@host` lines, as
-/// `git credential-store` keeps them) that the operator gives leakscan
-/// (`LEAKSCAN_GIT_CREDENTIALS_FILE`): helpers configured elsewhere are
-/// reset, so no credential leaks to another host and none ends up in a URL,
-/// a log or the database.
+/// Makes `command` (a git command) read credentials from `files` only, in
+/// that order: git credentials files (`https://user:token@host` lines, as
+/// `git credential-store` keeps them), the operator's
+/// (`LEAKSCAN_GIT_CREDENTIALS_FILE`) or one written for a task
+/// ([`task_credentials_file`]). Helpers configured elsewhere are reset, so
+/// no credential leaks to another host and none ends up in a URL, a log or
+/// the database.
 pub fn git_credentials_env(
     command: &mut tokio::process::Command,
-    file: &std::path::Path,
+    files: &[&std::path::Path],
 ) -> Result<(), String> {
-    let path = file
-        .to_str()
-        .filter(|path| !path.contains(['\'', '\n', '\\']))
-        .ok_or_else(|| format!("unusable git credentials file name {}", file.display()))?;
     command
-        .env("GIT_CONFIG_COUNT", "2")
+        .env("GIT_CONFIG_COUNT", (files.len() + 1).to_string())
         .env("GIT_CONFIG_KEY_0", "credential.helper")
-        .env("GIT_CONFIG_VALUE_0", "")
-        .env("GIT_CONFIG_KEY_1", "credential.helper")
-        .env("GIT_CONFIG_VALUE_1", format!("store --file='{path}'"));
+        .env("GIT_CONFIG_VALUE_0", "");
+    for (index, file) in files.iter().enumerate() {
+        let path = file
+            .to_str()
+            .filter(|path| !path.contains(['\'', '\n', '\\']))
+            .ok_or_else(|| format!("unusable git credentials file name {}", file.display()))?;
+        command
+            .env(format!("GIT_CONFIG_KEY_{}", index + 1), "credential.helper")
+            .env(
+                format!("GIT_CONFIG_VALUE_{}", index + 1),
+                format!("store --file='{path}'"),
+            );
+    }
     Ok(())
+}
+
+/// A git credentials file holding `line` alone (`scheme://user:password@host`,
+/// a credential the coordinator handed over with a task), readable by this
+/// user only and removed when dropped.
+pub fn task_credentials_file(line: &str) -> std::io::Result<tempfile::NamedTempFile> {
+    use std::io::Write as _;
+    // NamedTempFile makes the file with mode 0600.
+    let mut file = tempfile::Builder::new()
+        .prefix("leakscan-credentials-")
+        .tempfile()?;
+    writeln!(file, "{}", line.trim())?;
+    file.flush()?;
+    Ok(file)
 }
 
 #[cfg(test)]
@@ -154,9 +175,9 @@ mod tests {
 
     /// What `git credential fill` answers for `host` with `file` as the
     /// only store, while the user's own configuration names another helper.
-    async fn fill(file: &std::path::Path, host: &str, home: &std::path::Path) -> String {
+    async fn fill(files: &[&std::path::Path], host: &str, home: &std::path::Path) -> String {
         let mut command = tokio::process::Command::new("git");
-        git_credentials_env(&mut command, file).unwrap();
+        git_credentials_env(&mut command, files).unwrap();
         let mut child = command
             .args(["credential", "fill"])
             .env("HOME", home)
@@ -196,14 +217,46 @@ mod tests {
             ),
         )
         .unwrap();
-        let answer = fill(&file, "git.example.com", dir.path()).await;
+        let answer = fill(&[&file], "git.example.com", dir.path()).await;
         assert!(answer.contains("username=scanner\n"), "{answer}");
         assert!(answer.contains("password=tok-7Hq2Lm9Zx4\n"), "{answer}");
         // The user's helper is not asked: no credentials for its host.
-        let answer = fill(&file, "other.example.com", dir.path()).await;
+        let answer = fill(&[&file], "other.example.com", dir.path()).await;
         assert!(!answer.contains("elsewhere-secret"), "{answer}");
         // A file name git's helper syntax cannot carry is refused.
         let mut command = tokio::process::Command::new("git");
-        assert!(git_credentials_env(&mut command, std::path::Path::new("/tmp/it's")).is_err());
+        assert!(git_credentials_env(&mut command, &[std::path::Path::new("/tmp/it's")]).is_err());
+    }
+
+    /// A credential handed over with a task (issue 13: moved out of an old
+    /// clone URL) is asked first, for its host only; the operator's file
+    /// still answers for the others. Its file is private and goes away.
+    #[tokio::test]
+    async fn a_tasks_credential_file_answers_beside_the_operators() {
+        let dir = tempfile::tempdir().unwrap();
+        let operator = dir.path().join("operator");
+        std::fs::write(
+            &operator,
+            "https://scanner:tok-7Hq2Lm9Zx4@git.example.com\n",
+        )
+        .unwrap();
+        let task =
+            task_credentials_file("https://ci-bot:moved-9Fk2Qp@legacy.example.com:8443").unwrap();
+        {
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = std::fs::metadata(task.path()).unwrap().permissions().mode();
+            assert_eq!(mode & 0o077, 0, "{mode:o}");
+        }
+        let files = [task.path(), operator.as_path()];
+        let answer = fill(&files, "legacy.example.com:8443", dir.path()).await;
+        assert!(answer.contains("username=ci-bot\n"), "{answer}");
+        assert!(answer.contains("password=moved-9Fk2Qp\n"), "{answer}");
+        let answer = fill(&files, "git.example.com", dir.path()).await;
+        assert!(answer.contains("password=tok-7Hq2Lm9Zx4\n"), "{answer}");
+        let answer = fill(&files, "legacy.example.com", dir.path()).await;
+        assert!(!answer.contains("moved-9Fk2Qp"), "another port: {answer}");
+        let path = task.path().to_path_buf();
+        drop(task);
+        assert!(!path.exists());
     }
 }

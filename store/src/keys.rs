@@ -34,6 +34,8 @@ pub struct Rotation {
     pub findings: u64,
     /// Blob-cache entries re-encrypted so far.
     pub blob_results: u64,
+    /// Credentials moved out of clone URLs re-encrypted so far.
+    pub clone_credentials: u64,
 }
 
 /// An inactive key and how many ciphertexts still use it.
@@ -140,11 +142,18 @@ async fn rotate_locked(
             after = Some(last);
             progress(&rotation);
         }
+        let credentials = crate::clone_credentials::reencrypt(pool, secrets, key_id).await?;
+        if credentials > 0 {
+            rotation.clone_credentials += credentials;
+            changed += credentials;
+            progress(&rotation);
+        }
         // Rows a writer held during the pass were skipped: go again until
         // nothing uses another key.
         let left: bool = sqlx::query_scalar(
             "select exists (select 1 from findings where secret_key_id <> $1)
-                 or exists (select 1 from blob_results where secret_key_id <> $1)",
+                 or exists (select 1 from blob_results where secret_key_id <> $1)
+                 or exists (select 1 from clone_credentials where secret_key_id <> $1)",
         )
         .bind(key_id)
         .fetch_one(pool)
@@ -160,6 +169,7 @@ async fn rotate_locked(
         key_id,
         findings = rotation.findings,
         blob_results = rotation.blob_results,
+        clone_credentials = rotation.clone_credentials,
         "secret key rotation finished"
     );
     Ok(rotation)
@@ -268,13 +278,16 @@ async fn reencrypt_blob_results(
 pub async fn inactive(pool: &PgPool) -> Result<Vec<InactiveKey>> {
     Ok(sqlx::query_as::<_, InactiveKey>(
         "select k.id, k.created_at, k.rotated_at,
-             coalesce(f.n, 0) + coalesce(b.n, 0) as ciphertexts
+             coalesce(f.n, 0) + coalesce(b.n, 0) + coalesce(c.n, 0) as ciphertexts
          from secret_keys k
          left join (select secret_key_id, count(*) as n from findings group by secret_key_id) f
              on f.secret_key_id = k.id
          left join (select secret_key_id, count(*) as n from blob_results
                     where secret_key_id is not null group by secret_key_id) b
              on b.secret_key_id = k.id
+         left join (select secret_key_id, count(*) as n from clone_credentials
+                    group by secret_key_id) c
+             on c.secret_key_id = k.id
          where k.state = 'inactive'
          order by k.id",
     )
@@ -302,6 +315,7 @@ pub async fn delete_inactive(pool: &PgPool, actor: &str) -> Result<Deletion> {
         "delete from secret_keys k where k.state = 'inactive'
              and not exists (select 1 from findings f where f.secret_key_id = k.id)
              and not exists (select 1 from blob_results b where b.secret_key_id = k.id)
+             and not exists (select 1 from clone_credentials c where c.secret_key_id = k.id)
          returning id",
     )
     .fetch_all(&mut *transaction)

@@ -260,3 +260,125 @@ async fn a_rotation_stopped_halfway_keeps_its_old_key_until_the_next_one_finishe
     assert!(deletion.kept_keys.is_empty());
     database.drop_database().await.unwrap();
 }
+
+/// Issue 13: a clone URL registered before credentials were refused there
+/// loses them to encrypted storage; the coordinator gets them back as a
+/// git credentials line for that origin only; they follow a key rotation,
+/// and their key is not deleted while they use it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_move_out_of_old_clone_urls_and_follow_key_rotation() {
+    use leakscan_store::clone_credentials;
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let secrets = SecretBox::load(pool, MasterKey::generate()).await.unwrap();
+    catalog::upsert_project(pool, "OLD", "Old").await.unwrap();
+    // Written as an old version did, before the check.
+    let legacy = catalog::upsert_repository(
+        pool,
+        "OLD",
+        "legacy",
+        "https://ci-bot:Zq8Lm2Vx7Tk4@git.example.com/team/legacy.git",
+    )
+    .await
+    .unwrap();
+    let ssh =
+        catalog::upsert_repository(pool, "OLD", "ssh", "ssh://git@git.example.com/team/ssh.git")
+            .await
+            .unwrap();
+    let moved = clone_credentials::move_out_of_urls(pool, &secrets, "test")
+        .await
+        .unwrap();
+    assert_eq!(
+        moved,
+        [clone_credentials::Moved {
+            repository: "OLD/legacy".into(),
+            origin: "https://git.example.com".into(),
+        }]
+    );
+    let urls: Vec<(String, String)> =
+        sqlx::query_as("select slug, clone_url from repositories order by slug")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        urls,
+        [
+            (
+                "legacy".to_string(),
+                "https://git.example.com/team/legacy.git".to_string()
+            ),
+            (
+                "ssh".to_string(),
+                "ssh://git@git.example.com/team/ssh.git".to_string()
+            ),
+        ]
+    );
+    // Nothing readable is stored, and the audit names no secret.
+    let stored: Vec<u8> = sqlx::query_scalar("select secret_ciphertext from clone_credentials")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert!(!String::from_utf8_lossy(&stored).contains("Zq8Lm2Vx7Tk4"));
+    let audit: Vec<String> = sqlx::query_scalar("select details::text from audit_log")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert!(
+        audit.iter().all(|entry| !entry.contains("Zq8Lm2Vx7Tk4")),
+        "{audit:?}"
+    );
+    assert!(clone_credentials::move_out_of_urls(pool, &secrets, "test")
+        .await
+        .unwrap()
+        .is_empty());
+
+    let line = |url: &'static str| {
+        let secrets = &secrets;
+        async move {
+            clone_credentials::git_line(pool, secrets, legacy.id, url)
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(
+        line("https://git.example.com/team/legacy.git")
+            .await
+            .as_deref(),
+        Some("https://ci-bot:Zq8Lm2Vx7Tk4@git.example.com")
+    );
+    // Moved to another host: the credential is not sent there.
+    assert_eq!(
+        line("https://elsewhere.example.com/team/legacy.git").await,
+        None
+    );
+    assert_eq!(
+        clone_credentials::git_line(
+            pool,
+            &secrets,
+            ssh.id,
+            "ssh://git@git.example.com/team/ssh.git"
+        )
+        .await
+        .unwrap(),
+        None
+    );
+
+    let rotation = keys::rotate(pool, &secrets, "test", 10, |_| {})
+        .await
+        .unwrap();
+    assert_eq!(rotation.clone_credentials, 1);
+    let key: i32 = sqlx::query_scalar("select secret_key_id from clone_credentials")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(key, rotation.key_id);
+    assert_eq!(
+        line("https://git.example.com/team/legacy.git")
+            .await
+            .as_deref(),
+        Some("https://ci-bot:Zq8Lm2Vx7Tk4@git.example.com")
+    );
+    let deletion = keys::delete_inactive(pool, "test").await.unwrap();
+    assert!(deletion.kept_keys.is_empty(), "{deletion:?}");
+    database.drop_database().await.unwrap();
+}

@@ -568,6 +568,27 @@ impl Slot {
             Arc::clone(locks.entry(mirror.clone()).or_default())
         };
         let updating = mirror_lock.lock().await;
+        // The operator's credentials file, and a credential the coordinator
+        // handed over for this repository (moved out of an old clone URL),
+        // in a private file of its own while git runs.
+        let task_credentials = if repository.clone_credential.is_empty() {
+            None
+        } else {
+            Some(
+                leakscan_service::task_credentials_file(&repository.clone_credential).map_err(
+                    |error| TaskError::Failed {
+                        message: format!("cannot write the task's git credentials: {error}"),
+                        retryable: true,
+                    },
+                )?,
+            )
+        };
+        let credentials: Vec<&Path> = task_credentials
+            .as_ref()
+            .map(|file| file.path())
+            .into_iter()
+            .chain(self.config.git_credentials.as_deref())
+            .collect();
         // A git server that stops answering holds a clone until
         // GIT_TIMEOUT: a stopped task (drain, cancelled job) does not wait
         // for it. Dropping the update kills git; a half-made clone is
@@ -576,7 +597,7 @@ impl Slot {
             updated = update_mirror(
                 &repository.clone_url,
                 &mirror,
-                self.config.git_credentials.as_deref(),
+                &credentials,
                 GIT_TIMEOUT,
             ) => updated?,
             () = stopped(&progress) => return Err(TaskError::Cancelled),
@@ -874,7 +895,7 @@ fn mirror_path(mirror_dir: &Path, project_key: &str, slug: &str, clone_url: &str
 async fn update_mirror(
     clone_url: &str,
     mirror: &Path,
-    credentials: Option<&Path>,
+    credentials: &[&Path],
     timeout: Duration,
 ) -> Result<(), TaskError> {
     let failed = |message: String| TaskError::Failed {
@@ -1026,7 +1047,7 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(30 * 60);
 /// cancelled or the worker stops).
 async fn run_git(
     command: &mut tokio::process::Command,
-    credentials: Option<&Path>,
+    credentials: &[&Path],
     timeout: Duration,
 ) -> Result<std::process::Output, String> {
     leakscan_service::prepare_git(command, credentials)?;
@@ -1040,13 +1061,13 @@ async fn run_git(
 }
 
 async fn git_output(repository: &Path, args: &[&str]) -> Result<String, String> {
-    git_output_within(repository, args, None, GIT_TIMEOUT).await
+    git_output_within(repository, args, &[], GIT_TIMEOUT).await
 }
 
 async fn git_output_within(
     repository: &Path,
     args: &[&str],
-    credentials: Option<&Path>,
+    credentials: &[&Path],
     timeout: Duration,
 ) -> Result<String, String> {
     let output = run_git(
@@ -1089,7 +1110,7 @@ mod tests {
         let error = update_mirror(
             &format!("http://{address}/r.git"),
             &mirror,
-            None,
+            &[],
             Duration::from_secs(2),
         )
         .await
