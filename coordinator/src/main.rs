@@ -142,21 +142,10 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(leakscan_service::cancel_on_signal(shutdown.clone()));
     let state = Arc::new(CoordinatorState::default());
-    let ops_stop = CancellationToken::new();
-    if let Some(address) = args.ops_listen {
-        let ops_listener = leakscan_service::ops::bind(address).await?;
-        println!(
-            "leakscan-coordinator operations endpoints on {}",
-            ops_listener.local_addr()?
-        );
-        let router =
-            leakscan_coordinator::ops_router(Arc::clone(&state), pool.clone(), queue.clone());
-        tokio::spawn(leakscan_service::ops::serve(
-            ops_listener,
-            router,
-            ops_stop.clone(),
-        ));
-    }
+    let ops_stop = leakscan_service::ops::start("leakscan-coordinator", args.ops_listen, || {
+        leakscan_coordinator::ops_router(Arc::clone(&state), pool.clone(), queue.clone())
+    })
+    .await?;
     println!(
         "leakscan-coordinator listening on {}",
         listener.local_addr()?

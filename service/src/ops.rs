@@ -140,6 +140,28 @@ pub async fn bind(address: SocketAddr) -> std::io::Result<tokio::net::TcpListene
         })
 }
 
+/// The operations endpoints of a binary without an HTTP port of its own
+/// (`--ops-listen`): when `address` is given, binds it, says so on stdout
+/// (`<binary> operations endpoints on <address>`) and serves `router()`
+/// until the returned token is cancelled. Without an address, nothing
+/// listens and the token stops nothing.
+pub async fn start(
+    binary: &str,
+    address: Option<SocketAddr>,
+    router: impl FnOnce() -> Router,
+) -> std::io::Result<CancellationToken> {
+    let stop = CancellationToken::new();
+    if let Some(address) = address {
+        let listener = bind(address).await?;
+        println!(
+            "{binary} operations endpoints on {}",
+            listener.local_addr()?
+        );
+        tokio::spawn(serve(listener, router(), stop.clone()));
+    }
+    Ok(stop)
+}
+
 /// Serves `router` on `listener` until `stop`; a failure is logged (the
 /// binary's own work goes on without its probes).
 pub async fn serve(listener: tokio::net::TcpListener, router: Router, stop: CancellationToken) {

@@ -117,13 +117,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     tokio::spawn(leakscan_service::cancel_on_signal(shutdown.clone()));
     let state = Arc::new(WorkerState::default());
-    let ops_stop = CancellationToken::new();
-    if let Some(address) = args.ops_listen {
-        let listener = ops::bind(address).await?;
-        println!(
-            "leakscan-worker operations endpoints on {}",
-            listener.local_addr()?
-        );
+    let ops_stop = ops::start("leakscan-worker", args.ops_listen, || {
         let ready: ops::ReadyCheck = {
             let state = Arc::clone(&state);
             Arc::new(move || {
@@ -137,12 +131,9 @@ async fn main() -> anyhow::Result<()> {
             })
         };
         let metrics = ops::Metrics::new(state.registry(), "worker", None);
-        tokio::spawn(ops::serve(
-            listener,
-            ops::router(ready, metrics, axum::Router::new()),
-            ops_stop.clone(),
-        ));
-    }
+        ops::router(ready, metrics, axum::Router::new())
+    })
+    .await?;
     println!(
         "leakscan-worker {} connecting to {}",
         config.name, config.coordinator_url
