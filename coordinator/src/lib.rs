@@ -428,7 +428,7 @@ async fn lead(
         config: config.clone(),
         secrets: Arc::clone(secrets),
         pool: pool.clone(),
-        workers: Mutex::new(HashMap::new()),
+        workers: WorkerRegistry::new(MAX_REGISTERED_WORKERS, STALE_WORKER),
         work_available,
         state: Arc::clone(state),
     };
@@ -620,12 +620,63 @@ async fn expire_leases(
     }
 }
 
+/// Most workers one leader keeps registered at once.
+const MAX_REGISTERED_WORKERS: usize = 4096;
+/// A registered worker not heard from this long (no lease, no heartbeat)
+/// is forgotten: it restarted under a new id, or is gone.
+const STALE_WORKER: Duration = Duration::from_secs(600);
+
+/// The registered workers and their slots, bounded: a worker that
+/// restarts registers under a new id, and without a bound a long-lived
+/// leader would keep every id it ever gave out (issue 13: "Register
+/// without bound").
+struct WorkerRegistry {
+    workers: Mutex<HashMap<String, (u32, std::time::Instant)>>,
+    capacity: usize,
+    stale_after: Duration,
+}
+
+impl WorkerRegistry {
+    fn new(capacity: usize, stale_after: Duration) -> WorkerRegistry {
+        WorkerRegistry {
+            workers: Mutex::new(HashMap::new()),
+            capacity,
+            stale_after,
+        }
+    }
+
+    /// Registers `id`; when full, forgets the workers not heard from for
+    /// `stale_after` first, and refuses (RESOURCE_EXHAUSTED) if still full.
+    fn register(&self, id: &str, slots: u32) -> Result<(), Status> {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        if workers.len() >= self.capacity {
+            workers.retain(|_, (_, seen)| seen.elapsed() < self.stale_after);
+        }
+        if workers.len() >= self.capacity {
+            return Err(Status::resource_exhausted(format!(
+                "{} workers are registered with this coordinator, the most it keeps",
+                self.capacity
+            )));
+        }
+        workers.insert(id.to_string(), (slots, std::time::Instant::now()));
+        Ok(())
+    }
+
+    /// The slots of a registered worker, which is heard from now.
+    fn slots(&self, id: &str) -> Option<u32> {
+        let mut workers = self.workers.lock().unwrap_or_else(|p| p.into_inner());
+        workers.get_mut(id).map(|(slots, seen)| {
+            *seen = std::time::Instant::now();
+            *slots
+        })
+    }
+}
+
 struct CoordinatorService {
     config: CoordinatorConfig,
     secrets: Arc<SecretBox>,
     pool: PgPool,
-    /// Registered workers and their slots.
-    workers: Mutex<HashMap<String, u32>>,
+    workers: WorkerRegistry,
     work_available: Arc<Notify>,
     state: Arc<CoordinatorState>,
 }
@@ -760,10 +811,7 @@ impl Coordinator for CoordinatorService {
             ));
         }
         let worker_id = format!("{}-{}", request.worker_name, jobs::new_scan_key());
-        self.workers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .insert(worker_id.clone(), request.slots);
+        self.workers.register(&worker_id, request.slots)?;
         info!(%worker_id, slots = request.slots, "worker registered");
         Ok(Response::new(RegisterResponse {
             worker_id,
@@ -785,10 +833,7 @@ impl Coordinator for CoordinatorService {
         // gets the configured per-worker limit rather than an error.
         let slots = self
             .workers
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-            .get(&request.worker_id)
-            .copied()
+            .slots(&request.worker_id)
             .unwrap_or(self.config.parallelism.per_worker);
         let limits = Parallelism {
             instance: self.config.parallelism.instance,
@@ -884,6 +929,8 @@ impl Coordinator for CoordinatorService {
         request: Request<HeartbeatRequest>,
     ) -> Result<Response<HeartbeatResponse>, Status> {
         let request = request.into_inner();
+        // A worker busy with a long task is still there.
+        self.workers.slots(&request.worker_id);
         let task = parse_task_id(&request.task_id)?;
         let cancel = tasks::heartbeat(
             &self.pool,
@@ -1078,4 +1125,27 @@ fn parse_task_id(text: &str) -> Result<TaskId, Status> {
     text.parse::<i64>()
         .map(TaskId)
         .map_err(|_| Status::invalid_argument(format!("invalid task_id {text:?}")))
+}
+
+#[cfg(test)]
+mod registry_tests {
+    use super::*;
+
+    #[test]
+    fn registrations_are_bounded_and_stale_workers_make_room() {
+        let registry = WorkerRegistry::new(2, Duration::from_millis(500));
+        registry.register("a", 1).unwrap();
+        registry.register("b", 2).unwrap();
+        // Full, and nobody stale yet: refused.
+        let refused = registry.register("c", 1).unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert_eq!(registry.slots("b"), Some(2));
+        std::thread::sleep(Duration::from_millis(700));
+        // "b" is heard from again; "a" is not, and makes room.
+        assert_eq!(registry.slots("b"), Some(2));
+        registry.register("c", 3).unwrap();
+        assert_eq!(registry.slots("a"), None);
+        assert_eq!(registry.slots("c"), Some(3));
+        assert_eq!(registry.slots("b"), Some(2));
+    }
 }
