@@ -266,6 +266,17 @@ pub struct PushCounts {
     pub bypassed: i64,
 }
 
+impl std::ops::Add for PushCounts {
+    type Output = PushCounts;
+
+    fn add(self, other: PushCounts) -> PushCounts {
+        PushCounts {
+            blocked: self.blocked + other.blocked,
+            bypassed: self.bypassed + other.bypassed,
+        }
+    }
+}
+
 /// [`PushCounts`] of each repository of a project that has any, by id.
 pub async fn push_counts(
     pool: &PgPool,
