@@ -136,15 +136,39 @@ pub fn silent_server_counting() -> (
     std::net::SocketAddr,
     std::sync::Arc<std::sync::atomic::AtomicUsize>,
 ) {
+    let mut held = Vec::new();
+    loopback_server(move |socket| held.push(socket))
+}
+
+/// A TCP server on loopback that takes each connection and closes it at
+/// once, as a coordinator replica handing over lets go of its connections:
+/// a gRPC call on it ends CANCELLED, "connection closed". Also how many
+/// connections it has taken so far.
+pub fn closing_server_counting() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
+    loopback_server(|socket| {
+        drop(socket);
+    })
+}
+
+/// Accepts connections on a loopback port in a thread of its own, living as
+/// long as the test process, handing each to `serve` and counting them.
+fn loopback_server(
+    mut serve: impl FnMut(std::net::TcpStream) + Send + 'static,
+) -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind loopback");
     let address = listener.local_addr().expect("local address");
     let accepted = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let counter = std::sync::Arc::clone(&accepted);
     std::thread::spawn(move || {
-        let mut held = Vec::new();
         for socket in listener.incoming().flatten() {
             counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            held.push(socket);
+            serve(socket);
         }
     });
     (address, accepted)

@@ -748,10 +748,15 @@ enum TaskError {
     Failed { message: String, retryable: bool },
 }
 
+/// A call that may succeed when tried again (on the next coordinator).
+/// CANCELLED is the transport's answer when the connection closed under a
+/// call (a replica handing over lets go of its connections); the worker
+/// never cancels a call of its own that it then awaits.
 fn is_transient(status: &tonic::Status) -> bool {
     matches!(
         status.code(),
         tonic::Code::Unavailable
+            | tonic::Code::Cancelled
             | tonic::Code::Internal
             | tonic::Code::Unknown
             | tonic::Code::DeadlineExceeded

@@ -556,6 +556,40 @@ async fn a_worker_moves_past_a_coordinator_that_never_answers_register() {
     database.drop_database().await.unwrap();
 }
 
+/// Regression (a CI failure): a coordinator starting to lead lets go of
+/// the connections its standby service held, and a Register in flight on
+/// one ended with CANCELLED ("connection closed"). The worker took that for
+/// a refusal and exited with an error; the other worker of the test did all
+/// the work until the cluster stopped. A call cut short is now tried again,
+/// on the next coordinator. Here the first address closes every connection
+/// it takes, which ends a call the same way.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_worker_registers_again_when_a_coordinator_closes_the_connection() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let repo = GitRepo::new();
+    repo.write("app.env", format!("{}\n", example("AWS_ACCESS_KEY_ID")));
+    repo.commit_all("init");
+    let id = register(pool, "hung-up", &repo).await;
+    let cluster = Cluster::start_with(pool, None, 0).await;
+    let (closing, accepted) = leakscan_testkit::closing_server_counting();
+    let mirrors = tempfile::tempdir().unwrap();
+    let config = WorkerConfig {
+        coordinator_url: format!("http://{closing},{}", cluster.coordinator_url),
+        ..cluster.worker_config("persistent", mirrors.path())
+    };
+    let worker = tokio::spawn(leakscan_worker::run(config, cluster.shutdown.clone()));
+    let done = cluster.total_rescan(pool).await;
+    assert_eq!(done.state, "done");
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 1);
+    assert!(!worker.is_finished(), "the worker gave up: {worker:?}");
+    assert_eq!(stored_findings(pool, id).await, expected_findings(&repo));
+    cluster.shutdown.cancel();
+    worker.await.unwrap().unwrap();
+    cluster.stop().await;
+    database.drop_database().await.unwrap();
+}
+
 /// Regression: a worker registered once at start, so one that met no
 /// leading coordinator (all starting, or a standby answering UNAVAILABLE)
 /// exited with an error. It now registers again every second until a
