@@ -1,5 +1,6 @@
 //! `leakscan hook pre-receive`: push protection as a git server hook
-//! (docs/ARCHITECTURE.md, "Push protection").
+//! (docs/ARCHITECTURE.md, "Push protection"). `hook pre-commit` and
+//! `hook install`, the developer's side, are in `precommit.rs`.
 //!
 //! git gives the hook one `<old> <new> <ref>` line per updated ref on
 //! standard input, with the pushed objects still in a quarantine directory
@@ -48,6 +49,12 @@ pub struct HookArgs {
 enum HookCommand {
     /// Run as git's pre-receive hook (reads `<old> <new> <ref>` lines).
     PreReceive(PreReceiveArgs),
+    /// Run as git's pre-commit hook: stop a commit whose staged changes
+    /// add a secret.
+    PreCommit(crate::precommit::PreCommitArgs),
+    /// Install the pre-commit hook in a repository (or in the pre-commit
+    /// framework's config).
+    Install(crate::precommit::InstallArgs),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -425,6 +432,8 @@ fn list_findings(out: &mut String, findings: &[&Finding]) {
 pub fn run(args: HookArgs) -> Result<ExitCode> {
     match args.command {
         HookCommand::PreReceive(args) => pre_receive(&args),
+        HookCommand::PreCommit(args) => crate::precommit::pre_commit(&args),
+        HookCommand::Install(args) => crate::precommit::install(&args),
     }
 }
 

@@ -1,8 +1,11 @@
 //! `leakscan`: scan a repository or directory for secrets, list the rules.
 //!
-//! Exit codes of `leakscan scan`: 0 nothing found, 1 findings, 2 error.
+//! Exit codes of `leakscan scan`: 0 nothing found (nothing new beyond
+//! `--baseline`), 1 findings, 2 error.
 
+mod baseline;
 mod hook;
+mod precommit;
 mod report;
 mod up;
 
@@ -130,7 +133,8 @@ enum Command {
     Rules(RulesArgs),
     /// Run the whole cluster (REST API, coordinator, workers) in this process.
     Up(up::UpArgs),
-    /// Git server hooks: `leakscan hook pre-receive` (push protection).
+    /// Git hooks: `pre-receive` (push protection on the server), `pre-commit`
+    /// and `install` (on a developer's machine).
     Hook(hook::HookArgs),
 }
 
@@ -188,6 +192,11 @@ struct ScanArgs {
     /// Never show a progress bar.
     #[arg(long)]
     no_progress: bool,
+    /// A report an earlier scan wrote (`--format json` or `sarif`): only
+    /// findings whose fingerprint it lacks are reported. Needs the same
+    /// fingerprint key as that scan.
+    #[arg(long)]
+    baseline: Option<PathBuf>,
 }
 
 fn parse_confidence(text: &str) -> Result<Confidence, String> {
@@ -276,6 +285,11 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
     };
     policy = base_policy(policy, &args.rules_files, args.config.as_ref())?;
     let fingerprint_key = fingerprint_key(args.fingerprint_key.as_deref())?;
+    let baseline = args
+        .baseline
+        .as_deref()
+        .map(baseline::Baseline::load)
+        .transpose()?;
     let request = GitScanRequest {
         refs: match (&args.branch, args.all_refs) {
             (Some(branch), _) => RefSelection::Branch(branch.clone()),
@@ -316,17 +330,27 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
         eprintln!("leakscan: warning: {warning}");
     }
     let scan_date = chrono::Utc::now();
-    let records: Vec<FindingRecord> = report
+    let mut records: Vec<FindingRecord> = report
         .findings
         .iter()
         .map(|finding| FindingRecord::new(finding, &scan_date, args.show_secrets, &fingerprint_key))
         .collect();
+    if let Some(baseline) = &baseline {
+        let found = records.len();
+        records.retain(|record| !baseline.contains(&record.fingerprint));
+        if found > 0 && records.len() == found && baseline.len() > 0 {
+            eprintln!(
+                "leakscan: warning: none of the {found} findings is in the baseline's {} (was it made with another fingerprint key? see LEAKSCAN_FINGERPRINT_KEY)",
+                baseline.len()
+            );
+        }
+    }
     write_report(args.format, &records, &mut output)?;
     drop(output);
     if interactive {
         print_summary(&report, started.elapsed());
     }
-    Ok(if report.findings.is_empty() {
+    Ok(if records.is_empty() {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
