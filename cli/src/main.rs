@@ -5,6 +5,7 @@
 
 mod baseline;
 mod hook;
+mod insights;
 mod precommit;
 mod report;
 mod up;
@@ -136,6 +137,9 @@ enum Command {
     /// Git hooks: `pre-receive` (push protection on the server), `pre-commit`
     /// and `install` (on a developer's machine).
     Hook(hook::HookArgs),
+    /// Code Insights: `leakscan insights publish` puts a scan report on a
+    /// commit in Bitbucket (Data Center or Cloud).
+    Insights(insights::InsightsArgs),
 }
 
 #[derive(Debug, clap::Args)]
@@ -245,6 +249,7 @@ fn main() -> ExitCode {
         Command::Rules(args) => run_rules(&args).map(|()| ExitCode::SUCCESS),
         Command::Up(args) => up::run_up(args).map(|()| ExitCode::SUCCESS),
         Command::Hook(args) => hook::run(args),
+        Command::Insights(args) => insights::run(args),
     };
     match result {
         Ok(code) => code,
