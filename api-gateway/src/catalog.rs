@@ -36,14 +36,53 @@ impl Paging {
     }
 }
 
+/// `GET /rest/api/{latest,1.0}/projects`: Bitbucket's project objects
+/// (`key`, `id`, `name`, `public`, `type`), personal projects (`~user`)
+/// among them.
 pub async fn list_projects(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     QueryParams(paging): QueryParams<Paging>,
-) -> Result<Json<Page<Project>>, ApiError> {
-    Ok(Json(
-        catalog::list_visible_projects(&state.pool, &caller.0, paging.request()).await?,
-    ))
+) -> Result<Json<Page<serde_json::Value>>, ApiError> {
+    let page = catalog::list_visible_projects(&state.pool, &caller.0, paging.request()).await?;
+    Ok(Json(page.map(|project| {
+        bitbucket_project(&project.key, project.id, &project.name)
+    })))
+}
+
+/// Bitbucket's project object: leakscan has no anonymous access (`public`
+/// false); a key starting with `~` is a user's personal project.
+fn bitbucket_project(key: &str, id: i64, name: &str) -> serde_json::Value {
+    serde_json::json!({
+        "key": key,
+        "id": id,
+        "name": name,
+        "public": false,
+        "type": if key.starts_with('~') { "PERSONAL" } else { "NORMAL" },
+    })
+}
+
+/// Bitbucket's fields of a repository object that leakscan knows
+/// truthfully (see [`bitbucket_repository`]); the clone links from what the
+/// caller may see of the clone URL.
+fn bitbucket_repository_fields(
+    body: &mut serde_json::Value,
+    project: serde_json::Value,
+    clone_url: &str,
+) {
+    use serde_json::json;
+    for (key, value) in [
+        ("scmId", json!("git")),
+        ("state", json!("AVAILABLE")),
+        ("statusMessage", json!("Available")),
+        ("forkable", json!(false)),
+        ("public", json!(false)),
+        ("archived", json!(false)),
+        ("project", project),
+        ("links", json!({"clone": clone_links(clone_url)})),
+    ] {
+        body[key] = value;
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -71,15 +110,40 @@ pub async fn create_project(
     Ok((StatusCode::CREATED, Json(project)))
 }
 
+/// `GET /rest/api/{latest,1.0}/projects/{p}/repos`: Bitbucket's
+/// repository objects (`slug`, `name`, `project`, `links.clone`, …) with
+/// leakscan's own fields beside them (`projectKey`, `cloneUrl`,
+/// `hookEnabled`, `exempt`, `defaultBranch`). The clone URL and links are
+/// shown to the repository's administrators only.
 pub async fn list_repositories(
     State(state): State<Arc<AppState>>,
     caller: Caller,
     PathParams(project_key): PathParams<String>,
     QueryParams(paging): QueryParams<Paging>,
-) -> Result<Json<Page<Repository>>, ApiError> {
-    caller.project(&state, &project_key, Access::Read).await?;
+) -> Result<Json<Page<serde_json::Value>>, ApiError> {
+    let page = visible_repositories(&state, &caller, &project_key, paging).await?;
+    let project = catalog::find_project(&state.pool, &project_key)
+        .await?
+        .map(|project| bitbucket_project(&project.key, project.id, &project.name))
+        .unwrap_or_else(|| bitbucket_project(&project_key, 0, &project_key));
+    Ok(Json(page.map(|repository| {
+        let mut body = serde_json::to_value(&repository).unwrap_or_default();
+        bitbucket_repository_fields(&mut body, project.clone(), &repository.clone_url);
+        body
+    })))
+}
+
+/// The repositories of a project the caller may read, clone URLs shown as
+/// the caller may see them.
+async fn visible_repositories(
+    state: &Arc<AppState>,
+    caller: &Caller,
+    project_key: &str,
+    paging: Paging,
+) -> Result<Page<Repository>, ApiError> {
+    caller.project(state, project_key, Access::Read).await?;
     let mut page =
-        catalog::list_visible_repositories(&state.pool, &caller.0, &project_key, paging.request())
+        catalog::list_visible_repositories(&state.pool, &caller.0, project_key, paging.request())
             .await?;
     // Where a repository is cloned from is its administrators' business. A
     // project administrator (signed in, not through a token whose
@@ -87,19 +151,19 @@ pub async fn list_repositories(
     // it: one check; otherwise each repository's own grant decides.
     if caller.1.is_none()
         && caller
-            .project(&state, &project_key, Access::Admin)
+            .project(state, project_key, Access::Admin)
             .await
             .is_ok()
     {
         for repository in &mut page.values {
             repository.clone_url = displayed_clone_url(&repository.clone_url);
         }
-        return Ok(Json(page));
+        return Ok(page);
     }
     for repository in &mut page.values {
         if caller
             .repository(
-                &state,
+                state,
                 &repository.project_key,
                 &repository.slug,
                 Access::Admin,
@@ -112,7 +176,7 @@ pub async fn list_repositories(
             repository.clone_url = displayed_clone_url(&repository.clone_url);
         }
     }
-    Ok(Json(page))
+    Ok(page)
 }
 
 /// A clone URL as its administrators see it: a password inside it (kept by
@@ -224,14 +288,11 @@ pub fn bitbucket_repository(
     repository: &leakscan_store::policy::ExemptRepository,
 ) -> serde_json::Value {
     use serde_json::json;
-    let personal = repository.project_key.starts_with('~');
-    let mut project = json!({
-        "key": repository.project_key,
-        "id": repository.project_id,
-        "name": repository.project_name,
-        "public": false,
-        "type": if personal { "PERSONAL" } else { "NORMAL" },
-    });
+    let mut project = bitbucket_project(
+        &repository.project_key,
+        repository.project_id,
+        &repository.project_name,
+    );
     if let (Some(id), Some(name)) = (repository.owner_id, &repository.owner_name) {
         project["owner"] = json!({
             "name": name,
@@ -247,16 +308,9 @@ pub fn bitbucket_repository(
         "slug": repository.slug,
         "id": repository.id.0,
         "name": repository.name,
-        "scmId": "git",
-        "state": "AVAILABLE",
-        "statusMessage": "Available",
-        "forkable": false,
-        "public": false,
-        "archived": false,
-        "project": project,
-        "links": {"clone": clone_links(&repository.clone_url)},
         "exempt": true,
     });
+    bitbucket_repository_fields(&mut body, project, &repository.clone_url);
     if let Some(branch) = &repository.default_branch {
         body["defaultBranch"] = json!(branch);
     }

@@ -1655,3 +1655,98 @@ async fn rest_paths_answer_under_latest_and_1_0() {
         .await;
     fixture.finish().await;
 }
+
+/// Issue 18: a client that reads Bitbucket's catalog (a catalog sync, a
+/// script) gets Bitbucket's project and repository objects from the
+/// listings, under `latest` and `1.0`: `slug`, `name`, `project: {key,
+/// name, type}`, `links.clone[{href, name}]`; leakscan's own fields stay
+/// beside them. Clone links are for the repository's administrators only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn catalog_listings_are_bitbucket_projects_and_repositories() {
+    let fixture = Fixture::new().await;
+    let projects = fixture
+        .expect(
+            "GET",
+            "/rest/api/1.0/projects?limit=100",
+            ADMIN_USER,
+            None,
+            200,
+        )
+        .await;
+    let by_key = |key: &str| {
+        projects["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|project| project["key"] == key)
+            .cloned()
+            .unwrap_or_else(|| panic!("no project {key} in {projects}"))
+    };
+    let proj = by_key("PROJ");
+    assert_eq!(
+        (&proj["type"], &proj["public"]),
+        (&json!("NORMAL"), &json!(false))
+    );
+    assert!(
+        proj["id"].as_i64().is_some() && proj["name"].is_string(),
+        "{proj}"
+    );
+    assert_eq!(by_key("~alice")["type"], "PERSONAL");
+
+    for version in ["latest", "1.0"] {
+        let uri = format!("/rest/api/{version}/projects/PROJ/repos?limit=100");
+        let page = fixture.expect("GET", &uri, ADMIN_USER, None, 200).await;
+        let api = page["values"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|repository| repository["slug"] == "api")
+            .cloned()
+            .unwrap_or_else(|| panic!("no api in {page}"));
+        assert_eq!(api["name"], "api", "{api}");
+        assert_eq!(api["scmId"], "git");
+        assert_eq!(api["project"]["key"], "PROJ");
+        assert_eq!(api["project"]["name"], proj["name"]);
+        assert_eq!(api["project"]["type"], "NORMAL");
+        let clone = &api["links"]["clone"][0];
+        assert_eq!(clone["name"], "file", "{api}");
+        assert!(
+            clone["href"].as_str().unwrap().starts_with("file:///")
+                && clone["href"].as_str().unwrap().ends_with("PROJ/api.git"),
+            "{api}"
+        );
+        // leakscan's fields are still there.
+        assert_eq!(api["projectKey"], "PROJ");
+        assert!(
+            api["cloneUrl"].is_string() && api.get("hookEnabled").is_some(),
+            "{api}"
+        );
+        assert!(page.get("isLastPage").is_some() && page.get("start").is_some());
+    }
+
+    // A reader sees the objects without where they are cloned from.
+    fixture.user("reader").await;
+    fixture
+        .expect(
+            "PUT",
+            "/rest/api/latest/projects/PROJ/permissions/users?name=reader&permission=PROJECT_READ",
+            ADMIN_USER,
+            None,
+            204,
+        )
+        .await;
+    let page = fixture
+        .expect(
+            "GET",
+            "/rest/api/1.0/projects/PROJ/repos",
+            Some("reader"),
+            None,
+            200,
+        )
+        .await;
+    let first = &page["values"][0];
+    assert_eq!(first["project"]["key"], "PROJ", "{page}");
+    assert_eq!(first["links"]["clone"], json!([]), "{first}");
+    assert!(first.get("cloneUrl").is_none(), "{first}");
+    fixture.finish().await;
+}
