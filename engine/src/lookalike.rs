@@ -538,6 +538,42 @@ pub fn is_placeholder_basic(decoded: &[u8]) -> bool {
         || is_placeholder(password, &[])
 }
 
+/// Whether a decoded Docker client config holds a credential that is no
+/// placeholder: `{"auths": {registry: {...}}}` (config.json,
+/// `.dockerconfigjson`) or `{registry: {...}}` (the older `.dockercfg`),
+/// each registry's `auth` (base64 of `user:password`, or as written),
+/// `password`, `identitytoken` or `registrytoken`.
+pub fn docker_config_has_credential(decoded: &[u8]) -> bool {
+    use serde_yaml_ng::Value;
+    let Ok(config) = serde_yaml_ng::from_slice::<Value>(decoded) else {
+        return false;
+    };
+    let registries = match config.get("auths") {
+        Some(auths) => auths,
+        None => &config,
+    };
+    let Some(registries) = registries.as_mapping() else {
+        return false;
+    };
+    registries.values().any(|registry| {
+        ["auth", "password", "identitytoken", "registrytoken"]
+            .iter()
+            .filter_map(|field| registry.get(*field).and_then(Value::as_str))
+            .any(|value| {
+                let value = value.as_bytes();
+                if value.len() < 6 {
+                    return false;
+                }
+                match decode_base64(value) {
+                    Some(pair) if memchr::memchr(b':', &pair).is_some() => {
+                        !is_placeholder_basic(&pair)
+                    }
+                    _ => !is_placeholder(value, &[]),
+                }
+            })
+    })
+}
+
 /// Whether a URL's credentials (the text `after` them starts with `@`) are
 /// for a host in an address range reserved for documentation (RFC 5737:
 /// 192.0.2.0/24, 198.51.100.0/24, 203.0.113.0/24; RFC 3849: 2001:db8::/32):

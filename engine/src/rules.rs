@@ -120,6 +120,10 @@ pub enum Decode {
     /// Base64 of `user:password` (HTTP Basic, Docker's `auth`): the decoded
     /// pair must not be a placeholder.
     Base64Basic,
+    /// Base64 of a Docker client config (a Kubernetes `.dockerconfigjson`
+    /// or `.dockercfg`): one of its registries' credentials (`auth`,
+    /// `password`, tokens) must be no placeholder.
+    Base64DockerConfig,
 }
 
 /// A checksum the provider publishes for its tokens: a token whose checksum

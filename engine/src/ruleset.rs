@@ -368,6 +368,7 @@ impl CompiledRule {
         if self.judge_lookalikes {
             let rejected = match self.decode {
                 Some(Decode::Base64Basic) => lookalike::is_placeholder_basic(value),
+                Some(Decode::Base64DockerConfig) => !lookalike::docker_config_has_credential(value),
                 _ => lookalike::is_placeholder(value, &self.strip),
             } || (self.confidence < Confidence::High
                 && lookalike::is_hash_in_context(value, context))
