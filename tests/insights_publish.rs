@@ -37,7 +37,9 @@ fn synthetic_report(dir: &Path, count: usize) -> String {
                 "path": format!("services/svc{index}/deploy.sh"),
                 "line": index + 1,
                 "secret": "ghp_…",
-                "fingerprint": format!("{index:064x}"),
+                // Regression: one secret in several places shares its
+                // fingerprint, and the external ids of a batch must differ.
+                "fingerprint": format!("{:064x}", index % 50),
                 "commit": "0123456789abcdef0123456789abcdef01234567",
             })
         })

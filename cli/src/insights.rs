@@ -137,9 +137,21 @@ fn publish(args: &PublishArgs) -> Result<ExitCode> {
     // them when a report is replaced).
     client.send("DELETE", &base, &Value::Null)?;
     client.send("PUT", &base, &report_body(dc, &findings, shown))?;
+    // One secret found in several places has one fingerprint: the
+    // external ids of its later annotations are numbered, or Bitbucket
+    // would refuse the batch (or replace the earlier annotation).
+    let mut seen: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     let annotations: Vec<Value> = findings[..shown]
         .iter()
-        .map(|finding| annotation(dc, finding))
+        .map(|finding| {
+            let count = seen.entry(finding.fingerprint.as_str()).or_insert(0);
+            *count += 1;
+            let id = match *count {
+                1 => finding.fingerprint.clone(),
+                n => format!("{}-{n}", finding.fingerprint),
+            };
+            annotation(dc, finding, &id)
+        })
         .collect();
     for batch in annotations.chunks(PER_REQUEST) {
         let body = if dc {
@@ -195,7 +207,7 @@ fn report_body(dc: bool, findings: &[ReportedFinding], shown: usize) -> Value {
     }
 }
 
-fn annotation(dc: bool, finding: &ReportedFinding) -> Value {
+fn annotation(dc: bool, finding: &ReportedFinding, external_id: &str) -> Value {
     let mut message = format!(
         "{} ({}): {}",
         finding.rule_name,
@@ -203,7 +215,8 @@ fn annotation(dc: bool, finding: &ReportedFinding) -> Value {
         redacted(&finding.secret)
     );
     if let Some(commit) = &finding.commit {
-        message.push_str(&format!(" in commit {}", &commit[..commit.len().min(12)]));
+        let short: String = commit.chars().take(12).collect();
+        message.push_str(&format!(" in commit {short}"));
     }
     let message: String = message.chars().take(MAX_MESSAGE).collect();
     let severity = finding.severity.to_ascii_uppercase();
@@ -214,7 +227,7 @@ fn annotation(dc: bool, finding: &ReportedFinding) -> Value {
             _ => "HIGH",
         };
         json!({
-            "externalId": finding.fingerprint,
+            "externalId": external_id,
             "path": finding.path,
             "message": message,
             "severity": severity,
@@ -226,7 +239,7 @@ fn annotation(dc: bool, finding: &ReportedFinding) -> Value {
             _ => "HIGH",
         };
         json!({
-            "external_id": finding.fingerprint,
+            "external_id": external_id,
             "annotation_type": "VULNERABILITY",
             "path": finding.path,
             "summary": message,
@@ -378,7 +391,7 @@ mod tests {
     #[test]
     fn annotations_fit_each_flavor_and_never_carry_the_secret() {
         let full = "ghp_Zq7TfW2kLm9Xc4Vb8Nr1Yd6Hs3Jp0GaEuRtQ";
-        let dc = annotation(true, &finding("CRITICAL", full, Some(3)));
+        let dc = annotation(true, &finding("CRITICAL", full, Some(3)), "f0");
         assert_eq!(dc["severity"], "HIGH");
         assert_eq!(dc["type"], "VULNERABILITY");
         assert_eq!(dc["externalId"], "f0");
@@ -389,10 +402,11 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("in commit 0123456789ab"), "{message}");
-        let cloud = annotation(false, &finding("CRITICAL", "ghp_…", None));
+        let cloud = annotation(false, &finding("CRITICAL", "ghp_…", None), "f0-2");
         assert_eq!(cloud["severity"], "CRITICAL");
         assert_eq!(cloud["annotation_type"], "VULNERABILITY");
         assert!(cloud.get("line").is_none());
+        assert_eq!(cloud["external_id"], "f0-2");
         assert!(cloud["summary"].as_str().unwrap().contains("ghp_…"));
     }
 

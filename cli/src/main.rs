@@ -353,7 +353,7 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
     write_report(args.format, &records, &mut output)?;
     drop(output);
     if interactive {
-        print_summary(&report, started.elapsed());
+        print_summary(&report, records.len(), started.elapsed());
     }
     Ok(if records.is_empty() {
         ExitCode::SUCCESS
@@ -362,12 +362,14 @@ fn run_scan(args: &ScanArgs) -> Result<ExitCode> {
     })
 }
 
-fn print_summary(report: &ScanReport, elapsed: Duration) {
+/// `reported`: the findings the report holds (fewer than found with
+/// `--baseline`).
+fn print_summary(report: &ScanReport, reported: usize, elapsed: Duration) {
     let stats = &report.stats;
     let seconds = elapsed.as_secs_f64().max(1e-9);
     eprintln!(
         "{} findings; {} commits, {} blobs, {:.1} MB scanned in {:.2} s ({:.1} MB/s); skipped {} binary, {} too large, {} unreadable",
-        report.findings.len(),
+        reported,
         stats.commits,
         stats.blobs_scanned,
         stats.bytes_scanned as f64 / 1e6,

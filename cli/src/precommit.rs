@@ -56,22 +56,31 @@ pub struct InstallArgs {
 /// The first line after the shebang of a hook `install` writes.
 const INSTALLED_MARK: &str = "# installed by leakscan hook install";
 
-/// A staged file: its path in the commit and the lines the commit adds
-/// (`None`: the file is new, every line is added).
+/// A staged file: the lines the commit adds to it.
 #[derive(Debug, Default)]
 struct Staged {
+    /// `(first, count)` ranges; `None`: the file is new, every line is added.
     added: Option<Vec<(u32, u32)>>,
+    /// Renamed or copied from another path: the file is new under this
+    /// name, though no line is.
+    new_path: bool,
 }
 
 impl Staged {
-    fn adds(&self, line: Option<u32>) -> bool {
-        match (&self.added, line) {
+    /// Whether a finding from line `first` over `lines` lines (a private
+    /// key's whole block) touches a line the commit adds; `first` is `None`
+    /// for a rule that reports a whole file, which is new only under a new
+    /// name.
+    fn adds(&self, first: Option<u32>, lines: u32) -> bool {
+        match (&self.added, first) {
             (None, _) => true,
-            // A rule that reports a whole file: only a new file is new.
-            (Some(_), None) => false,
-            (Some(ranges), Some(line)) => ranges
-                .iter()
-                .any(|&(first, count)| line >= first && line < first + count),
+            (Some(_), None) => self.new_path,
+            (Some(ranges), Some(line)) => {
+                let last = line.saturating_add(lines.max(1) - 1);
+                ranges.iter().any(|&(start, count)| {
+                    count > 0 && line <= start.saturating_add(count - 1) && last >= start
+                })
+            }
         }
     }
 }
@@ -90,18 +99,9 @@ pub fn pre_commit(args: &PreCommitArgs) -> Result<ExitCode> {
         .prefix("leakscan-pre-commit-")
         .tempdir()
         .context("cannot make a temporary directory")?;
-    let mut paths: Vec<&str> = staged.keys().map(String::as_str).collect();
-    let tracked_configs = git_output(&top, &["ls-files", "-z", "--cached", "--"])
-        .map(|listing| {
-            listing
-                .split('\0')
-                .filter(|path| BRANCH_CONFIG_FILES.contains(path))
-                .map(str::to_string)
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    paths.extend(tracked_configs.iter().map(String::as_str));
-    checkout_index(&top, checkout.path(), &paths)?;
+    write_index_blobs(&top, checkout.path(), |path| {
+        staged.contains_key(path) || BRANCH_CONFIG_FILES.contains(&path)
+    })?;
 
     let policy = Policy {
         min_confidence: args.min_confidence,
@@ -122,9 +122,10 @@ pub fn pre_commit(args: &PreCommitArgs) -> Result<ExitCode> {
         .findings
         .into_iter()
         .filter(|finding| {
+            let lines = 1 + memchr::memchr_iter(b'\n', finding.secret.expose()).count() as u32;
             staged
                 .get(&finding.path)
-                .is_some_and(|file| file.adds(finding.line))
+                .is_some_and(|file| file.adds(finding.line, lines))
         })
         .collect();
     // Concluding a merge: what the merged branch brings was judged when it
@@ -172,7 +173,7 @@ pub fn pre_commit(args: &PreCommitArgs) -> Result<ExitCode> {
 /// The files the commit adds or changes, with the lines it adds (renames
 /// and copies followed: a moved line is no new line).
 fn staged_files(top: &Path) -> Result<HashMap<String, Staged>> {
-    let status = git_output(
+    let status = git_bytes(
         top,
         &[
             "diff",
@@ -180,28 +181,36 @@ fn staged_files(top: &Path) -> Result<HashMap<String, Staged>> {
             "--name-status",
             "-z",
             "-M",
-            "--diff-filter=ACMR",
+            "--diff-filter=ACMRT",
         ],
     )?;
     let mut files = HashMap::new();
-    let mut fields = status.split('\0').filter(|field| !field.is_empty());
+    let mut fields = status
+        .split(|byte| *byte == 0)
+        .filter(|field| !field.is_empty())
+        .map(String::from_utf8_lossy);
     while let Some(code) = fields.next() {
-        let path = match code.as_bytes().first() {
-            Some(b'R' | b'C') => {
-                fields.next();
-                fields.next()
-            }
-            _ => fields.next(),
+        let moved = code.starts_with(['R', 'C']);
+        if moved {
+            fields.next();
         }
-        .with_context(|| format!("unexpected git diff --name-status output at {code:?}"))?;
+        let path = fields
+            .next()
+            .with_context(|| format!("unexpected git diff --name-status output at {code:?}"))?;
         let added = if code.starts_with('A') {
             None
         } else {
             Some(Vec::new())
         };
-        files.insert(path.to_string(), Staged { added });
+        files.insert(
+            path.into_owned(),
+            Staged {
+                added,
+                new_path: moved,
+            },
+        );
     }
-    let patch = git_output(
+    let patch = git_bytes(
         top,
         &[
             "-c",
@@ -210,25 +219,38 @@ fn staged_files(top: &Path) -> Result<HashMap<String, Staged>> {
             "--cached",
             "-U0",
             "-M",
-            "--diff-filter=CMR",
+            "--diff-filter=CMRT",
             "--no-color",
             "--no-ext-diff",
+            "--no-textconv",
             "--src-prefix=a/",
             "--dst-prefix=b/",
         ],
     )?;
+    // `+++ b/PATH` names the file only in a file's header (between its
+    // `diff --git` and its first hunk): an added line may read `++ …` too.
     let mut current: Option<String> = None;
-    for line in patch.lines() {
-        if let Some(path) = line.strip_prefix("+++ ") {
+    let mut in_header = false;
+    for line in patch.split(|byte| *byte == b'\n') {
+        if line.starts_with(b"diff --git ") {
+            in_header = true;
+            current = None;
+        } else if in_header && line.starts_with(b"+++ ") {
+            // A name with a space ends with a tab.
+            let path = String::from_utf8_lossy(&line[4..]);
+            let path = path.strip_suffix('\t').unwrap_or(&path);
             current = path.strip_prefix("b/").map(str::to_string).or_else(|| {
                 unquote(path).and_then(|path| path.strip_prefix("b/").map(str::to_string))
             });
-        } else if let Some(header) = line.strip_prefix("@@ ") {
-            let (Some(path), Some(range)) = (&current, added_range(header)) else {
+        } else if let Some(header) = line.strip_prefix(b"@@ ") {
+            in_header = false;
+            let header = String::from_utf8_lossy(header);
+            let (Some(path), Some(range)) = (&current, added_range(&header)) else {
                 continue;
             };
             if let Some(Staged {
                 added: Some(ranges),
+                ..
             }) = files.get_mut(path)
             {
                 ranges.push(range);
@@ -252,57 +274,112 @@ fn added_range(header: &str) -> Option<(u32, u32)> {
     Some((first, count))
 }
 
-/// A path git quoted C-style (`"b/tab\there"`): tabs, new lines, quotes and
-/// backslashes escaped (octal escapes are left off with
-/// `core.quotePath=false`).
+/// A path git quoted C-style (`"b/tab\there"`): tabs, new lines, quotes
+/// and backslashes escaped, other control characters as octal.
 fn unquote(text: &str) -> Option<String> {
-    let inner = text.strip_prefix('"')?.strip_suffix('"')?;
-    let mut out = String::new();
-    let mut chars = inner.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
+    let inner = text.strip_prefix('"')?.strip_suffix('"')?.as_bytes();
+    let mut out = Vec::new();
+    let mut index = 0;
+    while index < inner.len() {
+        let byte = inner[index];
+        index += 1;
+        if byte != b'\\' {
+            out.push(byte);
             continue;
         }
-        out.push(match chars.next()? {
-            't' => '\t',
-            'n' => '\n',
-            'r' => '\r',
+        let escaped = *inner.get(index)?;
+        index += 1;
+        out.push(match escaped {
+            b't' => b'\t',
+            b'n' => b'\n',
+            b'r' => b'\r',
+            b'a' => 7,
+            b'b' => 8,
+            b'f' => 12,
+            b'v' => 11,
+            b'0'..=b'3' => {
+                let digits = inner.get(index - 1..index + 2)?;
+                index += 2;
+                u8::from_str_radix(std::str::from_utf8(digits).ok()?, 8).ok()?
+            }
             other => other,
         });
     }
-    Some(out)
+    Some(String::from_utf8_lossy(&out).into_owned())
 }
 
-/// Writes the index's version of `paths` below `into` (no filters run: the
-/// bytes the commit will hold).
-fn checkout_index(top: &Path, into: &Path, paths: &[&str]) -> Result<()> {
-    let mut input = Vec::new();
-    for path in paths {
-        input.extend_from_slice(path.as_bytes());
-        input.push(0);
+/// Writes the index's blobs of the paths `wanted` picks below `into`, as
+/// git stores them (`git cat-file --batch`: no smudge filter, no LFS
+/// download, no conversion): the bytes the commit will hold.
+fn write_index_blobs(top: &Path, into: &Path, wanted: impl Fn(&str) -> bool) -> Result<()> {
+    let listing = git_bytes(top, &["ls-files", "--stage", "-z"])?;
+    let mut blobs: Vec<(String, String)> = Vec::new();
+    for entry in listing
+        .split(|byte| *byte == 0)
+        .filter(|entry| !entry.is_empty())
+    {
+        let entry = String::from_utf8_lossy(entry);
+        let Some((meta, path)) = entry.split_once('\t') else {
+            continue;
+        };
+        let mut meta = meta.split(' ');
+        let (Some(mode), Some(id), Some("0")) = (meta.next(), meta.next(), meta.next()) else {
+            continue;
+        };
+        // Files and symbolic links; a submodule is another repository.
+        if matches!(mode, "100644" | "100755" | "120000") && wanted(path) {
+            blobs.push((id.to_string(), path.to_string()));
+        }
     }
-    let mut prefix = into.as_os_str().to_owned();
-    prefix.push("/");
+    if blobs.is_empty() {
+        return Ok(());
+    }
     let mut child = Command::new("git")
         .current_dir(top)
-        .args(["checkout-index", "-z", "--stdin", "--force", "--prefix"])
-        .arg(&prefix)
+        .args(["cat-file", "--batch"])
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
+        .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .context("cannot run git")?;
-    child
-        .stdin
-        .take()
-        .context("git's standard input")?
-        .write_all(&input)
-        .context("cannot write to git checkout-index")?;
+    let mut stdin = child.stdin.take().context("git's standard input")?;
+    let ids: Vec<u8> = blobs
+        .iter()
+        .flat_map(|(id, _)| id.bytes().chain(std::iter::once(b'\n')))
+        .collect();
+    // Fed from a thread: git answers while it reads, and a full pipe each
+    // way would stop both.
+    let feeder = std::thread::spawn(move || stdin.write_all(&ids));
+    let mut stdout = std::io::BufReader::new(child.stdout.take().context("git's output")?);
+    for (id, path) in &blobs {
+        use std::io::{BufRead, Read};
+        let mut header = String::new();
+        stdout.read_line(&mut header)?;
+        let size: usize = match header.trim_end().split(' ').collect::<Vec<_>>()[..] {
+            [answered, "blob", size] if answered == id => size
+                .parse()
+                .with_context(|| format!("git cat-file: bad header {header:?}"))?,
+            _ => bail!("git cat-file: no blob {id} for {path}: {header:?}"),
+        };
+        let mut content = vec![0; size + 1];
+        stdout.read_exact(&mut content)?;
+        content.pop();
+        let target = into.join(path);
+        if let Some(dir) = target.parent() {
+            std::fs::create_dir_all(dir)
+                .with_context(|| format!("cannot create {}", dir.display()))?;
+        }
+        std::fs::write(&target, content)
+            .with_context(|| format!("cannot write {}", target.display()))?;
+    }
+    feeder
+        .join()
+        .map_err(|_| anyhow::anyhow!("writing to git cat-file failed"))?
+        .context("cannot write to git cat-file")?;
     let output = child.wait_with_output()?;
     if !output.status.success() {
         bail!(
-            "git checkout-index failed: {}",
+            "git cat-file failed: {}",
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
@@ -409,11 +486,23 @@ fn install_framework(top: &Path) -> Result<ExitCode> {
                     config.display()
                 );
             }
-            let mut text = text;
+            // The entry takes the indentation of the list's items (the
+            // framework's own samples put them at column 0).
+            let indent = text
+                .lines()
+                .skip_while(|line| line.trim_end() != "repos:")
+                .skip(1)
+                .find(|line| line.trim_start().starts_with('-'))
+                .map_or("  ", |item| &item[..item.len() - item.trim_start().len()]);
+            let mut text = text.clone();
             if !text.ends_with('\n') {
                 text.push('\n');
             }
-            text.push_str(FRAMEWORK_ENTRY);
+            for line in FRAMEWORK_ENTRY.lines() {
+                text.push_str(indent);
+                text.push_str(&line[2..]);
+                text.push('\n');
+            }
             std::fs::write(&config, text)
                 .with_context(|| format!("cannot write {}", config.display()))?;
             println!("added leakscan to {}", config.display());
@@ -438,11 +527,24 @@ mod tests {
         assert_eq!(added_range("-3,2 +2,0 @@"), Some((2, 0)));
         let staged = Staged {
             added: Some(vec![(4, 2), (2, 0)]),
+            new_path: false,
         };
-        assert!(!staged.adds(Some(2)) && !staged.adds(Some(3)));
-        assert!(staged.adds(Some(4)) && staged.adds(Some(5)) && !staged.adds(Some(6)));
-        assert!(!staged.adds(None));
-        assert!(Staged { added: None }.adds(None));
+        assert!(!staged.adds(Some(2), 1) && !staged.adds(Some(3), 1));
+        assert!(staged.adds(Some(4), 1) && staged.adds(Some(5), 1) && !staged.adds(Some(6), 1));
+        // A key block from line 1 over 5 lines: its body changed.
+        assert!(staged.adds(Some(1), 5) && !staged.adds(Some(1), 3));
+        assert!(!staged.adds(None, 1));
+        assert!(Staged {
+            added: None,
+            new_path: false
+        }
+        .adds(None, 1));
+        // A whole-file finding under a new name.
+        assert!(Staged {
+            added: Some(vec![]),
+            new_path: true
+        }
+        .adds(None, 1));
     }
 
     #[test]
@@ -452,6 +554,10 @@ mod tests {
             Some("b/a\tb \"c\"")
         );
         assert_eq!(unquote("b/plain"), None);
+        assert_eq!(
+            unquote(r#""b/esc\033x\\y""#).as_deref(),
+            Some("b/esc\u{1b}x\\y")
+        );
         assert_eq!(
             shell_quote("/opt/it's/leakscan"),
             r"'/opt/it'\''s/leakscan'"

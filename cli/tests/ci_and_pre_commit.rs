@@ -224,6 +224,108 @@ fn pre_commit_stops_only_secrets_the_staged_changes_add() {
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
 }
 
+/// Regressions found in review: a staged secret slipped through when the
+/// file's name had a space (git ends that header line with a tab), after an
+/// added line starting `++ ` (read as a file header), when only a private
+/// key's body changed (its finding's line, the BEGIN line, was not new),
+/// when a symbolic link became a file (type changes were not listed), and
+/// for a whole-file rule on a renamed file; a Latin-1 file made the hook
+/// fail.
+#[test]
+fn pre_commit_reads_every_kind_of_staged_change() {
+    let repo = GitRepo::new();
+    let token = example("GITHUB_PAT_CLASSIC");
+    let key = example("RSA_PRIVATE_KEY");
+    let filler: String = (1..=20).map(|n| format!("line {n}\n")).collect();
+    repo.write("my settings.conf", "name = demo\n");
+    repo.write("counter.txt", &filler);
+    repo.write("deploy/key.pem", &key);
+    repo.write("latin1.txt", b"caf\xe9\n".as_slice());
+    repo.write("notes.txt", "nothing\n");
+    std::os::unix::fs::symlink("counter.txt", repo.path().join("link.env")).unwrap();
+    repo.commit_all("init");
+    let staged_alone = |setup: &dyn Fn()| {
+        repo.git(&["reset", "-q", "--hard"]);
+        setup();
+        repo.git(&["add", "-A"]);
+        pre_commit(&repo)
+    };
+
+    let output =
+        staged_alone(&|| repo.write("my settings.conf", format!("name = demo\n{token}\n")));
+    assert_eq!(output.status.code(), Some(1), "space in the name");
+    assert!(
+        text(&output.stderr).contains("my settings.conf:2"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let output = staged_alone(&|| {
+        repo.write("counter.txt", format!("++ counter\n{filler}{token}\n"));
+    });
+    assert_eq!(output.status.code(), Some(1), "after a `++ ` line");
+    assert!(
+        text(&output.stderr).contains("counter.txt:22"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let output = staged_alone(&|| {
+        let body_line = key.lines().nth(3).unwrap();
+        let rotated: String = body_line.chars().rev().collect();
+        repo.write("deploy/key.pem", key.replacen(body_line, &rotated, 1));
+    });
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a key's body replaced: {}",
+        text(&output.stderr)
+    );
+    assert!(
+        text(&output.stderr).contains("deploy/key.pem:1"),
+        "{}",
+        text(&output.stderr)
+    );
+
+    let output = staged_alone(&|| {
+        std::fs::remove_file(repo.path().join("link.env")).unwrap();
+        repo.write("link.env", format!("{token}\n"));
+    });
+    assert_eq!(output.status.code(), Some(1), "a link become a file");
+
+    let output = staged_alone(&|| repo.write("latin1.txt", b"caf\xe9\nna\xefve\n".as_slice()));
+    assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        "custom_rules:\n  KEY_FILE_NAMES: {path_regex: '(^|/)id_rsa$', severity: HIGH}\n",
+    )
+    .unwrap();
+    repo.git(&["reset", "-q", "--hard"]);
+    repo.git(&["mv", "notes.txt", "id_rsa"]);
+    let output = leakscan(
+        repo.path(),
+        &[
+            "hook",
+            "pre-commit",
+            "--config",
+            config.path().to_str().unwrap(),
+        ],
+        KEY,
+    );
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "a rename to a key file's name"
+    );
+    assert!(
+        text(&output.stderr).contains("KEY_FILE_NAMES"),
+        "{}",
+        text(&output.stderr)
+    );
+}
+
 /// Regression: concluding a merge, everything the merged branch brings is
 /// staged as added, so its secrets (judged when committed there) stopped
 /// the merge commit.
@@ -373,6 +475,20 @@ fn install_for_the_pre_commit_framework_adds_a_local_hook_once() {
     assert!(
         text_now.contains("entry: make lint")
             && text_now.contains("entry: leakscan hook pre-commit")
+    );
+    // The framework's own sample style, items at column 0: the entry
+    // follows it, so the file stays valid YAML.
+    std::fs::write(
+        &config,
+        "repos:\n-   repo: https://github.com/pre-commit/pre-commit-hooks\n    rev: v4.6.0\n    hooks:\n    -   id: trailing-whitespace\n",
+    )
+    .unwrap();
+    let added = leakscan(repo.path(), &["hook", "install", "--framework"], KEY);
+    assert_eq!(added.status.code(), Some(0), "{}", text(&added.stderr));
+    let text_now = std::fs::read_to_string(&config).unwrap();
+    assert!(
+        text_now.contains("\n- repo: local\n  hooks:\n    - id: leakscan\n"),
+        "{text_now}"
     );
     // Keys after `repos:` are left for a person to edit.
     std::fs::write(&config, "repos: []\nfail_fast: true\n").unwrap();

@@ -354,6 +354,18 @@ impl CompiledRule {
         }
         let decoded = match self.decode {
             None => None,
+            // A Docker config in a YAML block scalar is wrapped over lines.
+            Some(Decode::Base64DockerConfig) => {
+                let joined: Vec<u8> = secret
+                    .iter()
+                    .copied()
+                    .filter(|byte| !byte.is_ascii_whitespace())
+                    .collect();
+                match lookalike::decode_base64(&joined) {
+                    Some(decoded) if lookalike::is_printable_text(&decoded) => Some(decoded),
+                    _ => return false,
+                }
+            }
             Some(_) => match lookalike::decode_base64(secret) {
                 Some(decoded) if lookalike::is_printable_text(&decoded) => Some(decoded),
                 _ => return false,
