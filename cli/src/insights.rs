@@ -277,14 +277,9 @@ fn segment(text: &str) -> String {
 }
 
 fn head_commit() -> Result<String> {
-    let output = std::process::Command::new("git")
-        .args(["rev-parse", "HEAD"])
-        .output()
-        .context("cannot run git to find the commit: pass --commit")?;
-    if !output.status.success() {
-        bail!("not in a git repository: pass --commit");
-    }
-    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+    let head = crate::precommit::git_output(std::path::Path::new("."), &["rev-parse", "HEAD"])
+        .context("no commit to publish on: pass --commit")?;
+    Ok(head.trim().to_string())
 }
 
 struct Client {

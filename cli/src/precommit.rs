@@ -85,10 +85,15 @@ impl Staged {
     }
 }
 
+/// The top of the work tree `dir` is in.
+fn work_tree_top(dir: &Path) -> Result<PathBuf> {
+    let top =
+        git_output(dir, &["rev-parse", "--show-toplevel"]).context("not in a git work tree")?;
+    Ok(PathBuf::from(top.trim_end_matches('\n')))
+}
+
 pub fn pre_commit(args: &PreCommitArgs) -> Result<ExitCode> {
-    let top = git_output(&args.repo, &["rev-parse", "--show-toplevel"])
-        .context("not in a git work tree")?;
-    let top = PathBuf::from(top.trim_end_matches('\n'));
+    let top = work_tree_top(&args.repo)?;
     let staged = staged_files(&top)?;
     if staged.is_empty() {
         return Ok(ExitCode::SUCCESS);
@@ -386,7 +391,8 @@ fn write_index_blobs(top: &Path, into: &Path, wanted: impl Fn(&str) -> bool) -> 
     Ok(())
 }
 
-fn git_output(dir: &Path, args: &[&str]) -> Result<String> {
+/// Runs git in `dir`; its standard output, or an error with git's words.
+pub(crate) fn git_output(dir: &Path, args: &[&str]) -> Result<String> {
     String::from_utf8(git_bytes(dir, args)?).context("git's output is not UTF-8")
 }
 
@@ -408,9 +414,7 @@ fn git_bytes(dir: &Path, args: &[&str]) -> Result<Vec<u8>> {
 }
 
 pub fn install(args: &InstallArgs) -> Result<ExitCode> {
-    let top = git_output(&args.repo, &["rev-parse", "--show-toplevel"])
-        .context("not in a git work tree")?;
-    let top = PathBuf::from(top.trim_end_matches('\n'));
+    let top = work_tree_top(&args.repo)?;
     if args.framework {
         return install_framework(&top);
     }
