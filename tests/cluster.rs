@@ -139,27 +139,12 @@ impl Cluster {
     }
 
     fn start_worker(&mut self) {
-        let index = self.workers.len();
-        let name = format!("worker{index}");
-        let mirrors = self.dir.join(format!("mirrors{index}"));
-        let (worker, _) = Process::start(
+        let name = format!("worker{}", self.workers.len());
+        let worker = leakscan_tests::start_worker(
+            &self.dir,
             &name,
-            "leakscan-worker",
-            &[
-                "--coordinator-url",
-                &self.coordinator_urls,
-                "--name",
-                &name,
-                "--threads",
-                "1",
-                "--mirror-dir",
-                mirrors.to_str().unwrap(),
-            ],
-            // A worker holds no database credentials or keys: only the
-            // credential the coordinator asks of it.
-            &[("LEAKSCAN_WORKER_TOKEN", &self.worker_token)],
-            self.dir.join(format!("{name}.log")),
-            "connecting to",
+            &self.coordinator_urls,
+            &self.worker_token,
         );
         self.workers.push(worker);
     }

@@ -19,7 +19,9 @@ use std::{
 
 use base64::Engine as _;
 use leakscan_store::testing::{redis_url, unique_name, TestDatabase};
-use leakscan_tests::{address_in, git, start_gateway, wait_until, Api, ClusterEnv, Process};
+use leakscan_tests::{
+    git, start_coordinator, start_gateway, start_worker, wait_until, Api, ClusterEnv,
+};
 use serde_json::{json, Value};
 
 const ADMIN: (&str, &str) = ("admin", "dashboard-admin-password");
@@ -262,35 +264,10 @@ fn the_dashboard_page_in_chromium_for_an_administrator_and_a_read_only_user() {
     );
     let cluster_env = ClusterEnv::new(&database.url, &redis, ADMIN);
     let env = cluster_env.vars();
-    let (_coordinator, line) = Process::start(
-        "coordinator",
-        "leakscan-coordinator",
-        &["--listen", "127.0.0.1:0"],
-        &env,
-        dir.join("coordinator.log"),
-        "listening on",
-    );
-    let coordinator = format!("http://{}", address_in(&line));
+    let (_coordinator, coordinator) = start_coordinator(&env, dir.join("coordinator.log"));
     let (_gateway, gateway) =
         start_gateway(&env, &root, "127.0.0.1:0", &[], dir.join("gateway.log"));
-    let mirrors = dir.join("mirrors");
-    let (_worker, _) = Process::start(
-        "worker",
-        "leakscan-worker",
-        &[
-            "--coordinator-url",
-            &coordinator,
-            "--name",
-            "dashboard",
-            "--threads",
-            "1",
-            "--mirror-dir",
-            mirrors.to_str().unwrap(),
-        ],
-        &[("LEAKSCAN_WORKER_TOKEN", cluster_env.worker_token.as_str())],
-        dir.join("worker.log"),
-        "connecting to",
-    );
+    let _worker = start_worker(dir, "dashboard", &coordinator, &cluster_env.worker_token);
 
     // What the page shows comes from the API: a scan first, a read-only
     // user, and one push the hook blocked.

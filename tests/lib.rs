@@ -409,6 +409,59 @@ pub fn start_gateway(
     (gateway, address_in(&line))
 }
 
+/// A coordinator process on a free loopback port, its stderr to `log`;
+/// and its URL.
+pub fn start_coordinator(env: &[(&str, &str)], log: PathBuf) -> (Process, String) {
+    let (coordinator, line) = Process::start(
+        "coordinator",
+        "leakscan-coordinator",
+        &["--listen", "127.0.0.1:0"],
+        env,
+        log,
+        "listening on",
+    );
+    (coordinator, format!("http://{}", address_in(&line)))
+}
+
+/// A worker process named `name` (one engine thread, mirrors under `dir`)
+/// leasing from `coordinators` with `worker_token`, its stderr to
+/// `dir/<name>.log`. A worker holds no database credentials or keys: only
+/// the credential the coordinator asks of it.
+pub fn start_worker(dir: &Path, name: &str, coordinators: &str, worker_token: &str) -> Process {
+    start_worker_lines(dir, name, coordinators, worker_token, &[]).0
+}
+
+/// [`start_worker`] with `extra` arguments, and its stdout lines up to the
+/// one it is ready with.
+pub fn start_worker_lines(
+    dir: &Path,
+    name: &str,
+    coordinators: &str,
+    worker_token: &str,
+    extra: &[&str],
+) -> (Process, Vec<String>) {
+    let mirrors = dir.join(format!("mirrors-{name}"));
+    let mut args = vec![
+        "--coordinator-url",
+        coordinators,
+        "--name",
+        name,
+        "--threads",
+        "1",
+        "--mirror-dir",
+        mirrors.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    Process::start_lines(
+        name,
+        "leakscan-worker",
+        &args,
+        &[("LEAKSCAN_WORKER_TOKEN", worker_token)],
+        dir.join(format!("{name}.log")),
+        "connecting to",
+    )
+}
+
 impl Api {
     /// A total rescan through the API, run to its end (asserted `done`).
     pub fn total_rescan(&self) -> Value {

@@ -56,26 +56,7 @@ fn start_worker(
     dir: &Path,
     extra: &[&str],
 ) -> (Process, Vec<String>) {
-    let mirrors = dir.join(format!("mirrors-{name}"));
-    let mut args = vec![
-        "--coordinator-url",
-        coordinators,
-        "--name",
-        name,
-        "--threads",
-        "1",
-        "--mirror-dir",
-        mirrors.to_str().unwrap(),
-    ];
-    args.extend_from_slice(extra);
-    Process::start_lines(
-        name,
-        "leakscan-worker",
-        &args,
-        &[("LEAKSCAN_WORKER_TOKEN", token)],
-        dir.join(format!("{name}.log")),
-        "connecting to",
-    )
+    leakscan_tests::start_worker_lines(dir, name, coordinators, token, extra)
 }
 
 /// A figure of a parsed scrape; a series that is absent counts as 0.

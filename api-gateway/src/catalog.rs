@@ -348,7 +348,13 @@ const LS_REMOTE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60
 /// The branches (name, head) of a repository and the branch HEAD names;
 /// `credentials`: a git credentials file for remote repositories.
 pub async fn list_branches(url: &str, credentials: Option<&Path>) -> Result<BranchListing, String> {
-    list_branches_within(url, credentials, LS_REMOTE_TIMEOUT).await
+    let files: Vec<&Path> = credentials.into_iter().collect();
+    list_branches_within(url, &files, LS_REMOTE_TIMEOUT).await
+}
+
+/// [`list_branches`] with git reading credentials from `files`, in order.
+pub async fn list_branches_with(url: &str, files: &[&Path]) -> Result<BranchListing, String> {
+    list_branches_within(url, files, LS_REMOTE_TIMEOUT).await
 }
 
 /// `url` without user information, as it may be shown.
@@ -358,7 +364,7 @@ fn safe_url(url: &str) -> String {
 
 /// A short, safe reason for a failed `git ls-remote`: the kind of failure,
 /// not git's text (which may quote the server).
-fn git_failure(message: &str) -> &'static str {
+pub(crate) fn git_failure(message: &str) -> &'static str {
     let lower = message.to_ascii_lowercase();
     if lower.contains("did not answer within") {
         "the server did not answer in time"
@@ -383,13 +389,12 @@ fn git_failure(message: &str) -> &'static str {
 /// the request goes away.
 async fn list_branches_within(
     url: &str,
-    credentials: Option<&Path>,
+    files: &[&Path],
     timeout: std::time::Duration,
 ) -> Result<BranchListing, String> {
     let mut command = tokio::process::Command::new("git");
     command.args(["ls-remote", "--symref", "--", url, "HEAD", "refs/heads/*"]);
-    let files: Vec<&Path> = credentials.into_iter().collect();
-    leakscan_service::prepare_git(&mut command, &files)?;
+    leakscan_service::prepare_git(&mut command, files)?;
     let listing = command.output();
     let output = tokio::time::timeout(timeout, listing)
         .await
@@ -437,14 +442,24 @@ pub struct SyncReport {
     pub branches: u32,
     /// Entries under the roots that were skipped, and why.
     pub errors: Vec<String>,
+    /// The sync from the configured Bitbucket server, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bitbucket: Option<crate::bitbucket::SyncReport>,
 }
 
+/// `POST …/admin/catalog/sync`: re-reads the roots and, when one is
+/// configured, synchronises from the Bitbucket server (whose failure is
+/// the answer's: 502 when the server fails, 409 when a sync runs).
 pub async fn sync_handler(
     State(state): State<Arc<AppState>>,
     caller: Caller,
 ) -> Result<Json<SyncReport>, ApiError> {
     caller.require_sys_admin()?;
-    Ok(Json(sync_roots(&state).await?))
+    let mut report = sync_roots(&state).await?;
+    if state.config.bitbucket.is_some() {
+        report.bitbucket = Some(crate::bitbucket::sync(&state, &caller.0.name).await?);
+    }
+    Ok(Json(report))
 }
 
 /// Re-reads every root: `<root>/<PROJECT>/<slug>[.git]` and
@@ -566,7 +581,7 @@ mod tests {
         let address = leakscan_testkit::silent_server();
         let error = list_branches_within(
             &format!("http://{address}/r.git"),
-            None,
+            &[],
             std::time::Duration::from_secs(2),
         )
         .await

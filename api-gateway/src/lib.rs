@@ -9,6 +9,7 @@
 //! - [`catalog::sync_roots`] re-reads the repository roots.
 
 pub mod auth;
+pub mod bitbucket;
 pub mod catalog;
 pub mod dashboard;
 pub mod error;
@@ -67,6 +68,8 @@ pub struct GatewayConfig {
     /// On SIGTERM, how long to go on accepting requests after readiness
     /// turned 503 (`--shutdown-delay`).
     pub shutdown_delay: std::time::Duration,
+    /// The Bitbucket server the catalog is synchronised from, if any.
+    pub bitbucket: Option<bitbucket::BitbucketSource>,
 }
 
 impl GatewayConfig {
@@ -324,6 +327,10 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let stop_accepting = CancellationToken::new();
+    let syncing = tokio::spawn(bitbucket::sync_periodically(
+        Arc::clone(&state),
+        state.draining.clone(),
+    ));
     let drain = tokio::spawn({
         let (state, stop_accepting) = (Arc::clone(&state), stop_accepting.clone());
         async move {
@@ -345,6 +352,7 @@ pub async fn run(
     .with_graceful_shutdown(async move { stop_accepting.cancelled().await })
     .await;
     drain.abort();
+    syncing.abort();
     served
 }
 

@@ -39,6 +39,8 @@ struct Args {
     repos_roots: Vec<PathBuf>,
     #[command(flatten)]
     clone_sources: leakscan_gateway::sources::CloneSourceArgs,
+    #[command(flatten)]
+    bitbucket: leakscan_gateway::bitbucket::BitbucketArgs,
     /// Prefix of every path, e.g. `/bitbucket`.
     #[arg(long, env = "LEAKSCAN_CONTEXT_PATH", default_value = "")]
     context_path: String,
@@ -79,6 +81,7 @@ async fn main() -> anyhow::Result<()> {
         .await
         .context("failed to connect to redis")?;
     let master_key = args.master_key.load()?;
+    let bitbucket = args.bitbucket.source().map_err(anyhow::Error::msg)?;
     // Bound before anything else: installed hooks are told the address
     // (the port may be 0, the system's choice).
     let listener = tokio::net::TcpListener::bind(args.listen)
@@ -100,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         export_stall_timeout: leakscan_gateway::exports::STALLED_CLIENT,
         hook_install,
         shutdown_delay: std::time::Duration::from_secs(args.shutdown_delay),
+        bitbucket,
     };
     let admin = args.admin_user.zip(args.admin_password);
     let state = leakscan_gateway::prepare(pool, queue, config, admin).await?;

@@ -22,8 +22,8 @@ use axum::{
 use leakscan_store::{catalog::Repository, users::Access};
 
 use crate::{
-    auth::Caller, catalog, dashboard, error::ApiError, exports, hooks, insights, keys, openapi,
-    policy, reviews, scans, users, AppState,
+    auth::Caller, bitbucket, catalog, dashboard, error::ApiError, exports, hooks, insights, keys,
+    openapi, policy, reviews, scans, users, AppState,
 };
 
 /// What a route needs of its caller.
@@ -219,7 +219,8 @@ pub fn routes() -> Vec<Route> {
         post("/rest/api/latest/projects", SysAdmin, "Create a project", catalog::create_project).json("NewProject"),
         get("/rest/api/latest/projects/{project}/repos", Project(Read), "Repositories of a project the caller may read", catalog::list_repositories).query(PAGE),
         post("/rest/api/latest/projects/{project}/repos", Project(Admin), "Register a repository (clone URL or path)", catalog::create_repository).json("NewRepository"),
-        post(format!("{security}/admin/catalog/sync"), SysAdmin, "Re-read the repository roots", catalog::sync_handler),
+        post(format!("{security}/admin/catalog/sync"), SysAdmin, "Re-read the repository roots and sync from the configured Bitbucket server", catalog::sync_handler),
+        get(format!("{security}/admin/catalog/sync"), SysAdmin, "The configured Bitbucket server and each source's last sync", bitbucket::last_sync_handler),
         // Users and permissions
         post("/rest/api/latest/admin/users", SysAdmin, "Create a user", users::create_user)
             .query(&["name!", "password!", "displayName", "emailAddress"]),

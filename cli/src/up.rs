@@ -27,6 +27,8 @@ pub struct UpArgs {
     repos_roots: Vec<PathBuf>,
     #[command(flatten)]
     clone_sources: leakscan_gateway::sources::CloneSourceArgs,
+    #[command(flatten)]
+    bitbucket: leakscan_gateway::bitbucket::BitbucketArgs,
     /// Address of the REST API.
     #[arg(long, env = "LEAKSCAN_LISTEN", default_value = "127.0.0.1:7990")]
     listen: SocketAddr,
@@ -110,6 +112,7 @@ async fn up(args: UpArgs) -> Result<()> {
         // Hooks run this very executable.
         hook_install: leakscan_gateway::hooks::HookInstall::new(None, None, args.listen, ""),
         shutdown_delay: std::time::Duration::ZERO,
+        bitbucket: args.bitbucket.source().map_err(anyhow::Error::msg)?,
     };
     let state = leakscan_gateway::prepare(
         pool.clone(),

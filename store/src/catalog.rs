@@ -34,6 +34,11 @@ pub struct Repository {
     pub hook_enabled: bool,
     pub exempt: bool,
     pub default_branch: Option<String>,
+    /// The Bitbucket server this repository is synchronised from no longer
+    /// lists it (docs/ARCHITECTURE.md, "Catalog sync"): it keeps its
+    /// findings and is no longer scanned.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub deleted: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, FromRow)]
@@ -171,7 +176,7 @@ pub async fn upsert_repository(
          )
          select upserted.id, $1 as project_key, slug, upserted.name, clone_url,
              coalesce((select enabled from hook_setting_of(upserted.id, upserted.project_id)), false) as hook_enabled,
-             exempt, default_branch from upserted",
+             exempt, default_branch, deleted_at is not null as deleted from upserted",
     )
     .bind(project_key)
     .bind(slug)
@@ -226,7 +231,7 @@ macro_rules! repository_columns {
     () => {
         "r.id, p.key as project_key, r.slug, r.name, r.clone_url, \
          coalesce((select enabled from hook_setting_of(r.id, r.project_id)), false) as hook_enabled, \
-         r.exempt, r.default_branch"
+         r.exempt, r.default_branch, r.deleted_at is not null as deleted"
     };
 }
 

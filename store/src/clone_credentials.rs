@@ -46,7 +46,7 @@ pub fn split_url(url: &str) -> Option<UrlCredential> {
 }
 
 /// `scheme://host[:port]` of a URL without user information.
-fn origin_of(url: &str) -> Option<String> {
+pub fn origin_of(url: &str) -> Option<String> {
     let (scheme, rest) = url.split_once("://")?;
     let host = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
     Some(format!(
@@ -126,7 +126,8 @@ pub async fn move_out_of_urls(
 
 /// The stored credential of `repository` as a git credentials file line
 /// (`scheme://user:password@host`), when there is one for the origin
-/// `clone_url` names; a URL moved to another host gets none.
+/// `clone_url` names: its own, or its Bitbucket server's; a URL moved to
+/// another host gets none.
 pub async fn git_line(
     pool: &PgPool,
     secrets: &SecretBox,
@@ -136,9 +137,18 @@ pub async fn git_line(
     let Some(origin) = origin_of(clone_url) else {
         return Ok(None);
     };
+    // The repository's own credential first, else that of the Bitbucket
+    // server it was synchronised from (docs/ARCHITECTURE.md, "Catalog
+    // sync"), each for its own origin only.
     let row: Option<(i32, Vec<u8>)> = sqlx::query_as(
-        "select secret_key_id, secret_ciphertext from clone_credentials
-         where repository_id = $1 and origin = $2",
+        "select secret_key_id, secret_ciphertext from (
+             select 0 as rank, secret_key_id, secret_ciphertext from clone_credentials
+             where repository_id = $1 and origin = $2
+             union all
+             select 1, s.secret_key_id, s.secret_ciphertext
+             from catalog_sources s join repositories r on r.source_id = s.id
+             where r.id = $1 and s.origin = $2
+         ) credentials order by rank limit 1",
     )
     .bind(repository)
     .bind(&origin)
@@ -155,31 +165,43 @@ pub async fn git_line(
 }
 
 /// Re-encrypts every stored clone credential not under `key_id` (a key
-/// rotation): how many.
+/// rotation), a repository's and a catalog source's: how many.
 pub(crate) async fn reencrypt(pool: &PgPool, secrets: &SecretBox, key_id: i32) -> Result<u64> {
-    let mut transaction = pool.begin().await?;
-    let rows: Vec<(RepoId, i32, Vec<u8>)> = sqlx::query_as(
-        "select repository_id, secret_key_id, secret_ciphertext from clone_credentials
-         where secret_key_id <> $1 for update skip locked",
-    )
-    .bind(key_id)
-    .fetch_all(&mut *transaction)
-    .await?;
-    let key = secrets.key(pool, key_id).await?;
-    for (repository, old_key, sealed) in &rows {
-        let plain = secrets.decrypt(pool, *old_key, sealed).await?;
-        sqlx::query(
+    let mut changed = 0;
+    // Each table's statements: what to re-encrypt, and how.
+    for (select, update) in [
+        (
+            "select repository_id, secret_key_id, secret_ciphertext from clone_credentials
+             where secret_key_id <> $1 for update skip locked",
             "update clone_credentials set secret_key_id = $2, secret_ciphertext = $3
              where repository_id = $1",
-        )
-        .bind(repository)
-        .bind(key_id)
-        .bind(key.seal(&plain))
-        .execute(&mut *transaction)
-        .await?;
+        ),
+        (
+            "select id::bigint, secret_key_id, secret_ciphertext from catalog_sources
+             where secret_key_id <> $1 for update skip locked",
+            "update catalog_sources set secret_key_id = $2, secret_ciphertext = $3
+             where id = $1::integer",
+        ),
+    ] {
+        let mut transaction = pool.begin().await?;
+        let rows: Vec<(i64, i32, Vec<u8>)> = sqlx::query_as(select)
+            .bind(key_id)
+            .fetch_all(&mut *transaction)
+            .await?;
+        let key = secrets.key(pool, key_id).await?;
+        for (row, old_key, sealed) in &rows {
+            let plain = secrets.decrypt(pool, *old_key, sealed).await?;
+            sqlx::query(update)
+                .bind(row)
+                .bind(key_id)
+                .bind(key.seal(&plain))
+                .execute(&mut *transaction)
+                .await?;
+        }
+        transaction.commit().await?;
+        changed += rows.len() as u64;
     }
-    transaction.commit().await?;
-    Ok(rows.len() as u64)
+    Ok(changed)
 }
 
 #[cfg(test)]

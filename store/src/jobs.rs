@@ -199,7 +199,7 @@ pub async fn expand_job(pool: &PgPool, id: JobId) -> Result<i64> {
          from repositories r
          join projects p on p.id = r.project_id
          join branches b on b.repository_id = r.id
-         where case $2
+         where r.deleted_at is null and case $2
              when 'total' then not r.exempt
              when 'project' then p.key = $3 and not r.exempt
              when 'repository' then p.key = $3 and r.slug = $4

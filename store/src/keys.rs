@@ -153,7 +153,8 @@ async fn rotate_locked(
         let left: bool = sqlx::query_scalar(
             "select exists (select 1 from findings where secret_key_id <> $1)
                  or exists (select 1 from blob_results where secret_key_id <> $1)
-                 or exists (select 1 from clone_credentials where secret_key_id <> $1)",
+                 or exists (select 1 from clone_credentials where secret_key_id <> $1)
+                 or exists (select 1 from catalog_sources where secret_key_id <> $1)",
         )
         .bind(key_id)
         .fetch_one(pool)

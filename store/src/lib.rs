@@ -27,6 +27,7 @@ pub mod blobs;
 // Its column macros are used by later modules.
 #[macro_use]
 pub mod catalog;
+pub mod catalog_sync;
 pub mod clone_credentials;
 pub mod email;
 pub mod findings;

@@ -9,6 +9,8 @@
 //! assert_eq!(commit.len(), 40);
 //! ```
 
+pub mod git_http;
+
 use std::{
     cell::Cell,
     fs,

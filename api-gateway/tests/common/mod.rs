@@ -99,6 +99,7 @@ impl Fixture {
             export_stall_timeout: leakscan_gateway::exports::STALLED_CLIENT,
             hook_install: Default::default(),
             shutdown_delay: std::time::Duration::ZERO,
+            bitbucket: None,
         };
         let mut config = config;
         adjust(&mut config);
