@@ -329,6 +329,14 @@ fn a_catalog_is_synchronised_from_a_bitbucket_and_cloned_over_http_with_its_toke
             "~alice/notes"
         ]
     );
+    let listed = api.expect("GET", "/rest/api/1.0/projects/PROJ/repos", None, 200);
+    let lib = listed["values"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|repository| repository["slug"] == "lib")
+        .unwrap();
+    assert_eq!(lib["state"], "OFFLINE", "{lib}");
     // Findings follow a renamed repository, and stay with a deleted one.
     assert_eq!(findings(&api, "PROJ", "webapp"), ["AWS_ACCESS_KEY_ID"]);
     assert_eq!(findings(&api, "PROJ", "lib"), ["AWS_ACCESS_KEY_ID"]);

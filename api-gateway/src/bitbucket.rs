@@ -226,14 +226,24 @@ impl Client<'_> {
                 "{}{path}?start={start}&limit={}",
                 self.base_url, self.page_size
             );
-            let page = self.get(&url, path, requests)?;
+            let page = match self.get(&url, path, requests) {
+                // Only a list that is missing altogether may be skipped:
+                // a later page that goes away ends the listing in error.
+                Err(error) if start > 0 && error.starts_with("404 ") => {
+                    return Err(format!("{error} (page starting at {start})"))
+                }
+                other => other?,
+            };
             let values = page["values"]
                 .as_array()
                 .ok_or_else(|| format!("{path}: the answer is not a page (no values)"))?;
             for value in values {
                 each(value).map_err(|error| format!("{path}: {error}"))?;
             }
-            if page["isLastPage"].as_bool().unwrap_or(true) {
+            let last = page["isLastPage"]
+                .as_bool()
+                .ok_or_else(|| format!("{path}: a page without isLastPage"))?;
+            if last {
                 return Ok(());
             }
             let next = page["nextPageStart"].as_u64().ok_or_else(|| {

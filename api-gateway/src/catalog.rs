@@ -71,10 +71,17 @@ fn bitbucket_repository_fields(
     clone_url: &str,
 ) {
     use serde_json::json;
+    // A repository its Bitbucket server dropped is kept for its findings
+    // only: it is offline, so a client syncing from here skips it.
+    let (state, message) = if body["deleted"] == json!(true) {
+        ("OFFLINE", "Deleted from its Bitbucket server")
+    } else {
+        ("AVAILABLE", "Available")
+    };
     for (key, value) in [
         ("scmId", json!("git")),
-        ("state", json!("AVAILABLE")),
-        ("statusMessage", json!("Available")),
+        ("state", json!(state)),
+        ("statusMessage", json!(message)),
         ("forkable", json!(false)),
         ("public", json!(false)),
         ("archived", json!(false)),
@@ -457,7 +464,11 @@ pub async fn sync_handler(
     caller.require_sys_admin()?;
     let mut report = sync_roots(&state).await?;
     if state.config.bitbucket.is_some() {
-        report.bitbucket = Some(crate::bitbucket::sync(&state, &caller.0.name).await?);
+        // In a task of its own: a caller that gives up (or the request
+        // timeout) does not cut the sync short.
+        let (state, actor) = (Arc::clone(&state), caller.0.name.clone());
+        let sync = tokio::spawn(async move { crate::bitbucket::sync(&state, &actor).await });
+        report.bitbucket = Some(sync.await.map_err(|_| ApiError::internal())??);
     }
     Ok(Json(report))
 }

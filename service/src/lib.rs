@@ -135,19 +135,10 @@ pub fn git_credentials_env(
     command: &mut tokio::process::Command,
     files: &[&std::path::Path],
 ) -> Result<(), String> {
-    // With a credential at hand, git (2.46 and later; older ones ignore
-    // the setting) sends it with its first request instead of waiting for
-    // a 401 challenge: half the round trips to a server that wants one.
-    // The store still gives a credential only to its own host.
     command
-        .env("GIT_CONFIG_COUNT", (files.len() + 2).to_string())
+        .env("GIT_CONFIG_COUNT", (files.len() + 1).to_string())
         .env("GIT_CONFIG_KEY_0", "credential.helper")
-        .env("GIT_CONFIG_VALUE_0", "")
-        .env(
-            format!("GIT_CONFIG_KEY_{}", files.len() + 1),
-            "http.proactiveAuth",
-        )
-        .env(format!("GIT_CONFIG_VALUE_{}", files.len() + 1), "basic");
+        .env("GIT_CONFIG_VALUE_0", "");
     for (index, file) in files.iter().enumerate() {
         let path = file
             .to_str()
@@ -204,6 +195,36 @@ mod tests {
             .unwrap();
         drop(stdin);
         String::from_utf8(child.wait_with_output().await.unwrap().stdout).unwrap()
+    }
+
+    /// Regression (issue 18): git told to send stored credentials before
+    /// any challenge (`http.proactiveAuth`) asks for one for every host,
+    /// and with prompts off fails on a server that needs none.
+    #[tokio::test]
+    async fn a_public_server_is_read_while_a_credentials_file_is_given() {
+        let repository = leakscan_testkit::GitRepo::new();
+        repository.write("a.txt", "hello\n");
+        repository.commit_all("first");
+        let served = tempfile::tempdir().unwrap();
+        leakscan_testkit::git_http::publish_bare(repository.path(), served.path(), "P/r.git");
+        let server = leakscan_testkit::git_http::GitHttpServer::start_anonymous(served.path());
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("credentials");
+        std::fs::write(&file, "https://scanner:tok-7Hq2Lm9Zx4@git.example.com\n").unwrap();
+        let mut command = tokio::process::Command::new("git");
+        prepare_git(&mut command, &[&file]).unwrap();
+        let output = command
+            .args(["ls-remote", &server.url("P/r.git")])
+            .env("HOME", dir.path())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        assert!(String::from_utf8_lossy(&output.stdout).contains("refs/heads/main"));
     }
 
     #[tokio::test]

@@ -171,7 +171,10 @@ pub async fn upsert_repository(
         "with upserted as (
              insert into repositories (project_id, slug, name, clone_url)
              select id, $2, $2, $3 from projects where key = $1
-             on conflict (project_id, slug) do update set clone_url = excluded.clone_url
+             on conflict (project_id, slug) do update
+             -- a repository synchronised from Bitbucket keeps the server's URL
+             set clone_url = case when repositories.source_id is null
+                 then excluded.clone_url else repositories.clone_url end
              returning *
          )
          select upserted.id, $1 as project_key, slug, upserted.name, clone_url,

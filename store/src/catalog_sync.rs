@@ -251,75 +251,137 @@ pub async fn reconcile(
         .collect();
     let listed: HashSet<i64> = remote.iter().map(|r| r.external_id).collect();
 
-    // Plan. Places being left (by moves and by repositories the server
-    // dropped) are free for others; a place held by a repository not from
-    // this source is taken by adoption, unless that repository is already
-    // this source's under another id.
-    let mut occupant: HashMap<(i64, &str), &Stored> = stored
+    // Plan. Every stored row holds its place unless it moves (a listed
+    // repository whose place changed) or may give it up: a row of this
+    // source the listing does not keep live (dropped, or deleted and not
+    // taken again) moves aside to `slug.deleted-ID` when its place is
+    // claimed. A move to a place held by a row that stays is skipped, and
+    // the mover then holds its own place too: repeat until nothing changes.
+    let mut claimed: HashSet<(i64, &str)> = HashSet::new();
+    let mut wanted: Vec<&RemoteRepository> = Vec::new();
+    for repository in &remote_ok {
+        let place = (
+            project_ids[&repository.project_key],
+            repository.slug.as_str(),
+        );
+        if claimed.insert(place) {
+            wanted.push(repository);
+        } else {
+            result.skipped.push(format!(
+                "{}/{}: listed twice",
+                repository.project_key, repository.slug
+            ));
+        }
+    }
+    let target = |repository: &RemoteRepository| {
+        (
+            project_ids[&repository.project_key],
+            repository.slug.clone(),
+        )
+    };
+    let place_of = |row: &Stored| (row.project_id, row.slug.clone());
+    let at: HashMap<(i64, String), &Stored> =
+        stored.iter().map(|row| (place_of(row), row)).collect();
+    let by_id: HashMap<i64, &Stored> = stored.iter().map(|row| (row.id, row)).collect();
+    let wanted_ids: HashSet<i64> = wanted.iter().map(|r| r.external_id).collect();
+    // Rows the listing keeps live, by row id, with their listing entry.
+    let mut updating: HashMap<i64, &RemoteRepository> = wanted
         .iter()
-        .filter(|row| !row.deleted || row.source_id != Some(source))
-        .map(|row| ((row.project_id, row.slug.as_str()), row))
+        .filter_map(|repository| {
+            by_external
+                .get(&repository.external_id)
+                .map(|row| (row.id, *repository))
+        })
         .collect();
+    let mut moving: HashSet<i64> = updating
+        .iter()
+        .filter(|(id, repository)| place_of(by_id[*id]) != target(repository))
+        .map(|(id, _)| *id)
+        .collect();
+    let gone = |row: &Stored| row.external_id.is_some_and(|id| !listed.contains(&id));
+    loop {
+        let vacatable = |row: &Stored| {
+            row.source_id == Some(source)
+                && !updating.contains_key(&row.id)
+                && (gone(row) || row.deleted)
+        };
+        let blocked: Vec<i64> = moving
+            .iter()
+            .copied()
+            .filter(|id| {
+                at.get(&target(updating[id])).is_some_and(|holder| {
+                    holder.id != *id && !moving.contains(&holder.id) && !vacatable(holder)
+                })
+            })
+            .collect();
+        if blocked.is_empty() {
+            break;
+        }
+        for id in blocked {
+            let repository = updating.remove(&id).expect("a mover is updated");
+            moving.remove(&id);
+            result.skipped.push(format!(
+                "{}/{}: the place is taken by another repository",
+                repository.project_key, repository.slug
+            ));
+        }
+    }
+    let held_back: HashSet<i64> = by_external
+        .values()
+        .filter(|row| {
+            !updating.contains_key(&row.id)
+                && row.external_id.is_some_and(|id| wanted_ids.contains(&id))
+        })
+        .map(|row| row.id)
+        .collect();
+    let vacatable = |row: &Stored| {
+        row.source_id == Some(source)
+            && !updating.contains_key(&row.id)
+            && !held_back.contains(&row.id)
+            && (gone(row) || row.deleted)
+    };
     enum Step<'a> {
         Insert,
         Adopt(&'a Stored),
         Update(&'a Stored),
     }
     let mut steps: Vec<(&RemoteRepository, i64, Step)> = Vec::new();
-    let mut vacate: Vec<&Stored> = Vec::new();
-    let mut claimed: HashSet<(i64, String)> = HashSet::new();
-    for row in by_external.values() {
-        let gone = row.external_id.is_some_and(|id| !listed.contains(&id));
-        let moves = remote_ok.iter().any(|r| {
-            Some(r.external_id) == row.external_id
-                && (project_ids[&r.project_key] != row.project_id || r.slug != row.slug)
-        });
-        if gone || moves {
-            occupant.remove(&(row.project_id, row.slug.as_str()));
-        }
-    }
-    for repository in &remote_ok {
+    for repository in &wanted {
         let project_id = project_ids[&repository.project_key];
-        let place = (project_id, repository.slug.clone());
-        if !claimed.insert(place.clone()) {
-            result.skipped.push(format!(
-                "{}/{}: listed twice",
-                repository.project_key, repository.slug
-            ));
+        if let Some(row) = by_external.get(&repository.external_id) {
+            if updating.contains_key(&row.id) {
+                steps.push((repository, project_id, Step::Update(row)));
+            }
             continue;
         }
-        let holder = occupant
-            .get(&(project_id, repository.slug.as_str()))
-            .copied();
-        match by_external.get(&repository.external_id) {
-            Some(row) => match holder {
-                Some(other) if other.id != row.id => result.skipped.push(format!(
-                    "{}/{}: the place is taken by another repository",
-                    repository.project_key, repository.slug
-                )),
-                _ => steps.push((repository, project_id, Step::Update(row))),
-            },
-            None => match holder {
-                Some(other) if other.source_id.is_none() => {
-                    steps.push((repository, project_id, Step::Adopt(other)))
-                }
-                Some(_) => result.skipped.push(format!(
-                    "{}/{}: the place is taken by another source's repository",
-                    repository.project_key, repository.slug
-                )),
-                None => steps.push((repository, project_id, Step::Insert)),
-            },
+        let holder = at
+            .get(&target(repository))
+            .copied()
+            .filter(|holder| !moving.contains(&holder.id));
+        match holder {
+            None => steps.push((repository, project_id, Step::Insert)),
+            Some(holder) if vacatable(holder) => steps.push((repository, project_id, Step::Insert)),
+            Some(holder) if holder.source_id.is_none() => {
+                steps.push((repository, project_id, Step::Adopt(holder)))
+            }
+            Some(_) => result.skipped.push(format!(
+                "{}/{}: the place is taken by another repository",
+                repository.project_key, repository.slug
+            )),
         }
     }
-    // A dropped repository whose place the listing gives to another moves
-    // aside (`slug.deleted-ID`); moving repositories go to a parking place
-    // first, so that swaps and chains of renames never collide.
-    for row in by_external.values() {
-        let gone = row.external_id.is_some_and(|id| !listed.contains(&id));
-        if gone && claimed.contains(&(row.project_id, row.slug.clone())) {
-            vacate.push(row);
-        }
-    }
+    // A row giving up a place the plan gives to another moves aside;
+    // moving rows go to a parking place first, so that swaps and chains of
+    // renames never collide.
+    let targets: HashSet<(i64, String)> = steps
+        .iter()
+        .map(|(repository, _, _)| target(repository))
+        .collect();
+    let mut vacate: Vec<&Stored> = stored
+        .iter()
+        .filter(|row| vacatable(row) && targets.contains(&place_of(row)))
+        .collect();
+    vacate.sort_by_key(|row| row.id);
     for row in &vacate {
         sqlx::query("update repositories set slug = $2 where id = $1")
             .bind(row.id)
@@ -455,13 +517,17 @@ fn note(result: &mut Reconciled, change: &'static str, repository: String, was: 
 
 /// Runs `work` while holding the sync lock of `base_url`'s source, so that
 /// two gateways never sync one server at once; `None` when another holds
-/// it. The lock is a session lock on a connection of its own, released
-/// when `work` ends or the connection dies with its process.
+/// it. The lock is a session lock on a connection of its own, closed when
+/// `work` ends (or is dropped) or when its process dies.
 pub async fn with_sync_lock<T, F>(pool: &PgPool, base_url: &str, work: F) -> Result<Option<T>>
 where
     F: std::future::Future<Output = T>,
 {
     let mut connection = pool.acquire().await?;
+    // The lock lives as long as this connection, which is closed, not
+    // returned to the pool, when this ends, however it ends (an error, a
+    // panic, the future dropped): no pooled connection keeps the lock.
+    connection.close_on_drop();
     let taken: bool = sqlx::query_scalar("select pg_try_advisory_lock(7461294, hashtext($1))")
         .bind(base_url)
         .fetch_one(&mut *connection)
@@ -470,9 +536,6 @@ where
         return Ok(None);
     }
     let value = work.await;
-    sqlx::query("select pg_advisory_unlock(7461294, hashtext($1))")
-        .bind(base_url)
-        .execute(&mut *connection)
-        .await?;
+    drop(connection);
     Ok(Some(value))
 }

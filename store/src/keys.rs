@@ -279,7 +279,7 @@ async fn reencrypt_blob_results(
 pub async fn inactive(pool: &PgPool) -> Result<Vec<InactiveKey>> {
     Ok(sqlx::query_as::<_, InactiveKey>(
         "select k.id, k.created_at, k.rotated_at,
-             coalesce(f.n, 0) + coalesce(b.n, 0) + coalesce(c.n, 0) as ciphertexts
+             coalesce(f.n, 0) + coalesce(b.n, 0) + coalesce(c.n, 0) + coalesce(s.n, 0) as ciphertexts
          from secret_keys k
          left join (select secret_key_id, count(*) as n from findings group by secret_key_id) f
              on f.secret_key_id = k.id
@@ -289,6 +289,9 @@ pub async fn inactive(pool: &PgPool) -> Result<Vec<InactiveKey>> {
          left join (select secret_key_id, count(*) as n from clone_credentials
                     group by secret_key_id) c
              on c.secret_key_id = k.id
+         left join (select secret_key_id, count(*) as n from catalog_sources
+                    group by secret_key_id) s
+             on s.secret_key_id = k.id
          where k.state = 'inactive'
          order by k.id",
     )
@@ -317,6 +320,7 @@ pub async fn delete_inactive(pool: &PgPool, actor: &str) -> Result<Deletion> {
              and not exists (select 1 from findings f where f.secret_key_id = k.id)
              and not exists (select 1 from blob_results b where b.secret_key_id = k.id)
              and not exists (select 1 from clone_credentials c where c.secret_key_id = k.id)
+             and not exists (select 1 from catalog_sources s where s.secret_key_id = k.id)
          returning id",
     )
     .fetch_all(&mut *transaction)

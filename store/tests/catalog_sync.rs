@@ -340,3 +340,67 @@ async fn the_servers_token_is_handed_out_for_its_own_origin_only() {
     );
     database.drop_database().await.unwrap();
 }
+
+/// Regression (review of issue 18): a move that is skipped kept its place
+/// out of the plan, and a deleted repository listed again but not taken
+/// was invisible to it, so a new repository was inserted at a held place:
+/// the unique constraint failed and every later sync with it.
+#[tokio::test]
+async fn a_skipped_move_and_a_deleted_repository_keep_their_places() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let (_secrets, id) = source(pool).await;
+    catalog_sync::reconcile(
+        pool,
+        id,
+        &[remote(1, "PROJ", "a"), remote(2, "PROJ", "c")],
+        "test",
+    )
+    .await
+    .unwrap();
+    // PROJ/b belongs to a repository found under a root.
+    catalog::upsert_repository(pool, "PROJ", "b", "/srv/git/PROJ/b.git")
+        .await
+        .unwrap();
+    // 1 is renamed to b (held: the move is skipped) and a new 3 takes a.
+    let result = catalog_sync::reconcile(
+        pool,
+        id,
+        &[
+            remote(1, "PROJ", "b"),
+            remote(3, "PROJ", "a"),
+            remote(2, "PROJ", "c"),
+        ],
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(result.added, 0, "{:?}", result.changes);
+    assert_eq!(result.skipped.len(), 2, "{:?}", result.skipped);
+    assert_eq!(catalog_of(pool).await, ["PROJ/a A", "PROJ/b b", "PROJ/c C"]);
+
+    // 2 is deleted, then listed again but cannot be taken, while a new 4
+    // is at its place: the deleted one moves aside.
+    catalog_sync::reconcile(pool, id, &[remote(1, "PROJ", "a")], "test")
+        .await
+        .unwrap();
+    let mut unusable = remote(2, "PROJ", "c");
+    unusable.problem = Some("state OFFLINE".into());
+    let result = catalog_sync::reconcile(
+        pool,
+        id,
+        &[remote(1, "PROJ", "a"), unusable, remote(4, "PROJ", "c")],
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(changes(&result), ["added PROJ/c"]);
+    let all = catalog_of(pool).await;
+    assert!(all.contains(&"PROJ/c C".to_string()), "{all:?}");
+    assert!(
+        all.iter()
+            .any(|name| name.starts_with("PROJ/c.deleted-") && name.ends_with("deleted")),
+        "{all:?}"
+    );
+    database.drop_database().await.unwrap();
+}

@@ -25,6 +25,7 @@ pub struct GitHttpServer {
     tokens: Arc<Mutex<HashSet<String>>>,
     requests: Arc<AtomicUsize>,
     refused: Arc<AtomicUsize>,
+    anonymous: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl GitHttpServer {
@@ -48,12 +49,14 @@ impl GitHttpServer {
             tokens: Arc::new(Mutex::new(HashSet::from([token.to_string()]))),
             requests: Arc::default(),
             refused: Arc::default(),
+            anonymous: Arc::default(),
         };
-        let (root, tokens, requests, refused) = (
+        let (root, tokens, requests, refused, anonymous) = (
             root.to_path_buf(),
             Arc::clone(&server.tokens),
             Arc::clone(&server.requests),
             Arc::clone(&server.refused),
+            Arc::clone(&server.anonymous),
         );
         std::thread::spawn(move || {
             for socket in listener.incoming().flatten() {
@@ -63,9 +66,11 @@ impl GitHttpServer {
                     Arc::clone(&requests),
                     Arc::clone(&refused),
                 );
+                let open = anonymous.load(Ordering::SeqCst);
                 std::thread::spawn(move || {
                     requests.fetch_add(1, Ordering::SeqCst);
-                    if let Err(error) = serve(socket, &root, &tokens, &refused, upstream) {
+                    let tokens = if open { None } else { Some(&*tokens) };
+                    if let Err(error) = serve(socket, &root, tokens, &refused, upstream) {
                         eprintln!("git http server: {error}");
                     }
                 });
@@ -92,6 +97,13 @@ impl GitHttpServer {
     /// Accepts `token` too.
     pub fn accept(&self, token: &str) {
         self.tokens.lock().unwrap().insert(token.to_string());
+    }
+
+    /// Serves `root` to anyone, without a token (a public server).
+    pub fn start_anonymous(root: &Path) -> GitHttpServer {
+        let server = GitHttpServer::start(root, "");
+        server.anonymous.store(true, Ordering::SeqCst);
+        server
     }
 
     /// HTTP requests served so far.
@@ -126,7 +138,7 @@ impl Request {
 fn serve(
     socket: TcpStream,
     root: &Path,
-    tokens: &Mutex<HashSet<String>>,
+    tokens: Option<&Mutex<HashSet<String>>>,
     refused: &AtomicUsize,
     upstream: Option<SocketAddr>,
 ) -> std::io::Result<()> {
@@ -136,10 +148,12 @@ fn serve(
     if let Some(upstream) = upstream.filter(|_| !request.path.starts_with("/scm/")) {
         return pass_on(&request, upstream, socket);
     }
-    let authorised = request
-        .header("Authorization")
-        .and_then(token_of)
-        .is_some_and(|token| tokens.lock().unwrap().contains(&token));
+    let authorised = tokens.is_none_or(|tokens| {
+        request
+            .header("Authorization")
+            .and_then(token_of)
+            .is_some_and(|token| tokens.lock().unwrap().contains(&token))
+    });
     if !authorised {
         refused.fetch_add(1, Ordering::SeqCst);
         return socket.write_all(
