@@ -133,7 +133,7 @@ enum Command {
     /// List the rules.
     Rules(RulesArgs),
     /// Run the whole cluster (REST API, coordinator, workers) in this process.
-    Up(up::UpArgs),
+    Up(Box<up::UpArgs>),
     /// Git hooks: `pre-receive` (push protection on the server), `pre-commit`
     /// and `install` (on a developer's machine).
     Hook(hook::HookArgs),
@@ -247,7 +247,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Scan(args) => run_scan(&args),
         Command::Rules(args) => run_rules(&args).map(|()| ExitCode::SUCCESS),
-        Command::Up(args) => up::run_up(args).map(|()| ExitCode::SUCCESS),
+        Command::Up(args) => up::run_up(*args).map(|()| ExitCode::SUCCESS),
         Command::Hook(args) => hook::run(args),
         Command::Insights(args) => insights::run(args),
     };
