@@ -171,7 +171,7 @@ pub fn fetch(
     let mut seen_projects: std::collections::HashSet<String> =
         projects.iter().map(|(key, _)| key.clone()).collect();
     for (key, _) in &projects {
-        let path = format!("/rest/api/1.0/projects/{}/repos", path_segment(key));
+        let path = format!("/rest/api/1.0/projects/{}/repos", percent_encode(key));
         client.pages(&path, &mut listing.requests, |repository| {
             listing
                 .repositories
@@ -318,11 +318,6 @@ fn text(value: &Value, field: &str) -> Result<String, String> {
         .as_str()
         .map(str::to_string)
         .ok_or_else(|| format!("an entry without {field}"))
-}
-
-/// A path segment with everything but unreserved characters escaped.
-fn path_segment(text: &str) -> String {
-    percent_encode(text)
 }
 
 /// `text` with every byte but RFC 3986's unreserved ones percent-encoded:

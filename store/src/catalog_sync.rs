@@ -283,7 +283,6 @@ pub async fn reconcile(
     let at: HashMap<(i64, String), &Stored> =
         stored.iter().map(|row| (place_of(row), row)).collect();
     let by_id: HashMap<i64, &Stored> = stored.iter().map(|row| (row.id, row)).collect();
-    let wanted_ids: HashSet<i64> = wanted.iter().map(|r| r.external_id).collect();
     // Rows the listing keeps live, by row id, with their listing entry.
     let mut updating: HashMap<i64, &RemoteRepository> = wanted
         .iter()
@@ -298,19 +297,25 @@ pub async fn reconcile(
         .filter(|(id, repository)| place_of(by_id[*id]) != target(repository))
         .map(|(id, _)| *id)
         .collect();
-    let gone = |row: &Stored| row.external_id.is_some_and(|id| !listed.contains(&id));
-    loop {
-        let vacatable = |row: &Stored| {
+    // Moves skipped because their place is held: such a repository stays
+    // where it is, live, and never gives its place up.
+    let mut held_back: HashSet<i64> = HashSet::new();
+    let may_give_up =
+        |row: &Stored, updating: &HashMap<i64, &RemoteRepository>, held_back: &HashSet<i64>| {
             row.source_id == Some(source)
                 && !updating.contains_key(&row.id)
-                && (gone(row) || row.deleted)
+                && !held_back.contains(&row.id)
+                && (row.external_id.is_some_and(|id| !listed.contains(&id)) || row.deleted)
         };
+    loop {
         let blocked: Vec<i64> = moving
             .iter()
             .copied()
             .filter(|id| {
                 at.get(&target(updating[id])).is_some_and(|holder| {
-                    holder.id != *id && !moving.contains(&holder.id) && !vacatable(holder)
+                    holder.id != *id
+                        && !moving.contains(&holder.id)
+                        && !may_give_up(holder, &updating, &held_back)
                 })
             })
             .collect();
@@ -320,26 +325,14 @@ pub async fn reconcile(
         for id in blocked {
             let repository = updating.remove(&id).expect("a mover is updated");
             moving.remove(&id);
+            held_back.insert(id);
             result.skipped.push(format!(
                 "{}/{}: the place is taken by another repository",
                 repository.project_key, repository.slug
             ));
         }
     }
-    let held_back: HashSet<i64> = by_external
-        .values()
-        .filter(|row| {
-            !updating.contains_key(&row.id)
-                && row.external_id.is_some_and(|id| wanted_ids.contains(&id))
-        })
-        .map(|row| row.id)
-        .collect();
-    let vacatable = |row: &Stored| {
-        row.source_id == Some(source)
-            && !updating.contains_key(&row.id)
-            && !held_back.contains(&row.id)
-            && (gone(row) || row.deleted)
-    };
+    let vacatable = |row: &Stored| may_give_up(row, &updating, &held_back);
     enum Step<'a> {
         Insert,
         Adopt(&'a Stored),

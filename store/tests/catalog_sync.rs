@@ -404,3 +404,43 @@ async fn a_skipped_move_and_a_deleted_repository_keep_their_places() {
     );
     database.drop_database().await.unwrap();
 }
+
+/// Regression (second review of issue 18): a deleted repository whose own
+/// move was skipped counted as giving its place up while moves were
+/// planned, so another move was planned into the place it keeps.
+#[tokio::test]
+async fn a_deleted_repository_whose_move_is_skipped_keeps_its_place() {
+    let database = TestDatabase::create().await.unwrap();
+    let pool = &database.pool;
+    let (_secrets, id) = source(pool).await;
+    catalog_sync::reconcile(
+        pool,
+        id,
+        &[remote(1, "PROJ", "a"), remote(2, "PROJ", "c")],
+        "test",
+    )
+    .await
+    .unwrap();
+    // 1 is dropped (deleted at PROJ/a); PROJ/b belongs to a root repository.
+    catalog_sync::reconcile(pool, id, &[remote(2, "PROJ", "c")], "test")
+        .await
+        .unwrap();
+    catalog::upsert_repository(pool, "PROJ", "b", "/srv/git/PROJ/b.git")
+        .await
+        .unwrap();
+    // 1 comes back renamed to the held b; 2 is renamed to a.
+    let result = catalog_sync::reconcile(
+        pool,
+        id,
+        &[remote(1, "PROJ", "b"), remote(2, "PROJ", "a")],
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(result.skipped.len(), 2, "{:?}", result.skipped);
+    assert_eq!(
+        catalog_of(pool).await,
+        ["PROJ/a A deleted", "PROJ/b b", "PROJ/c C"]
+    );
+    database.drop_database().await.unwrap();
+}
